@@ -1,0 +1,393 @@
+//! Checksum helpers: the algorithms SFTS verifies with, lowercase hex, and hashing adapters
+//! that update digests as bytes pass so that each byte is touched once.
+
+use crate::error::{ProtocolError, Result};
+use md5::Md5;
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// A digest algorithm SFTS can verify with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    /// MD5: what the original protocol carries. Detects accidents, not attackers.
+    Md5,
+    /// SHA-256: the default.
+    Sha256,
+}
+
+impl Algorithm {
+    /// Every algorithm, in wire-code order.
+    pub const ALL: [Algorithm; 2] = [Algorithm::Md5, Algorithm::Sha256];
+
+    /// The algorithm's code on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Algorithm::Md5 => 1,
+            Algorithm::Sha256 => 2,
+        }
+    }
+
+    /// The algorithm for a wire code.
+    pub fn from_code(code: u8) -> Result<Algorithm> {
+        match code {
+            1 => Ok(Algorithm::Md5),
+            2 => Ok(Algorithm::Sha256),
+            other => Err(ProtocolError::UnknownAlgorithm(format!("code {other}"))),
+        }
+    }
+
+    /// Lowercase name as used on the command line and in output (`md5`, `sha256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "md5",
+            Algorithm::Sha256 => "sha256",
+        }
+    }
+
+    /// The algorithm for a name (`md5`, `sha256`, `sha-256`; any case).
+    pub fn from_name(name: &str) -> Result<Algorithm> {
+        match name.to_ascii_lowercase().as_str() {
+            "md5" => Ok(Algorithm::Md5),
+            "sha256" | "sha-256" => Ok(Algorithm::Sha256),
+            _ => Err(ProtocolError::UnknownAlgorithm(format!("'{name}'"))),
+        }
+    }
+
+    /// Length of the digest in bytes.
+    pub fn output_len(self) -> usize {
+        match self {
+            Algorithm::Md5 => 16,
+            Algorithm::Sha256 => 32,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of algorithms, carried on the wire as a bit mask (bit `code - 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DigestSet(u8);
+
+impl DigestSet {
+    /// The empty set.
+    pub const EMPTY: DigestSet = DigestSet(0);
+
+    /// A set holding the given algorithms.
+    pub fn of(algorithms: &[Algorithm]) -> DigestSet {
+        let mut set = DigestSet::EMPTY;
+        for a in algorithms {
+            set.insert(*a);
+        }
+        set
+    }
+
+    /// Adds an algorithm.
+    pub fn insert(&mut self, a: Algorithm) {
+        self.0 |= 1 << (a.code() - 1);
+    }
+
+    /// True when the set holds `a`.
+    pub fn contains(self, a: Algorithm) -> bool {
+        self.0 & (1 << (a.code() - 1)) != 0
+    }
+
+    /// The algorithms in the set, in code order.
+    pub fn iter(self) -> impl Iterator<Item = Algorithm> {
+        Algorithm::ALL
+            .into_iter()
+            .filter(move |a| self.contains(*a))
+    }
+
+    /// The wire form.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Reads the wire form; bits of algorithms this version does not know are an error, since
+    /// the peer expects digests we cannot compute.
+    pub fn from_bits(bits: u8) -> Result<DigestSet> {
+        let known = DigestSet::of(&Algorithm::ALL).0;
+        if bits & !known != 0 {
+            return Err(ProtocolError::UnknownAlgorithm(format!(
+                "bits {:#04x}",
+                bits & !known
+            )));
+        }
+        Ok(DigestSet(bits))
+    }
+}
+
+/// A finished digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// Which algorithm produced it.
+    pub algorithm: Algorithm,
+    /// The raw digest bytes (`algorithm.output_len()` of them).
+    pub bytes: Vec<u8>,
+}
+
+impl Digest {
+    /// Builds a digest, checking the length against the algorithm.
+    pub fn new(algorithm: Algorithm, bytes: Vec<u8>) -> Result<Digest> {
+        if bytes.len() != algorithm.output_len() {
+            return Err(ProtocolError::BadDigest {
+                algorithm: algorithm.name(),
+                detail: "wrong length",
+            });
+        }
+        Ok(Digest { algorithm, bytes })
+    }
+
+    /// Parses lowercase or uppercase hex.
+    pub fn from_hex(algorithm: Algorithm, hex: &str) -> Result<Digest> {
+        Digest::new(algorithm, from_hex(hex, algorithm.name())?)
+    }
+
+    /// Lowercase hex, as `sha256sum` / `md5sum` print it.
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.bytes)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0x0f) as usize] as char);
+    }
+    s
+}
+
+/// Parses hex (either case). `algorithm` only names the digest in the error.
+pub fn from_hex(hex: &str, algorithm: &'static str) -> Result<Vec<u8>> {
+    let bad = |detail| ProtocolError::BadDigest { algorithm, detail };
+    if hex.len() % 2 != 0 {
+        return Err(bad("odd number of hex digits"));
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(bad("not a hex digit")),
+    };
+    hex.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Ok(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
+}
+
+enum State {
+    Md5(Md5),
+    Sha256(Sha256),
+}
+
+/// Computes several digests over the same bytes in one pass.
+pub struct MultiHasher {
+    states: Vec<State>,
+}
+
+impl MultiHasher {
+    /// A hasher for every algorithm in `set` (possibly none).
+    pub fn new(set: DigestSet) -> MultiHasher {
+        let states = set
+            .iter()
+            .map(|a| match a {
+                Algorithm::Md5 => State::Md5(Md5::new()),
+                Algorithm::Sha256 => State::Sha256(Sha256::new()),
+            })
+            .collect();
+        MultiHasher { states }
+    }
+
+    /// Feeds bytes to every digest.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for s in &mut self.states {
+            match s {
+                State::Md5(h) => h.update(bytes),
+                State::Sha256(h) => h.update(bytes),
+            }
+        }
+    }
+
+    /// True when no digest is being computed.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// Finishes every digest, in algorithm code order.
+    pub fn finish(self) -> Vec<Digest> {
+        self.states
+            .into_iter()
+            .map(|s| match s {
+                State::Md5(h) => Digest {
+                    algorithm: Algorithm::Md5,
+                    bytes: h.finalize().to_vec(),
+                },
+                State::Sha256(h) => Digest {
+                    algorithm: Algorithm::Sha256,
+                    bytes: h.finalize().to_vec(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// Digests everything `reader` yields, with one reused buffer. Returns the byte count too.
+pub fn digest_reader<R: Read>(
+    mut reader: R,
+    set: DigestSet,
+    buf: &mut [u8],
+) -> io::Result<(u64, Vec<Digest>)> {
+    let mut hasher = MultiHasher::new(set);
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hasher.finish()))
+}
+
+/// A `Write` adapter that hashes every byte it passes on.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: MultiHasher,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`, hashing with every algorithm in `set`.
+    pub fn new(inner: W, set: DigestSet) -> Self {
+        HashingWriter {
+            inner,
+            hasher: MultiHasher::new(set),
+            written: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The wrapped writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Returns the writer and the digests of everything written.
+    pub fn finish(self) -> (W, Vec<Digest>) {
+        (self.inner, self.hasher.finish())
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex_of(set: DigestSet, data: &[u8]) -> Vec<String> {
+        let mut h = MultiHasher::new(set);
+        h.update(data);
+        h.finish().iter().map(Digest::to_hex).collect()
+    }
+
+    #[test]
+    fn known_answers() {
+        let both = DigestSet::of(&[Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(
+            hex_of(both, b""),
+            [
+                "d41d8cd98f00b204e9800998ecf8427e",
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            ]
+        );
+        assert_eq!(
+            hex_of(both, b"abc"),
+            [
+                "900150983cd24fb0d6963f7d28e17f72",
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            ]
+        );
+    }
+
+    #[test]
+    fn split_updates_equal_one_update() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let set = DigestSet::of(&[Algorithm::Sha256]);
+        let mut h = MultiHasher::new(set);
+        for part in data.chunks(333) {
+            h.update(part);
+        }
+        assert_eq!(h.finish()[0].to_hex(), hex_of(set, &data)[0]);
+    }
+
+    #[test]
+    fn hex_round_trip_and_errors() {
+        assert_eq!(to_hex(&[0x00, 0xab, 0xff]), "00abff");
+        assert_eq!(from_hex("00ABff", "t").unwrap(), [0x00, 0xab, 0xff]);
+        assert!(from_hex("abc", "t").is_err());
+        assert!(from_hex("zz", "t").is_err());
+        assert!(Digest::from_hex(Algorithm::Md5, "00").is_err());
+    }
+
+    #[test]
+    fn digest_set_bits() {
+        let s = DigestSet::of(&[Algorithm::Sha256]);
+        assert_eq!(s.bits(), 0b10);
+        assert!(s.contains(Algorithm::Sha256) && !s.contains(Algorithm::Md5));
+        assert_eq!(DigestSet::from_bits(0b11).unwrap().iter().count(), 2);
+        assert!(DigestSet::from_bits(0x80).is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(Algorithm::from_name("SHA256").unwrap(), Algorithm::Sha256);
+        assert_eq!(Algorithm::from_name("md5").unwrap(), Algorithm::Md5);
+        assert!(Algorithm::from_name("crc32").is_err());
+    }
+
+    #[test]
+    fn hashing_writer_and_reader_agree() {
+        let data = vec![42u8; 100_000];
+        let set = DigestSet::of(&[Algorithm::Md5]);
+        let mut w = HashingWriter::new(Vec::new(), set);
+        w.write_all(&data).unwrap();
+        assert_eq!(w.written(), 100_000);
+        let (out, d1) = w.finish();
+        assert_eq!(out, data);
+        let (n, d2) = digest_reader(&data[..], set, &mut [0u8; 4096]).unwrap();
+        assert_eq!(n, 100_000);
+        assert_eq!(d1, d2);
+    }
+}

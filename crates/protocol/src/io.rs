@@ -1,0 +1,124 @@
+//! Thin blocking wrappers that move [`Message`]s over any `Read` / `Write`.
+
+use crate::error::{ProtocolError, Result};
+use crate::frame::{self, Header, HEADER_LEN};
+use crate::message::Message;
+use std::io::{self, Read, Write};
+
+/// Encodes `msg` into `scratch` (cleared first, so one buffer serves a whole connection) and
+/// writes it with one `write_all`.
+pub fn write_message<W: Write + ?Sized>(
+    w: &mut W,
+    msg: &Message<'_>,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    scratch.clear();
+    msg.encode(scratch);
+    w.write_all(scratch)
+}
+
+/// Writes one `Data` frame: its header, then `bytes`.
+pub fn write_data<W: Write + ?Sized>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    w.write_all(&frame::data_header(bytes.len()))?;
+    w.write_all(bytes)
+}
+
+/// Reads exactly `buf.len()` bytes. `Ok(false)` when the stream ended before the first byte;
+/// [`ProtocolError::ConnectionClosed`] when it ended part-way.
+fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(ProtocolError::ConnectionClosed),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads one frame into `buf` (reused across calls: it only ever grows, up to the largest
+/// frame allowed) and decodes it. `Ok(None)`: the peer closed the stream cleanly between
+/// frames. The declared length is checked before `buf` grows.
+pub fn read_message<'b, R: Read + ?Sized>(
+    r: &mut R,
+    buf: &'b mut Vec<u8>,
+) -> Result<Option<Message<'b>>> {
+    let mut head = [0u8; HEADER_LEN];
+    if !read_full(r, &mut head)? {
+        return Ok(None);
+    }
+    let header = Header::parse(&head)?;
+    let n = header.payload_len;
+    if buf.len() < n {
+        buf.resize(n, 0);
+    }
+    if n > 0 && !read_full(r, &mut buf[..n])? {
+        return Err(ProtocolError::ConnectionClosed);
+    }
+    Message::decode_payload(header.tag, &buf[..n]).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error_code::ErrorCode;
+
+    #[test]
+    fn write_then_read() {
+        let mut wire = Vec::new();
+        let mut scratch = Vec::new();
+        write_message(
+            &mut wire,
+            &Message::Error {
+                code: ErrorCode::NotFound,
+                message: "nope".into(),
+            },
+            &mut scratch,
+        )
+        .unwrap();
+        write_data(&mut wire, b"abc").unwrap();
+
+        let mut r = &wire[..];
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_message(&mut r, &mut buf).unwrap(),
+            Some(Message::Error {
+                code: ErrorCode::NotFound,
+                ..
+            })
+        ));
+        assert_eq!(
+            read_message(&mut r, &mut buf).unwrap(),
+            Some(Message::Data(b"abc"))
+        );
+        assert_eq!(read_message(&mut r, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_an_error() {
+        let mut wire = Vec::new();
+        write_data(&mut wire, b"abcdef").unwrap();
+        for cut in 1..wire.len() {
+            let mut r = &wire[..cut];
+            let mut buf = Vec::new();
+            assert!(matches!(
+                read_message(&mut r, &mut buf),
+                Err(ProtocolError::ConnectionClosed)
+            ));
+        }
+    }
+
+    #[test]
+    fn huge_declared_length_does_not_allocate() {
+        let mut r = &[0x7fu8, 0xff, 0xff, 0xff, crate::frame::tag::DATA][..];
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_message(&mut r, &mut buf),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
+        assert_eq!(buf.capacity(), 0);
+    }
+}

@@ -1,0 +1,515 @@
+//! Typed native messages and their exact byte layouts (see `docs/PROTOCOL.md`).
+//!
+//! [`Message::encode`] appends one whole frame to a buffer; [`Message::decode`] parses one frame
+//! from the front of a byte slice and returns `Ok(None)` when more bytes are needed, which is not
+//! the same as corrupt input. `Data` borrows its bytes from the input so a receiver can decode
+//! straight out of a reused buffer.
+
+use crate::checksum::{Algorithm, Digest, DigestSet};
+use crate::error::{ProtocolError, Result};
+use crate::error_code::ErrorCode;
+use crate::frame::{tag, Header, HEADER_LEN};
+use crate::wire::{self, Cursor};
+
+/// Feature bits a peer announces in `Hello` / `Welcome`. A feature is used only when both
+/// sides announce it, so new features never break old peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities(pub u64);
+
+impl Capabilities {
+    /// Downloads with `Get` (every native server has it).
+    pub const GET: u64 = 1 << 0;
+    /// `Get` with a non-zero offset (resume).
+    pub const RESUME: u64 = 1 << 1;
+    /// Several requests, one after another, on one connection.
+    pub const MULTI_REQUEST: u64 = 1 << 2;
+
+    /// True when every bit of `bits` is set.
+    pub fn has(self, bits: u64) -> bool {
+        self.0 & bits == bits
+    }
+
+    /// The features both sides have.
+    pub fn common(self, other: Capabilities) -> Capabilities {
+        Capabilities(self.0 & other.0)
+    }
+}
+
+/// A request for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetRequest {
+    /// Path relative to the served root, `/`-separated.
+    pub path: String,
+    /// First byte wanted (0 for a whole file; non-zero needs [`Capabilities::RESUME`]).
+    pub offset: u64,
+    /// Largest `Data` payload the client wants; the server clamps it to the protocol range.
+    pub chunk_size: u32,
+    /// Digests of the whole file the client wants in the trailer.
+    pub digests: DigestSet,
+}
+
+/// The server's answer to a `Get` for a file it will send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Size of the whole file in bytes.
+    pub size: u64,
+    /// Where the data that follows starts (the request's offset).
+    pub offset: u64,
+    /// Last modification time, nanoseconds since the Unix epoch (negative before 1970).
+    pub mtime_ns: i64,
+    /// Largest `Data` payload the server will send.
+    pub chunk_size: u32,
+}
+
+/// One native protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// Client → server, first frame after the magic.
+    Hello {
+        /// Highest protocol version the client speaks.
+        version: u16,
+        /// Features the client supports.
+        capabilities: Capabilities,
+        /// Free-form client name and version, for the server's logs.
+        agent: String,
+    },
+    /// Server → client, the answer to `Hello`.
+    Welcome {
+        /// Protocol version both sides will speak.
+        version: u16,
+        /// Features the server supports.
+        capabilities: Capabilities,
+        /// Free-form server name and version.
+        server: String,
+    },
+    /// Client → server: send me this file.
+    Get(GetRequest),
+    /// Server → client: the file follows.
+    FileHeader(FileHeader),
+    /// A chunk of file data.
+    Data(&'a [u8]),
+    /// Server → client: all data sent; the digests of the whole file.
+    Trailer {
+        /// One digest for each algorithm asked for, in code order.
+        digests: Vec<Digest>,
+    },
+    /// A refusal or failure.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A sentence a user can act on.
+        message: String,
+    },
+}
+
+impl Message<'_> {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::Get(_) => "Get",
+            Message::FileHeader(_) => "FileHeader",
+            Message::Data(_) => "Data",
+            Message::Trailer { .. } => "Trailer",
+            Message::Error { .. } => "Error",
+        }
+    }
+
+    fn tag(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => tag::HELLO,
+            Message::Welcome { .. } => tag::WELCOME,
+            Message::Get(_) => tag::GET,
+            Message::FileHeader(_) => tag::FILE_HEADER,
+            Message::Data(_) => tag::DATA,
+            Message::Trailer { .. } => tag::TRAILER,
+            Message::Error { .. } => tag::ERROR,
+        }
+    }
+
+    /// Appends this message as one frame to `out`. The length is written as a placeholder and
+    /// back-filled once the payload is in.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        out[start + 4] = self.tag();
+        match self {
+            Message::Hello {
+                version,
+                capabilities,
+                agent,
+            } => {
+                wire::put_u16(out, *version);
+                wire::put_u64(out, capabilities.0);
+                wire::put_string(out, agent);
+            }
+            Message::Welcome {
+                version,
+                capabilities,
+                server,
+            } => {
+                wire::put_u16(out, *version);
+                wire::put_u64(out, capabilities.0);
+                wire::put_string(out, server);
+            }
+            Message::Get(r) => {
+                wire::put_string(out, &r.path);
+                wire::put_u64(out, r.offset);
+                wire::put_u32(out, r.chunk_size);
+                wire::put_u8(out, r.digests.bits());
+            }
+            Message::FileHeader(h) => {
+                wire::put_u64(out, h.size);
+                wire::put_u64(out, h.offset);
+                wire::put_i64(out, h.mtime_ns);
+                wire::put_u32(out, h.chunk_size);
+            }
+            Message::Data(bytes) => out.extend_from_slice(bytes),
+            Message::Trailer { digests } => {
+                wire::put_u8(out, digests.len() as u8);
+                for d in digests {
+                    wire::put_u8(out, d.algorithm.code());
+                    wire::put_u8(out, d.bytes.len() as u8);
+                    out.extend_from_slice(&d.bytes);
+                }
+            }
+            Message::Error { code, message } => {
+                wire::put_u16(out, code.to_u16());
+                wire::put_string(out, message);
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+impl<'a> Message<'a> {
+    /// Parses one frame from the front of `buf`. `Ok(None)`: not all of the frame is there yet.
+    /// On success also returns how many bytes the frame took.
+    pub fn decode(buf: &'a [u8]) -> Result<Option<(Message<'a>, usize)>> {
+        let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let header = Header::parse(head)?;
+        let total = HEADER_LEN + header.payload_len;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let msg = Message::decode_payload(header.tag, &buf[HEADER_LEN..total])?;
+        Ok(Some((msg, total)))
+    }
+
+    /// Parses the payload of a frame whose header has already been read and checked.
+    pub fn decode_payload(frame_tag: u8, payload: &'a [u8]) -> Result<Message<'a>> {
+        let msg = match frame_tag {
+            tag::HELLO => {
+                let mut c = Cursor::new(payload, "Hello");
+                let msg = Message::Hello {
+                    version: c.u16("version")?,
+                    capabilities: Capabilities(c.u64("capabilities")?),
+                    agent: c.string("agent")?,
+                };
+                c.finish()?;
+                msg
+            }
+            tag::WELCOME => {
+                let mut c = Cursor::new(payload, "Welcome");
+                let msg = Message::Welcome {
+                    version: c.u16("version")?,
+                    capabilities: Capabilities(c.u64("capabilities")?),
+                    server: c.string("server")?,
+                };
+                c.finish()?;
+                msg
+            }
+            tag::GET => {
+                let mut c = Cursor::new(payload, "Get");
+                let path = c.string("path")?;
+                if path.len() > crate::MAX_PATH_LEN {
+                    return Err(ProtocolError::PathTooLong {
+                        len: path.len(),
+                        max: crate::MAX_PATH_LEN,
+                    });
+                }
+                let msg = Message::Get(GetRequest {
+                    path,
+                    offset: c.u64("offset")?,
+                    chunk_size: c.u32("chunk size")?,
+                    digests: DigestSet::from_bits(c.u8("digest set")?)?,
+                });
+                c.finish()?;
+                msg
+            }
+            tag::FILE_HEADER => {
+                let mut c = Cursor::new(payload, "FileHeader");
+                let h = FileHeader {
+                    size: c.u64("size")?,
+                    offset: c.u64("offset")?,
+                    mtime_ns: c.i64("mtime")?,
+                    chunk_size: c.u32("chunk size")?,
+                };
+                c.finish()?;
+                if h.offset > h.size {
+                    return Err(ProtocolError::Malformed {
+                        message: "FileHeader",
+                        detail: "offset beyond the end of the file",
+                    });
+                }
+                Message::FileHeader(h)
+            }
+            tag::DATA => Message::Data(Cursor::new(payload, "Data").rest()),
+            tag::TRAILER => {
+                let mut c = Cursor::new(payload, "Trailer");
+                let count = c.u8("digest count")?;
+                let mut digests = Vec::with_capacity(count.min(8) as usize);
+                for _ in 0..count {
+                    let algorithm = Algorithm::from_code(c.u8("algorithm")?)?;
+                    let len = c.u8("digest length")? as usize;
+                    let bytes = c.take(len, "digest")?.to_vec();
+                    digests.push(Digest::new(algorithm, bytes)?);
+                }
+                c.finish()?;
+                Message::Trailer { digests }
+            }
+            tag::ERROR => {
+                let mut c = Cursor::new(payload, "Error");
+                let msg = Message::Error {
+                    code: ErrorCode::from_u16(c.u16("code")?),
+                    message: c.string("message")?,
+                };
+                c.finish()?;
+                msg
+            }
+            other => return Err(ProtocolError::UnknownTag(other)),
+        };
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(m: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        m.encode(&mut out);
+        out
+    }
+
+    fn samples() -> Vec<Message<'static>> {
+        vec![
+            Message::Hello {
+                version: 1,
+                capabilities: Capabilities(Capabilities::GET | Capabilities::RESUME),
+                agent: "sfts-client/0.1".into(),
+            },
+            Message::Welcome {
+                version: 1,
+                capabilities: Capabilities(Capabilities::GET),
+                server: "sfts-server/0.1".into(),
+            },
+            Message::Get(GetRequest {
+                path: "sub/dir/file.bin".into(),
+                offset: 12,
+                chunk_size: 1 << 20,
+                digests: DigestSet::of(&[Algorithm::Sha256, Algorithm::Md5]),
+            }),
+            Message::FileHeader(FileHeader {
+                size: 1 << 40,
+                offset: 12,
+                mtime_ns: -5,
+                chunk_size: 65536,
+            }),
+            Message::Data(b"hello world"),
+            Message::Data(b""),
+            Message::Trailer {
+                digests: vec![
+                    Digest::from_hex(Algorithm::Md5, "900150983cd24fb0d6963f7d28e17f72").unwrap(),
+                ],
+            },
+            Message::Trailer { digests: vec![] },
+            Message::Error {
+                code: ErrorCode::NotFound,
+                message: "file 'x' not found under the served root".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn exact_layouts() {
+        assert_eq!(
+            encoded(&Message::Hello {
+                version: 1,
+                capabilities: Capabilities(3),
+                agent: "a".into()
+            }),
+            [0, 0, 0, 14, 0x01, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 1, b'a']
+        );
+        assert_eq!(
+            encoded(&Message::Get(GetRequest {
+                path: "f".into(),
+                offset: 2,
+                chunk_size: 4096,
+                digests: DigestSet::of(&[Algorithm::Sha256]),
+            })),
+            [0, 0, 0, 17, 0x10, 0, 1, b'f', 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0x10, 0, 2]
+        );
+        assert_eq!(
+            encoded(&Message::Data(b"xy")),
+            [0, 0, 0, 3, 0x12, b'x', b'y']
+        );
+        assert_eq!(
+            encoded(&Message::Error {
+                code: ErrorCode::Busy,
+                message: "b".into()
+            }),
+            [0, 0, 0, 6, 0x7f, 0, 5, 0, 1, b'b']
+        );
+        assert_eq!(
+            encoded(&Message::FileHeader(FileHeader {
+                size: 1,
+                offset: 0,
+                mtime_ns: 0,
+                chunk_size: 1
+            })),
+            [
+                0, 0, 0, 29, 0x11, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 0, 0, 0, 0, 1
+            ]
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        for m in samples() {
+            let bytes = encoded(&m);
+            let (back, used) = Message::decode(&bytes).unwrap().unwrap();
+            assert_eq!(back, m);
+            assert_eq!(used, bytes.len());
+        }
+    }
+
+    #[test]
+    fn truncated_input_needs_more() {
+        for m in samples() {
+            let bytes = encoded(&m);
+            for cut in 0..bytes.len() {
+                assert!(
+                    Message::decode(&bytes[..cut]).unwrap().is_none(),
+                    "{} cut at {cut}",
+                    m.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn two_frames_back_to_back() {
+        let mut bytes = encoded(&Message::Data(b"a"));
+        Message::Data(b"bc").encode(&mut bytes);
+        let (first, used) = Message::decode(&bytes).unwrap().unwrap();
+        assert_eq!(first, Message::Data(b"a"));
+        let (second, _) = Message::decode(&bytes[used..]).unwrap().unwrap();
+        assert_eq!(second, Message::Data(b"bc"));
+    }
+
+    #[test]
+    fn trailing_bytes_inside_a_frame_rejected() {
+        let mut bytes = encoded(&Message::Error {
+            code: ErrorCode::Busy,
+            message: "b".into(),
+        });
+        bytes[3] += 1;
+        bytes.push(0);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::TrailingBytes { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Message::decode(&[0, 0, 0, 2, 0x42, 0]).is_err());
+        assert!(Message::decode(&[0, 0, 0, 1, tag::GET]).is_err());
+        assert!(Message::decode(&[0, 0, 0, 3, tag::TRAILER, 1, 9]).is_err());
+        assert!(Message::decode(&[0, 0, 0, 4, tag::TRAILER, 1, 1, 3]).is_err());
+        // Get with an unknown digest bit.
+        let mut get = encoded(&Message::Get(GetRequest {
+            path: "f".into(),
+            offset: 0,
+            chunk_size: 0,
+            digests: DigestSet::EMPTY,
+        }));
+        *get.last_mut().unwrap() = 0x80;
+        assert!(matches!(
+            Message::decode(&get),
+            Err(ProtocolError::UnknownAlgorithm(_))
+        ));
+        // Invalid UTF-8 in a path.
+        assert!(matches!(
+            Message::decode(&[
+                0,
+                0,
+                0,
+                17,
+                tag::GET,
+                0,
+                1,
+                0xff,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0
+            ]),
+            Err(ProtocolError::InvalidUtf8(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_path_rejected() {
+        let mut bytes = Vec::new();
+        Message::Get(GetRequest {
+            path: "a".repeat(crate::MAX_PATH_LEN + 1),
+            offset: 0,
+            chunk_size: 0,
+            digests: DigestSet::EMPTY,
+        })
+        .encode(&mut bytes);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::PathTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn file_header_offset_beyond_size_rejected() {
+        let bytes = encoded(&Message::FileHeader(FileHeader {
+            size: 1,
+            offset: 2,
+            mtime_ns: 0,
+            chunk_size: 1,
+        }));
+        assert!(Message::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn capabilities() {
+        let c = Capabilities(Capabilities::GET | Capabilities::RESUME);
+        assert!(c.has(Capabilities::GET));
+        assert!(!c.has(Capabilities::MULTI_REQUEST));
+        assert_eq!(
+            c.common(Capabilities(Capabilities::GET)).0,
+            Capabilities::GET
+        );
+    }
+}
