@@ -30,6 +30,10 @@ pub mod tag {
     pub const WELCOME: u8 = 0x02;
     /// Client → server: asks for a file.
     pub const GET: u8 = 0x10;
+    /// Client → server: describe a path.
+    pub const STAT: u8 = 0x14;
+    /// Server → client: the answer to `Stat`.
+    pub const FILE_INFO: u8 = 0x15;
     /// Server → client: the file exists; its size and where the data starts.
     pub const FILE_HEADER: u8 = 0x11;
     /// Either way: a chunk of file data.
@@ -53,9 +57,14 @@ pub struct Header {
 pub fn max_len(tag: u8) -> Result<u32> {
     match tag {
         tag::DATA => Ok(MAX_DATA_LEN),
-        tag::HELLO | tag::WELCOME | tag::GET | tag::FILE_HEADER | tag::TRAILER | tag::ERROR => {
-            Ok(MAX_CONTROL_LEN)
-        }
+        tag::HELLO
+        | tag::WELCOME
+        | tag::GET
+        | tag::STAT
+        | tag::FILE_INFO
+        | tag::FILE_HEADER
+        | tag::TRAILER
+        | tag::ERROR => Ok(MAX_CONTROL_LEN),
         other => Err(ProtocolError::UnknownTag(other)),
     }
 }

@@ -25,7 +25,9 @@ mod wire;
 pub use checksum::{Algorithm, Digest, DigestSet, MultiHasher};
 pub use error::ProtocolError;
 pub use error_code::ErrorCode;
-pub use message::{Capabilities, FileHeader, GetRequest, Message};
+pub use message::{
+    Capabilities, FileHeader, FileInfo, FileKind, FileVersion, GetRequest, Message, TO_END,
+};
 
 /// The four bytes a native client sends first. As a legacy length prefix they would announce a
 /// 1.4 GB file name, which no original client sends, so a server tells the two apart by them.

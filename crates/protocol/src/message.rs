@@ -23,6 +23,8 @@ impl Capabilities {
     pub const RESUME: u64 = 1 << 1;
     /// Several requests, one after another, on one connection.
     pub const MULTI_REQUEST: u64 = 1 << 2;
+    /// `Stat` requests.
+    pub const STAT: u64 = 1 << 3;
 
     /// True when every bit of `bits` is set.
     pub fn has(self, bits: u64) -> bool {
@@ -35,17 +37,49 @@ impl Capabilities {
     }
 }
 
-/// A request for one file.
+/// `GetRequest::length` meaning "up to the end of the file".
+pub const TO_END: u64 = u64::MAX;
+
+/// One version of a file as the client saw it: if the file no longer has this size and
+/// modification time, a resume would splice two versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+/// A request for one file, or a range of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetRequest {
     /// Path relative to the served root, `/`-separated.
     pub path: String,
     /// First byte wanted (0 for a whole file; non-zero needs [`Capabilities::RESUME`]).
     pub offset: u64,
+    /// How many bytes from `offset` ([`TO_END`] for the rest of the file).
+    pub length: u64,
     /// Largest `Data` payload the client wants; the server clamps it to the protocol range.
     pub chunk_size: u32,
     /// Digests of the whole file the client wants in the trailer.
     pub digests: DigestSet,
+    /// Serve the range only if the file is still this version; otherwise the server sends
+    /// the whole file from offset 0 (its `FileHeader` says so), like HTTP's `If-Range`.
+    pub if_match: Option<FileVersion>,
+}
+
+impl GetRequest {
+    /// A request for the whole of `path`.
+    pub fn whole(path: impl Into<String>, chunk_size: u32, digests: DigestSet) -> GetRequest {
+        GetRequest {
+            path: path.into(),
+            offset: 0,
+            length: TO_END,
+            chunk_size,
+            digests,
+            if_match: None,
+        }
+    }
 }
 
 /// The server's answer to a `Get` for a file it will send.
@@ -53,12 +87,61 @@ pub struct GetRequest {
 pub struct FileHeader {
     /// Size of the whole file in bytes.
     pub size: u64,
-    /// Where the data that follows starts (the request's offset).
+    /// Where the data that follows starts: the request's offset, or 0 when the request's
+    /// `if_match` no longer matched.
     pub offset: u64,
+    /// How many data bytes follow (`offset + length <= size`).
+    pub length: u64,
     /// Last modification time, nanoseconds since the Unix epoch (negative before 1970).
     pub mtime_ns: i64,
     /// Largest `Data` payload the server will send.
     pub chunk_size: u32,
+}
+
+/// What kind of file system object a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+    /// Anything else (device, socket, ...).
+    Other,
+}
+
+impl FileKind {
+    fn code(self) -> u8 {
+        match self {
+            FileKind::File => 1,
+            FileKind::Directory => 2,
+            FileKind::Other => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<FileKind> {
+        match code {
+            1 => Ok(FileKind::File),
+            2 => Ok(FileKind::Directory),
+            3 => Ok(FileKind::Other),
+            _ => Err(ProtocolError::Malformed {
+                message: "FileInfo",
+                detail: "unknown file kind",
+            }),
+        }
+    }
+}
+
+/// The server's description of a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// File, directory or other.
+    pub kind: FileKind,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Whole-file digests the server already knows (may be empty).
+    pub digests: Vec<Digest>,
 }
 
 /// One native protocol message.
@@ -82,8 +165,15 @@ pub enum Message<'a> {
         /// Free-form server name and version.
         server: String,
     },
-    /// Client → server: send me this file.
+    /// Client → server: send me this file (or range).
     Get(GetRequest),
+    /// Client → server: describe this path.
+    Stat {
+        /// Path relative to the served root.
+        path: String,
+    },
+    /// Server → client, the answer to `Stat`.
+    FileInfo(FileInfo),
     /// Server → client: the file follows.
     FileHeader(FileHeader),
     /// A chunk of file data.
@@ -109,6 +199,8 @@ impl Message<'_> {
             Message::Hello { .. } => "Hello",
             Message::Welcome { .. } => "Welcome",
             Message::Get(_) => "Get",
+            Message::Stat { .. } => "Stat",
+            Message::FileInfo(_) => "FileInfo",
             Message::FileHeader(_) => "FileHeader",
             Message::Data(_) => "Data",
             Message::Trailer { .. } => "Trailer",
@@ -121,6 +213,8 @@ impl Message<'_> {
             Message::Hello { .. } => tag::HELLO,
             Message::Welcome { .. } => tag::WELCOME,
             Message::Get(_) => tag::GET,
+            Message::Stat { .. } => tag::STAT,
+            Message::FileInfo(_) => tag::FILE_INFO,
             Message::FileHeader(_) => tag::FILE_HEADER,
             Message::Data(_) => tag::DATA,
             Message::Trailer { .. } => tag::TRAILER,
@@ -156,24 +250,34 @@ impl Message<'_> {
             Message::Get(r) => {
                 wire::put_string(out, &r.path);
                 wire::put_u64(out, r.offset);
+                wire::put_u64(out, r.length);
                 wire::put_u32(out, r.chunk_size);
                 wire::put_u8(out, r.digests.bits());
+                match r.if_match {
+                    None => wire::put_u8(out, 0),
+                    Some(v) => {
+                        wire::put_u8(out, 1);
+                        wire::put_u64(out, v.size);
+                        wire::put_i64(out, v.mtime_ns);
+                    }
+                }
+            }
+            Message::Stat { path } => wire::put_string(out, path),
+            Message::FileInfo(i) => {
+                wire::put_u8(out, i.kind.code());
+                wire::put_u64(out, i.size);
+                wire::put_i64(out, i.mtime_ns);
+                put_digests(out, &i.digests);
             }
             Message::FileHeader(h) => {
                 wire::put_u64(out, h.size);
                 wire::put_u64(out, h.offset);
+                wire::put_u64(out, h.length);
                 wire::put_i64(out, h.mtime_ns);
                 wire::put_u32(out, h.chunk_size);
             }
             Message::Data(bytes) => out.extend_from_slice(bytes),
-            Message::Trailer { digests } => {
-                wire::put_u8(out, digests.len() as u8);
-                for d in digests {
-                    wire::put_u8(out, d.algorithm.code());
-                    wire::put_u8(out, d.bytes.len() as u8);
-                    out.extend_from_slice(&d.bytes);
-                }
-            }
+            Message::Trailer { digests } => put_digests(out, digests),
             Message::Error { code, message } => {
                 wire::put_u16(out, code.to_u16());
                 wire::put_string(out, message);
@@ -182,6 +286,38 @@ impl Message<'_> {
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
+}
+
+fn put_digests(out: &mut Vec<u8>, digests: &[Digest]) {
+    wire::put_u8(out, digests.len() as u8);
+    for d in digests {
+        wire::put_u8(out, d.algorithm.code());
+        wire::put_u8(out, d.bytes.len() as u8);
+        out.extend_from_slice(&d.bytes);
+    }
+}
+
+fn take_digests(c: &mut Cursor<'_>) -> Result<Vec<Digest>> {
+    let count = c.u8("digest count")?;
+    let mut digests = Vec::with_capacity(count.min(8) as usize);
+    for _ in 0..count {
+        let algorithm = Algorithm::from_code(c.u8("algorithm")?)?;
+        let len = c.u8("digest length")? as usize;
+        let bytes = c.take(len, "digest")?.to_vec();
+        digests.push(Digest::new(algorithm, bytes)?);
+    }
+    Ok(digests)
+}
+
+fn take_path(c: &mut Cursor<'_>) -> Result<String> {
+    let path = c.string("path")?;
+    if path.len() > crate::MAX_PATH_LEN {
+        return Err(ProtocolError::PathTooLong {
+            len: path.len(),
+            max: crate::MAX_PATH_LEN,
+        });
+    }
+    Ok(path)
 }
 
 impl<'a> Message<'a> {
@@ -225,35 +361,68 @@ impl<'a> Message<'a> {
             }
             tag::GET => {
                 let mut c = Cursor::new(payload, "Get");
-                let path = c.string("path")?;
-                if path.len() > crate::MAX_PATH_LEN {
-                    return Err(ProtocolError::PathTooLong {
-                        len: path.len(),
-                        max: crate::MAX_PATH_LEN,
-                    });
-                }
-                let msg = Message::Get(GetRequest {
-                    path,
-                    offset: c.u64("offset")?,
-                    chunk_size: c.u32("chunk size")?,
-                    digests: DigestSet::from_bits(c.u8("digest set")?)?,
-                });
+                let path = take_path(&mut c)?;
+                let offset = c.u64("offset")?;
+                let length = c.u64("length")?;
+                let chunk_size = c.u32("chunk size")?;
+                let digests = DigestSet::from_bits(c.u8("digest set")?)?;
+                let if_match = match c.u8("if-match flag")? {
+                    0 => None,
+                    1 => Some(FileVersion {
+                        size: c.u64("if-match size")?,
+                        mtime_ns: c.i64("if-match mtime")?,
+                    }),
+                    _ => {
+                        return Err(ProtocolError::Malformed {
+                            message: "Get",
+                            detail: "if-match flag is neither 0 nor 1",
+                        })
+                    }
+                };
                 c.finish()?;
-                msg
+                Message::Get(GetRequest {
+                    path,
+                    offset,
+                    length,
+                    chunk_size,
+                    digests,
+                    if_match,
+                })
+            }
+            tag::STAT => {
+                let mut c = Cursor::new(payload, "Stat");
+                let path = take_path(&mut c)?;
+                c.finish()?;
+                Message::Stat { path }
+            }
+            tag::FILE_INFO => {
+                let mut c = Cursor::new(payload, "FileInfo");
+                let info = FileInfo {
+                    kind: FileKind::from_code(c.u8("kind")?)?,
+                    size: c.u64("size")?,
+                    mtime_ns: c.i64("mtime")?,
+                    digests: take_digests(&mut c)?,
+                };
+                c.finish()?;
+                Message::FileInfo(info)
             }
             tag::FILE_HEADER => {
                 let mut c = Cursor::new(payload, "FileHeader");
                 let h = FileHeader {
                     size: c.u64("size")?,
                     offset: c.u64("offset")?,
+                    length: c.u64("length")?,
                     mtime_ns: c.i64("mtime")?,
                     chunk_size: c.u32("chunk size")?,
                 };
                 c.finish()?;
-                if h.offset > h.size {
+                if h.offset
+                    .checked_add(h.length)
+                    .is_none_or(|end| end > h.size)
+                {
                     return Err(ProtocolError::Malformed {
                         message: "FileHeader",
-                        detail: "offset beyond the end of the file",
+                        detail: "range beyond the end of the file",
                     });
                 }
                 Message::FileHeader(h)
@@ -261,14 +430,7 @@ impl<'a> Message<'a> {
             tag::DATA => Message::Data(Cursor::new(payload, "Data").rest()),
             tag::TRAILER => {
                 let mut c = Cursor::new(payload, "Trailer");
-                let count = c.u8("digest count")?;
-                let mut digests = Vec::with_capacity(count.min(8) as usize);
-                for _ in 0..count {
-                    let algorithm = Algorithm::from_code(c.u8("algorithm")?)?;
-                    let len = c.u8("digest length")? as usize;
-                    let bytes = c.take(len, "digest")?.to_vec();
-                    digests.push(Digest::new(algorithm, bytes)?);
-                }
+                let digests = take_digests(&mut c)?;
                 c.finish()?;
                 Message::Trailer { digests }
             }
@@ -312,12 +474,34 @@ mod tests {
             Message::Get(GetRequest {
                 path: "sub/dir/file.bin".into(),
                 offset: 12,
+                length: 1000,
                 chunk_size: 1 << 20,
                 digests: DigestSet::of(&[Algorithm::Sha256, Algorithm::Md5]),
+                if_match: Some(FileVersion {
+                    size: 5000,
+                    mtime_ns: 1_700_000_000_000_000_000,
+                }),
+            }),
+            Message::Get(GetRequest::whole("x", 0, DigestSet::EMPTY)),
+            Message::Stat { path: "a/b".into() },
+            Message::FileInfo(FileInfo {
+                kind: FileKind::File,
+                size: 3,
+                mtime_ns: 7,
+                digests: vec![
+                    Digest::from_hex(Algorithm::Md5, "900150983cd24fb0d6963f7d28e17f72").unwrap(),
+                ],
+            }),
+            Message::FileInfo(FileInfo {
+                kind: FileKind::Directory,
+                size: 0,
+                mtime_ns: -1,
+                digests: vec![],
             }),
             Message::FileHeader(FileHeader {
                 size: 1 << 40,
                 offset: 12,
+                length: (1 << 40) - 12,
                 mtime_ns: -5,
                 chunk_size: 65536,
             }),
@@ -350,10 +534,38 @@ mod tests {
             encoded(&Message::Get(GetRequest {
                 path: "f".into(),
                 offset: 2,
+                length: TO_END,
                 chunk_size: 4096,
                 digests: DigestSet::of(&[Algorithm::Sha256]),
+                if_match: None,
             })),
-            [0, 0, 0, 17, 0x10, 0, 1, b'f', 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0x10, 0, 2]
+            [
+                0, 0, 0, 26, 0x10, 0, 1, b'f', 0, 0, 0, 0, 0, 0, 0, 2, 0xff, 0xff, 0xff, 0xff,
+                0xff, 0xff, 0xff, 0xff, 0, 0, 0x10, 0, 2, 0
+            ]
+        );
+        assert_eq!(
+            encoded(&Message::Get(GetRequest {
+                if_match: Some(FileVersion {
+                    size: 3,
+                    mtime_ns: -1
+                }),
+                ..GetRequest::whole("f", 4096, DigestSet::EMPTY)
+            }))[29..],
+            [1, 0, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
+        assert_eq!(
+            encoded(&Message::Stat { path: "d".into() }),
+            [0, 0, 0, 4, 0x14, 0, 1, b'd']
+        );
+        assert_eq!(
+            encoded(&Message::FileInfo(FileInfo {
+                kind: FileKind::Directory,
+                size: 0,
+                mtime_ns: 1,
+                digests: vec![]
+            })),
+            [0, 0, 0, 19, 0x15, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
         );
         assert_eq!(
             encoded(&Message::Data(b"xy")),
@@ -370,12 +582,13 @@ mod tests {
             encoded(&Message::FileHeader(FileHeader {
                 size: 1,
                 offset: 0,
+                length: 1,
                 mtime_ns: 0,
                 chunk_size: 1
             })),
             [
-                0, 0, 0, 29, 0x11, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                0, 0, 0, 0, 0, 0, 1
+                0, 0, 0, 37, 0x11, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
             ]
         );
     }
@@ -434,56 +647,71 @@ mod tests {
         assert!(Message::decode(&[0, 0, 0, 1, tag::GET]).is_err());
         assert!(Message::decode(&[0, 0, 0, 3, tag::TRAILER, 1, 9]).is_err());
         assert!(Message::decode(&[0, 0, 0, 4, tag::TRAILER, 1, 1, 3]).is_err());
-        // Get with an unknown digest bit.
-        let mut get = encoded(&Message::Get(GetRequest {
-            path: "f".into(),
-            offset: 0,
-            chunk_size: 0,
-            digests: DigestSet::EMPTY,
-        }));
-        *get.last_mut().unwrap() = 0x80;
+        // Get with an unknown digest bit (the byte before the if-match flag).
+        let mut get = encoded(&Message::Get(GetRequest::whole("f", 0, DigestSet::EMPTY)));
+        let at = get.len() - 2;
+        get[at] = 0x80;
         assert!(matches!(
             Message::decode(&get),
             Err(ProtocolError::UnknownAlgorithm(_))
         ));
+        // An if-match flag that is neither 0 nor 1.
+        let mut get = encoded(&Message::Get(GetRequest::whole("f", 0, DigestSet::EMPTY)));
+        *get.last_mut().unwrap() = 2;
+        assert!(Message::decode(&get).is_err());
         // Invalid UTF-8 in a path.
+        let mut get = encoded(&Message::Get(GetRequest::whole("f", 0, DigestSet::EMPTY)));
+        get[7] = 0xff;
         assert!(matches!(
-            Message::decode(&[
-                0,
-                0,
-                0,
-                17,
-                tag::GET,
-                0,
-                1,
-                0xff,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0
-            ]),
+            Message::decode(&get),
             Err(ProtocolError::InvalidUtf8(_))
         ));
+        // Unknown file kind.
+        assert!(Message::decode(&[
+            0,
+            0,
+            0,
+            19,
+            tag::FILE_INFO,
+            9,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0
+        ])
+        .is_err());
     }
 
     #[test]
     fn oversized_path_rejected() {
         let mut bytes = Vec::new();
-        Message::Get(GetRequest {
+        Message::Get(GetRequest::whole(
+            "a".repeat(crate::MAX_PATH_LEN + 1),
+            0,
+            DigestSet::EMPTY,
+        ))
+        .encode(&mut bytes);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::PathTooLong { .. })
+        ));
+        let mut bytes = Vec::new();
+        Message::Stat {
             path: "a".repeat(crate::MAX_PATH_LEN + 1),
-            offset: 0,
-            chunk_size: 0,
-            digests: DigestSet::EMPTY,
-        })
+        }
         .encode(&mut bytes);
         assert!(matches!(
             Message::decode(&bytes),
@@ -493,13 +721,16 @@ mod tests {
 
     #[test]
     fn file_header_offset_beyond_size_rejected() {
-        let bytes = encoded(&Message::FileHeader(FileHeader {
-            size: 1,
-            offset: 2,
-            mtime_ns: 0,
-            chunk_size: 1,
-        }));
-        assert!(Message::decode(&bytes).is_err());
+        for (offset, length) in [(2, 0), (0, 2), (1, u64::MAX)] {
+            let bytes = encoded(&Message::FileHeader(FileHeader {
+                size: 1,
+                offset,
+                length,
+                mtime_ns: 0,
+                chunk_size: 1,
+            }));
+            assert!(Message::decode(&bytes).is_err(), "{offset} {length}");
+        }
     }
 
     #[test]
