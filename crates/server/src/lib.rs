@@ -1,1 +1,35 @@
-//! placeholder
+//! The SFTS server: serves the regular files under one folder to SFTS clients (the native,
+//! versioned protocol) and to clients of the original design (the legacy protocol), on the same
+//! port, told apart by their first four bytes.
+//!
+//! One `std::thread` per client (`client-<n>`), a mutex-guarded [`registry`] of active
+//! connections, a connection limit with polite "busy" refusals, read/write timeouts, strict
+//! [`paths`] confinement under the root, and a shutdown that closes every connection and joins
+//! the workers within a couple of seconds.
+//!
+//! It does not resume, accept uploads, list folders or speak TLS (yet). The framing, messages
+//! and checksums come from `sfts-protocol`; this crate only adds sockets, threads and files.
+//!
+//! ```no_run
+//! let server = sfts_server::Server::bind(sfts_server::Config::new("./share"))?;
+//! println!("listening on {}", server.local_addr());
+//! let stop = server.shutdown_handle(); // stop.shutdown() from any thread
+//! server.run()?;
+//! # Ok::<(), sfts_server::ServerError>(())
+//! ```
+
+pub mod config;
+mod connection;
+pub mod error;
+mod legacy;
+mod listener;
+mod native;
+pub mod paths;
+mod refuse;
+pub mod registry;
+mod transfer;
+
+pub use config::{Args, Config};
+pub use error::ServerError;
+pub use listener::{Server, ShutdownHandle};
+pub use registry::ConnectionInfo;
