@@ -1,1 +1,135 @@
-//! placeholder
+//! The SFTS client library behind the `sfts-client` binary.
+//!
+//! [`run`] is the whole program after argument parsing: it sets up logging and the Ctrl-C
+//! handler, runs [`download::get`], prints the result and returns the exit code. Tests and
+//! other programs can call [`download::get`] with a [`cli::GetOptions`] directly.
+//!
+//! Modules: [`cli`] (arguments, checked options), [`address`] (`HOST:PORT`), [`connect`]
+//! (backoff and retries), [`native`] and [`legacy`] (the two protocols' receive paths over any
+//! `Read`/`Write`), [`transfer`] (what they share), [`output`] (temporary file and atomic
+//! publish), [`progress`], [`interrupt`], [`size`] and [`error`] (errors and exit codes).
+//!
+//! What it does not do: framing, hashing or parsing of the original protocol's bytes; those
+//! come from `sfts-protocol`.
+
+pub mod address;
+pub mod cli;
+pub mod connect;
+pub mod download;
+pub mod error;
+pub mod interrupt;
+pub mod legacy;
+pub mod native;
+pub mod output;
+pub mod progress;
+pub mod size;
+pub mod transfer;
+
+pub use cli::{Cli, Command, GetOptions};
+pub use download::{get, Outcome};
+pub use error::ClientError;
+
+use cli::GlobalArgs;
+use interrupt::Interrupt;
+use sfts_logging::{LogConfig, LogGuard};
+use std::io::Write;
+use std::process::ExitCode;
+use tracing::level_filters::LevelFilter;
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let Command::Get(args) = cli.command;
+    let opts = match GetOptions::from_args(args, &cli.global) {
+        Ok(opts) => opts,
+        Err(e) => return report(&e),
+    };
+    let _log = init_logging(&cli.global);
+    let interrupt = Interrupt::new();
+    if let Err(e) = interrupt.install() {
+        tracing::warn!("Ctrl-C will not stop the download cleanly: {e}");
+    }
+    tracing::info!(
+        "{} get {} '{}' ({} protocol, {})",
+        native::AGENT,
+        opts.server,
+        opts.remote,
+        match opts.protocol {
+            cli::Protocol::Native => "native",
+            cli::Protocol::Legacy => "original",
+        },
+        opts.algorithm
+    );
+    match get(&opts, &interrupt) {
+        Ok(outcome) => {
+            print_outcome(&opts, &outcome);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // INFO, not ERROR: the console shows the error once, below, in its own format.
+            tracing::info!("download failed (exit code {}): {e}", e.exit_code());
+            report(&e)
+        }
+    }
+}
+
+/// Prints `<hex>  <output>` (to stdout, or to stderr when the data went to stdout) and,
+/// unless quiet, the summary on stderr.
+fn print_outcome(opts: &GetOptions, outcome: &Outcome) {
+    let line = format!("{}  {}", outcome.digest, outcome.output);
+    if outcome.output == "-" {
+        eprintln!("{line}");
+    } else {
+        // A closed stdout is not worth a failure after a verified download.
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
+    if !opts.quiet {
+        eprintln!(
+            "{}",
+            progress::summary(
+                &opts.remote,
+                outcome.bytes,
+                outcome.elapsed,
+                opts.algorithm.name()
+            )
+        );
+    }
+}
+
+/// Prints the error once and returns its exit code.
+fn report(e: &ClientError) -> ExitCode {
+    if !e.is_silent() {
+        eprintln!("sfts-client: error: {e}");
+    }
+    ExitCode::from(e.exit_code())
+}
+
+/// Logs to the console (WARNING, or INFO with `--verbose`) and to a file in the log directory
+/// (INFO). A log directory that cannot be used costs a warning, never the download.
+fn init_logging(global: &GlobalArgs) -> Option<LogGuard> {
+    let console_level = if global.verbose {
+        LevelFilter::INFO
+    } else {
+        LevelFilter::WARN
+    };
+    let config = LogConfig {
+        dir: Some(global.log_dir.clone()),
+        prefix: "client",
+        file_level: LevelFilter::INFO,
+        console_level,
+    };
+    match sfts_logging::init(&config) {
+        Ok(guard) => Some(guard),
+        Err(e @ sfts_logging::LogError::Dir { .. }) => {
+            eprintln!("sfts-client: warning: {e}; logging to the console only");
+            let console_only = LogConfig {
+                dir: None,
+                ..config
+            };
+            sfts_logging::init(&console_only).ok()
+        }
+        Err(e) => {
+            eprintln!("sfts-client: warning: {e}");
+            None
+        }
+    }
+}

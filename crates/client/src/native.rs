@@ -1,0 +1,504 @@
+//! The native SFTS session: magic + `Hello` → `Welcome`, `Get` → `FileHeader`, `Data`... →
+//! `Trailer`. Generic over the stream so the tests drive it from memory.
+
+use crate::error::{ClientError, Kept};
+use crate::transfer::{early_read_failed, Context, Stop, Stopped};
+use sfts_protocol::checksum::HashingWriter;
+use sfts_protocol::io::{read_message, write_message};
+use sfts_protocol::{
+    Algorithm, Capabilities, Digest, DigestSet, ErrorCode, FileHeader, GetRequest, Message, MAGIC,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// How this client introduces itself.
+pub const AGENT: &str = concat!("sfts-client/", env!("CARGO_PKG_VERSION"));
+
+/// What the client asks for, and the names used in messages.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// `host:port`, for messages.
+    pub server: &'a str,
+    /// The remote path.
+    pub remote: &'a str,
+    /// Largest `Data` payload wanted.
+    pub chunk_size: u32,
+    /// The digest to verify with.
+    pub algorithm: Algorithm,
+    /// The socket timeout, for messages.
+    pub timeout: Duration,
+}
+
+/// The server's `Welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The version both sides speak.
+    pub version: u16,
+    /// The server's features.
+    pub capabilities: Capabilities,
+    /// The server's name and version.
+    pub server: String,
+}
+
+/// How the handshake failed.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The server is busy or shutting down: worth another attempt later.
+    Unavailable {
+        /// Which of the two.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// Anything else.
+    Fatal(ClientError),
+}
+
+/// A native connection with its reused buffers.
+pub struct NativeSession<S> {
+    stream: S,
+    /// Receive buffer, reused for every frame (it grows to the largest frame and stays).
+    buf: Vec<u8>,
+    /// Send buffer.
+    scratch: Vec<u8>,
+}
+
+impl<S: Read + Write> NativeSession<S> {
+    /// Wraps a connected stream.
+    pub fn new(stream: S) -> Self {
+        NativeSession {
+            stream,
+            buf: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The underlying stream.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    /// Sends the magic and `Hello` and reads the answer.
+    pub fn handshake(&mut self, req: &Request<'_>) -> Result<Welcome, HandshakeError> {
+        let fatal = |detail: String| {
+            HandshakeError::Fatal(ClientError::Handshake {
+                server: req.server.to_string(),
+                detail,
+            })
+        };
+        // Magic and Hello in one write. A server that refuses at once (busy) may already have
+        // closed; its Error frame can still be waiting to be read, so a failed write is only
+        // reported when no answer can be read either.
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&MAGIC);
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            capabilities: Capabilities(Capabilities::GET | Capabilities::MULTI_REQUEST),
+            agent: AGENT.into(),
+        }
+        .encode(&mut self.scratch);
+        let sent = self.stream.write_all(&self.scratch);
+        let answer = read_message(&mut self.stream, &mut self.buf);
+        match (answer, sent) {
+            (
+                Ok(Some(Message::Welcome {
+                    version,
+                    capabilities,
+                    server,
+                })),
+                _,
+            ) => {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                    return Err(fatal(format!(
+                        "it chose protocol version {version}, this client speaks \
+                         {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+                    )));
+                }
+                Ok(Welcome {
+                    version,
+                    capabilities,
+                    server,
+                })
+            }
+            (Ok(Some(Message::Error { code, message })), _) if code.is_transient() => {
+                Err(HandshakeError::Unavailable { code, message })
+            }
+            (Ok(Some(Message::Error { message, .. })), _) => {
+                Err(HandshakeError::Fatal(ClientError::Refused {
+                    remote: req.remote.to_string(),
+                    message,
+                }))
+            }
+            (Ok(Some(other)), _) => Err(fatal(format!(
+                "it answered Hello with {} instead of Welcome",
+                other.name()
+            ))),
+            (_, Err(e)) => Err(fatal(format!("cannot send the greeting: {e}"))),
+            (Ok(None), Ok(())) => Err(fatal("it closed the connection without answering".into())),
+            (Err(e), Ok(())) if e.is_timeout() => Err(fatal(format!(
+                "no answer within {}",
+                crate::connect::seconds(req.timeout)
+            ))),
+            (Err(e), Ok(())) => Err(fatal(e.to_string())),
+        }
+    }
+
+    /// Sends `Get` for the whole file and reads the `FileHeader`.
+    pub fn request(
+        &mut self,
+        req: &Request<'_>,
+        welcome: &Welcome,
+    ) -> Result<FileHeader, ClientError> {
+        const STAGE: &str = "waiting for the file header";
+        if !welcome.capabilities.has(Capabilities::GET) {
+            return Err(ClientError::Refused {
+                remote: req.remote.to_string(),
+                message: format!("the server '{}' does not offer downloads", welcome.server),
+            });
+        }
+        let get = Message::Get(GetRequest::whole(
+            req.remote,
+            req.chunk_size,
+            DigestSet::of(&[req.algorithm]),
+        ));
+        let sent = write_message(&mut self.stream, &get, &mut self.scratch);
+        match read_message(&mut self.stream, &mut self.buf) {
+            Ok(Some(Message::FileHeader(h))) if h.offset == 0 && h.length == h.size => Ok(h),
+            Ok(Some(Message::FileHeader(h))) => Err(ClientError::Protocol {
+                detail: format!(
+                    "asked for the whole file, it announced {} bytes from byte {} of {}",
+                    h.length, h.offset, h.size
+                ),
+                kept: Kept::Nothing,
+            }),
+            Ok(Some(Message::Error { message, .. })) => Err(ClientError::Refused {
+                remote: req.remote.to_string(),
+                message,
+            }),
+            Ok(Some(other)) => Err(ClientError::Protocol {
+                detail: format!("expected a FileHeader, got {}", other.name()),
+                kept: Kept::Nothing,
+            }),
+            Ok(None) => Err(ClientError::Disconnected {
+                stage: STAGE,
+                reason: match sent {
+                    Err(e) => format!("cannot send the request: {e}"),
+                    Ok(()) => "the server closed the connection".into(),
+                },
+            }),
+            Err(e) => Err(early_read_failed(STAGE, e, req.timeout)),
+        }
+    }
+
+    /// Receives the `Data` frames of `header` into `sink`, then the `Trailer`. Returns the
+    /// server's digest for `algorithm`; comparing it is the caller's business.
+    pub fn receive<W: Write>(
+        &mut self,
+        header: &FileHeader,
+        algorithm: Algorithm,
+        sink: &mut HashingWriter<W>,
+        ctx: &Context<'_>,
+    ) -> Result<Digest, Stopped> {
+        let size = header.length;
+        let mut received = 0u64;
+        loop {
+            let msg = match read_message(&mut self.stream, &mut self.buf) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    let reason = "the server closed the connection".to_string();
+                    return Err(ctx.stop(received, Stop::Lost(reason)));
+                }
+                Err(e) => return Err(ctx.read_failed(received, e)),
+            };
+            match msg {
+                Message::Data(chunk) if chunk.len() as u64 > size - received => {
+                    let detail = format!(
+                        "it sent more than the {size} bytes it announced ({} after {received})",
+                        chunk.len()
+                    );
+                    return Err(ctx.stop(received, Stop::Protocol(detail)));
+                }
+                Message::Data(chunk) => ctx.deliver(sink, chunk, &mut received)?,
+                Message::Trailer { digests } if received == size => {
+                    return match digests.into_iter().find(|d| d.algorithm == algorithm) {
+                        Some(d) => Ok(d),
+                        None => Err(ctx.stop(
+                            received,
+                            Stop::Protocol(format!("its trailer carries no {algorithm} digest")),
+                        )),
+                    };
+                }
+                Message::Error { code, message } => {
+                    let text = format!("{message} ({})", code.name());
+                    return Err(ctx.stop(received, Stop::Aborted(text)));
+                }
+                other => {
+                    let detail =
+                        format!("it sent {} after {received} of {size} bytes", other.name());
+                    return Err(ctx.stop(received, Stop::Protocol(detail)));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interrupt::Interrupt;
+    use crate::progress::Progress;
+    use sfts_protocol::MultiHasher;
+    use std::io::{self, Cursor};
+
+    /// A stream that reads a prepared server script and records what the client writes.
+    struct Fake {
+        input: Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Fake {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Fake {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn script(messages: &[Message<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            m.encode(&mut out);
+        }
+        out
+    }
+
+    fn welcome() -> Message<'static> {
+        Message::Welcome {
+            version: 1,
+            capabilities: Capabilities(Capabilities::GET),
+            server: "test".into(),
+        }
+    }
+
+    fn header(size: u64) -> Message<'static> {
+        Message::FileHeader(FileHeader {
+            size,
+            offset: 0,
+            length: size,
+            mtime_ns: 0,
+            chunk_size: 4,
+        })
+    }
+
+    fn digest(alg: Algorithm, data: &[u8]) -> Digest {
+        let mut h = MultiHasher::new(DigestSet::of(&[alg]));
+        h.update(data);
+        h.finish().remove(0)
+    }
+
+    fn request() -> Request<'static> {
+        Request {
+            server: "h:9000",
+            remote: "dir/f.bin",
+            chunk_size: 4096,
+            algorithm: Algorithm::Sha256,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Runs a whole session against `server`; returns what the sink got and the outcome.
+    fn session(server: Vec<u8>) -> (Vec<u8>, Result<(Digest, Digest), ClientError>) {
+        let req = request();
+        let mut s = NativeSession::new(Fake {
+            input: Cursor::new(server),
+            output: Vec::new(),
+        });
+        let welcome = match s.handshake(&req) {
+            Ok(w) => w,
+            Err(HandshakeError::Fatal(e)) => return (Vec::new(), Err(e)),
+            Err(HandshakeError::Unavailable { message, .. }) => {
+                return (Vec::new(), Err(ClientError::Usage(message)))
+            }
+        };
+        let h = match s.request(&req, &welcome) {
+            Ok(h) => h,
+            Err(e) => return (Vec::new(), Err(e)),
+        };
+        let interrupt = Interrupt::new();
+        let progress = Progress::hidden();
+        let ctx = Context {
+            interrupt: &interrupt,
+            progress: &progress,
+            timeout: req.timeout,
+        };
+        let mut sink = HashingWriter::new(Vec::new(), DigestSet::of(&[req.algorithm]));
+        let r = s.receive(&h, req.algorithm, &mut sink, &ctx);
+        let (bytes, mut ours) = sink.finish();
+        let r = r
+            .map(|theirs| (theirs, ours.remove(0)))
+            .map_err(|st| crate::transfer::into_error(st, h.size, Kept::File("p".into())));
+        (bytes, r)
+    }
+
+    #[test]
+    fn good_file_in_several_chunks() {
+        let data = b"hello, world!";
+        let mut msgs = vec![welcome(), header(data.len() as u64)];
+        msgs.extend(data.chunks(4).map(Message::Data));
+        msgs.push(Message::Trailer {
+            digests: vec![digest(Algorithm::Sha256, data)],
+        });
+        let (bytes, r) = session(script(&msgs));
+        assert_eq!(bytes, data);
+        let (theirs, ours) = r.unwrap();
+        assert_eq!(theirs, ours);
+    }
+
+    #[test]
+    fn client_opens_with_magic_hello_then_get() {
+        let mut s = NativeSession::new(Fake {
+            input: Cursor::new(script(&[welcome(), header(0)])),
+            output: Vec::new(),
+        });
+        let w = s.handshake(&request()).unwrap();
+        assert_eq!(w.server, "test");
+        s.request(&request(), &w).unwrap();
+        let out = s.into_inner().output;
+        assert_eq!(out[..4], MAGIC);
+        let (hello, used) = Message::decode(&out[4..]).unwrap().unwrap();
+        assert!(matches!(hello, Message::Hello { version: 1, ref agent, .. } if agent == AGENT));
+        let (get, _) = Message::decode(&out[4 + used..]).unwrap().unwrap();
+        let Message::Get(get) = get else {
+            panic!("expected Get")
+        };
+        assert_eq!(get.path, "dir/f.bin");
+        assert_eq!(get.offset, 0);
+        assert_eq!(get.length, sfts_protocol::TO_END);
+        assert_eq!(get.digests, DigestSet::of(&[Algorithm::Sha256]));
+    }
+
+    #[test]
+    fn empty_file() {
+        let msgs = [
+            welcome(),
+            header(0),
+            Message::Trailer {
+                digests: vec![digest(Algorithm::Sha256, b"")],
+            },
+        ];
+        let (bytes, r) = session(script(&msgs));
+        assert!(bytes.is_empty());
+        let (theirs, ours) = r.unwrap();
+        assert_eq!(theirs, ours);
+    }
+
+    #[test]
+    fn digest_mismatch_is_reported_to_the_caller() {
+        let msgs = [
+            welcome(),
+            header(3),
+            Message::Data(b"abc"),
+            Message::Trailer {
+                digests: vec![digest(Algorithm::Sha256, b"abd")],
+            },
+        ];
+        let (bytes, r) = session(script(&msgs));
+        assert_eq!(bytes, b"abc");
+        let (theirs, ours) = r.unwrap();
+        assert_ne!(theirs, ours);
+        let e = crate::transfer::verify("f", &theirs, &ours, Kept::Nothing).unwrap_err();
+        assert_eq!(e.exit_code(), 5);
+    }
+
+    #[test]
+    fn early_eof_keeps_the_count() {
+        let msgs = [welcome(), header(10), Message::Data(b"abcd")];
+        let (bytes, r) = session(script(&msgs));
+        assert_eq!(bytes, b"abcd");
+        let e = r.unwrap_err();
+        assert_eq!(e.exit_code(), 6);
+        assert!(
+            e.to_string()
+                .starts_with("connection lost after 4 of 10 bytes"),
+            "{e}"
+        );
+        // Cut inside a frame too.
+        let mut cut = script(&[welcome(), header(10), Message::Data(b"abcdefgh")]);
+        cut.truncate(cut.len() - 3);
+        assert_eq!(session(cut).1.unwrap_err().exit_code(), 6);
+    }
+
+    #[test]
+    fn error_frame_mid_transfer_aborts() {
+        let msgs = [
+            welcome(),
+            header(10),
+            Message::Data(b"ab"),
+            Message::Error {
+                code: ErrorCode::ShuttingDown,
+                message: "server shutting down".into(),
+            },
+        ];
+        let e = session(script(&msgs)).1.unwrap_err();
+        assert_eq!(e.exit_code(), 6);
+        assert!(e.to_string().contains("server shutting down"), "{e}");
+        assert!(e.to_string().contains("after 2 of 10 bytes"), "{e}");
+    }
+
+    #[test]
+    fn refusals() {
+        let not_found = Message::Error {
+            code: ErrorCode::NotFound,
+            message: "file 'dir/f.bin' not found under the served root".into(),
+        };
+        let e = session(script(&[welcome(), not_found])).1.unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+        assert_eq!(
+            e.to_string(),
+            "server refused 'dir/f.bin': file 'dir/f.bin' not found under the served root"
+        );
+        let busy = Message::Error {
+            code: ErrorCode::Busy,
+            message: "too many".into(),
+        };
+        let mut s = NativeSession::new(Fake {
+            input: Cursor::new(script(&[busy])),
+            output: Vec::new(),
+        });
+        assert!(matches!(
+            s.handshake(&request()),
+            Err(HandshakeError::Unavailable {
+                code: ErrorCode::Busy,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn protocol_violations() {
+        // More data than announced.
+        let msgs = [welcome(), header(2), Message::Data(b"abc")];
+        let e = session(script(&msgs)).1.unwrap_err();
+        assert!(matches!(e, ClientError::Protocol { .. }), "{e}");
+        // Trailer early.
+        let msgs = [welcome(), header(2), Message::Trailer { digests: vec![] }];
+        assert_eq!(session(script(&msgs)).1.unwrap_err().exit_code(), 6);
+        // Trailer without our digest.
+        let msgs = [welcome(), header(0), Message::Trailer { digests: vec![] }];
+        let e = session(script(&msgs)).1.unwrap_err();
+        assert!(e.to_string().contains("no sha256 digest"), "{e}");
+        // Not a native server at all.
+        let e = session(b"OK".to_vec()).1.unwrap_err();
+        assert!(matches!(e, ClientError::Handshake { .. }), "{e}");
+        assert!(e.to_string().contains("--protocol legacy"));
+    }
+}
