@@ -1,0 +1,182 @@
+//! Downloads with the native protocol: sizes at the chunk boundaries, digests, output modes.
+
+use crate::support::*;
+
+/// Fetches `name` from `server` into `work/out.bin` with the given extra args; returns the
+/// client output after checking the bytes and the printed digest against coreutils.
+fn fetch_and_check(server: &Server, name: &str, data: &[u8], extra: &[&str], tool: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let out = run(client(work.path())
+        .args(["get", &server.target(), name, "-o", "out.bin"])
+        .args(extra));
+    assert_ok(&out);
+    let got = std::fs::read(work.path().join("out.bin")).unwrap();
+    assert!(got == data, "{name}: received bytes differ");
+    let expected = coreutils_digest(tool, &server.root.join(name));
+    assert_eq!(printed_digest(&stdout(&out)), expected, "{name}");
+    assert!(
+        !work.path().join("out.bin.sfts-part").exists(),
+        "temporary file left behind"
+    );
+}
+
+#[test]
+fn sizes_around_chunk_boundaries_are_byte_identical() {
+    let server = Server::start();
+    let chunk = 65536usize;
+    for (i, len) in [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("f{len}.bin");
+        let data = write_random(&server.root, &name, len, i as u64);
+        fetch_and_check(&server, &name, &data, &["--chunk-size", "64K"], "sha256sum");
+    }
+}
+
+#[test]
+fn large_random_file_sha256_and_md5() {
+    let server = Server::start();
+    let data = write_random(&server.root, "big.bin", 64 << 20, 42);
+    fetch_and_check(&server, "big.bin", &data, &[], "sha256sum");
+    fetch_and_check(&server, "big.bin", &data, &["--checksum", "md5"], "md5sum");
+    let logs = server.logs();
+    assert!(
+        logs.contains("50%"),
+        "no 10% progress lines in the log:\n{logs}"
+    );
+}
+
+#[test]
+fn default_output_is_the_base_name_and_subdirectories_work() {
+    let server = Server::start();
+    let data = write_random(&server.root, "sub/dir/file.bin", 5000, 7);
+    let work = tempfile::tempdir().unwrap();
+    let out = run(client(work.path()).args(["get", &server.target(), "sub/dir/file.bin"]));
+    assert_ok(&out);
+    assert_eq!(std::fs::read(work.path().join("file.bin")).unwrap(), data);
+    // An existing directory as -o: the file lands inside it.
+    std::fs::create_dir(work.path().join("into")).unwrap();
+    let out =
+        run(client(work.path()).args(["get", &server.target(), "sub/dir/file.bin", "-o", "into"]));
+    assert_ok(&out);
+    assert_eq!(
+        std::fs::read(work.path().join("into/file.bin")).unwrap(),
+        data
+    );
+}
+
+#[test]
+fn stdout_output_carries_only_the_data() {
+    let server = Server::start();
+    let data = write_random(&server.root, "s.bin", 300_000, 3);
+    let work = tempfile::tempdir().unwrap();
+    let out = run(client(work.path()).args(["get", &server.target(), "s.bin", "-o", "-"]));
+    assert_ok(&out);
+    assert!(out.stdout == data, "stdout is not exactly the file");
+    let expected = coreutils_digest("sha256sum", &server.root.join("s.bin"));
+    assert_eq!(printed_digest(&stderr(&out)), expected);
+}
+
+#[test]
+fn existing_target_needs_force() {
+    let server = Server::start();
+    let data = write_random(&server.root, "a.bin", 1000, 9);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("a.bin"), b"precious").unwrap();
+    let out = run(client(work.path()).args(["get", &server.target(), "a.bin"]));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(work.path().join("a.bin")).unwrap(),
+        b"precious"
+    );
+    let out = run(client(work.path()).args(["get", &server.target(), "a.bin", "--force"]));
+    assert_ok(&out);
+    assert_eq!(std::fs::read(work.path().join("a.bin")).unwrap(), data);
+}
+
+#[test]
+fn not_found_and_directory_are_refused() {
+    let server = Server::start();
+    std::fs::create_dir(server.root.join("adir")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = run(client(work.path()).args(["get", &server.target(), "missing.bin"]));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let out = run(client(work.path()).args(["get", &server.target(), "adir", "-o", "x"]));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    let left: Vec<String> = names(work.path())
+        .into_iter()
+        .filter(|n| n != "logs")
+        .collect();
+    assert!(left.is_empty(), "refused downloads left files: {left:?}");
+}
+
+#[test]
+fn ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback on this machine");
+        return;
+    }
+    let server = Server::start_with(ServerOpts {
+        bind: "::1".into(),
+        ..ServerOpts::default()
+    });
+    let data = write_random(&server.root, "v6.bin", 100_000, 6);
+    let work = tempfile::tempdir().unwrap();
+    let target = format!("[::1]:{}", server.addr.port());
+    let out = run(client(work.path()).args([
+        "get",
+        &target,
+        "v6.bin",
+        "-o",
+        "out.bin",
+        "--checksum",
+        "md5",
+    ]));
+    assert_ok(&out);
+    assert_eq!(std::fs::read(work.path().join("out.bin")).unwrap(), data);
+}
+
+#[test]
+fn client_and_server_write_log_files_in_the_sfts_format() {
+    let server = Server::start();
+    write_random(&server.root, "l.bin", 10, 1);
+    let work = tempfile::tempdir().unwrap();
+    assert_ok(&run(client(work.path()).args([
+        "get",
+        &server.target(),
+        "l.bin",
+    ])));
+    let logs = names(&work.path().join("logs"));
+    assert!(
+        logs.iter()
+            .any(|n| n.starts_with("client_") && n.ends_with(".log")),
+        "{logs:?}"
+    );
+    let text = std::fs::read_to_string(work.path().join("logs").join(&logs[0])).unwrap();
+    let line = text.lines().next().expect("client log is empty");
+    // YYYY-MM-DD HH:MM:SS - ThreadName - LEVEL - Message
+    let parts: Vec<&str> = line.splitn(4, " - ").collect();
+    assert_eq!(parts.len(), 4, "{line}");
+    assert_eq!(parts[0].len(), 19, "{line}");
+    assert!(
+        ["DEBUG", "INFO", "WARNING", "ERROR"].contains(&parts[2]),
+        "{line}"
+    );
+    let server_logs = names(&server.log_dir);
+    assert!(
+        server_logs.iter().any(|n| n.starts_with("server_")),
+        "{server_logs:?}"
+    );
+    assert!(
+        server.logs().contains(" - client-"),
+        "worker threads are not named"
+    );
+}
