@@ -114,6 +114,21 @@ pub struct GetArgs {
     /// Overwrite the output file if it exists
     #[arg(long)]
     pub force: bool,
+
+    /// Discard any partial download of this file and start from the first byte
+    /// [default: an interrupted download is resumed]
+    #[arg(long)]
+    pub no_resume: bool,
+
+    /// Reconnections in a row, without a byte of progress, after the connection dropped or
+    /// stalled mid-transfer (the first at once, then after 1, 2, 4, ... s)
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_retries: u32,
+
+    /// Print one JSON object on standard output at the end (the summary, or the error)
+    /// instead of the digest line
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses `--timeout`: positive seconds, fractions allowed.
@@ -153,6 +168,12 @@ pub struct GetOptions {
     pub force: bool,
     /// No progress bar, no summary.
     pub quiet: bool,
+    /// Start over even if a partial download exists.
+    pub no_resume: bool,
+    /// Reconnections in a row after a mid-transfer drop.
+    pub max_retries: u32,
+    /// Machine-readable summary.
+    pub json: bool,
 }
 
 impl GetOptions {
@@ -186,6 +207,9 @@ impl GetOptions {
             chunk_size: args.chunk_size,
             force: args.force,
             quiet: global.quiet,
+            no_resume: args.no_resume,
+            max_retries: args.max_retries,
+            json: args.json,
         })
     }
 }

@@ -2,17 +2,16 @@
 //! into the temporary file, verify, publish.
 
 use crate::cli::{GetOptions, Protocol};
-use crate::connect::{self, with_retries, Failure};
+use crate::connect::with_retries;
 use crate::error::ClientError;
+use crate::fetch::{open, Stats};
 use crate::interrupt::Interrupt;
 use crate::legacy;
-use crate::native::{HandshakeError, NativeSession, Request, Welcome};
 use crate::output::{Destination, Sink};
 use crate::progress::{rate, Progress};
 use crate::transfer::{into_error, verify, Context, Stopped};
 use sfts_protocol::checksum::HashingWriter;
-use sfts_protocol::{Digest, DigestSet, ErrorCode};
-use std::net::TcpStream;
+use sfts_protocol::{Digest, DigestSet};
 use std::time::{Duration, Instant};
 
 /// A finished, verified download.
@@ -22,10 +21,12 @@ pub struct Outcome {
     pub digest: Digest,
     /// Where the bytes are, as printed after the digest (`-` for standard output).
     pub output: String,
-    /// Bytes received.
-    pub bytes: u64,
-    /// Time from the first to the last byte.
+    /// Size of the file.
+    pub size: u64,
+    /// Time from the first connection to the verified end.
     pub elapsed: Duration,
+    /// Bytes fetched and reused, reconnections, repaired chunks.
+    pub stats: Stats,
 }
 
 /// Forgets the active socket when the download ends, however it ends.
@@ -41,51 +42,13 @@ impl Drop for Watched<'_> {
 /// request; nothing appears under the final name before the digest matched.
 pub fn get(opts: &GetOptions, interrupt: &Interrupt) -> Result<Outcome, ClientError> {
     let dest = Destination::plan(&opts.output, &opts.remote, opts.force)?;
-    let server = opts.server.to_string();
-    let req = Request {
-        server: &server,
-        remote: &opts.remote,
-        chunk_size: opts.chunk_size,
-        algorithm: opts.algorithm,
-        timeout: opts.timeout,
-    };
     let _watched = Watched(interrupt);
     match opts.protocol {
-        Protocol::Native => {
-            let (mut session, welcome) = with_retries(opts.retries, interrupt, |attempt| {
-                let stream = open(opts, attempt, interrupt)?;
-                let mut session = NativeSession::new(stream);
-                match session.handshake(&req) {
-                    Ok(welcome) => Ok((session, welcome)),
-                    Err(HandshakeError::Fatal(e)) => Err(Failure::fatal(e)),
-                    Err(HandshakeError::Unavailable { code, message }) => {
-                        // Drop our clone too, or the server keeps counting this connection
-                        // while we wait to retry.
-                        interrupt.release();
-                        Err(unavailable(opts, &server, code, message))
-                    }
-                }
-            })?;
-            let Welcome {
-                version,
-                server: name,
-                ..
-            } = &welcome;
-            tracing::info!("server '{name}' speaks protocol version {version}");
-            tracing::info!(
-                "requesting '{}' (chunk size {}, {})",
-                opts.remote,
-                opts.chunk_size,
-                opts.algorithm
-            );
-            let header = session.request(&req, &welcome)?;
-            receive(opts, &dest, header.size, interrupt, |sink, ctx| {
-                session.receive(&header, opts.algorithm, sink, ctx)
-            })
-        }
+        Protocol::Native => crate::resume::get_native(opts, &dest, interrupt),
         Protocol::Legacy => {
+            let started = Instant::now();
             let mut stream = with_retries(opts.retries, interrupt, |attempt| {
-                open(opts, attempt, interrupt)
+                open(opts, attempt, opts.retries, interrupt)
             })?;
             tracing::info!("requesting '{}' (original protocol)", opts.remote);
             let accepted = legacy::request(&mut stream, &opts.remote, opts.timeout)?;
@@ -97,7 +60,7 @@ pub fn get(opts: &GetOptions, interrupt: &Interrupt) -> Result<Outcome, ClientEr
                 meta.md5
             );
             let mut buf = vec![0u8; opts.chunk_size as usize];
-            receive(opts, &dest, meta.size, interrupt, |sink, ctx| {
+            receive(opts, &dest, meta.size, interrupt, started, |sink, ctx| {
                 legacy::receive(
                     &mut stream,
                     &accepted.leftover,
@@ -112,42 +75,6 @@ pub fn get(opts: &GetOptions, interrupt: &Interrupt) -> Result<Outcome, ClientEr
     }
 }
 
-/// One connection attempt with the socket timeouts set and the socket watched for Ctrl-C.
-fn open(opts: &GetOptions, attempt: u32, interrupt: &Interrupt) -> Result<TcpStream, Failure> {
-    let stream = connect::open(&opts.server, opts.timeout, attempt, opts.retries, interrupt)?;
-    let timeouts = stream
-        .set_read_timeout(Some(opts.timeout))
-        .and_then(|()| stream.set_write_timeout(Some(opts.timeout)));
-    if let Err(e) = timeouts {
-        return Err(Failure::fatal(ClientError::Local {
-            what: "cannot set the socket timeouts".into(),
-            source: e,
-        }));
-    }
-    // Small frames (Hello, Get) should not wait for Nagle; data flows the other way.
-    let _ = stream.set_nodelay(true);
-    interrupt.watch(&stream);
-    Ok(stream)
-}
-
-/// A busy or shutting-down answer to `Hello`: retried like a failed connection.
-fn unavailable(opts: &GetOptions, server: &str, code: ErrorCode, message: String) -> Failure {
-    let state = if code == ErrorCode::Busy {
-        "busy"
-    } else {
-        "shutting down"
-    };
-    Failure::Retry {
-        warning: format!("server {server} is {state} ({message})"),
-        error: Box::new(ClientError::Unavailable {
-            server: server.to_string(),
-            state,
-            message,
-            retries: opts.retries,
-        }),
-    }
-}
-
 /// Opens the output, runs `body` (which fills it and returns the server's digest), verifies
 /// and publishes.
 fn receive(
@@ -155,6 +82,7 @@ fn receive(
     dest: &Destination,
     size: u64,
     interrupt: &Interrupt,
+    started: Instant,
     body: impl FnOnce(&mut HashingWriter<Sink>, &Context<'_>) -> Result<Digest, Stopped>,
 ) -> Result<Outcome, ClientError> {
     let sink = dest.open()?;
@@ -172,7 +100,6 @@ fn receive(
         progress: &progress,
         timeout: opts.timeout,
     };
-    let started = Instant::now();
     let mut writer = HashingWriter::new(sink, DigestSet::of(&[opts.algorithm]));
     let result = body(&mut writer, &ctx);
     let elapsed = started.elapsed();
@@ -211,7 +138,11 @@ fn receive(
     Ok(Outcome {
         digest: actual,
         output: dest.display_name(),
-        bytes: received,
-        elapsed,
+        size,
+        elapsed: started.elapsed(),
+        stats: Stats {
+            fetched: received,
+            ..Stats::default()
+        },
     })
 }

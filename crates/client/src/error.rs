@@ -36,8 +36,10 @@ Exit codes:
   4    refused by the server: not found, not a regular file, outside the served root,
        bad request, busy or shutting down (after the retries), unsupported version
   5    integrity failure: the digest does not match; the bytes are kept in <output>.sfts-part
-  6    transfer failed: connection lost or timed out, protocol violation, server aborted
-  130  interrupted by Ctrl-C or SIGTERM; partial data is kept in <output>.sfts-part";
+  6    transfer failed: connection lost and --max-retries reconnections failed, protocol
+       violation, server aborted; partial data is kept for a resume
+  130  interrupted by Ctrl-C or SIGTERM; partial data is kept in <output>.sfts-part:
+       run the same command again to resume";
 
 /// Where the bytes of a failed download are, for the error message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub enum Kept {
     Nothing,
     /// In this temporary file.
     File(PathBuf),
+    /// In this temporary file, with its journal: a rerun resumes.
+    Resumable(PathBuf),
     /// They went to standard output.
     Stdout,
 }
@@ -55,6 +59,10 @@ impl Kept {
         match self {
             Kept::Nothing => String::new(),
             Kept::File(p) => format!("; {what} kept in '{}'", p.display()),
+            Kept::Resumable(p) => format!(
+                "; {what} kept in '{}': run the same command again to resume",
+                p.display()
+            ),
             Kept::Stdout => "; the bytes received so far went to standard output".to_string(),
         }
     }
@@ -187,6 +195,29 @@ pub enum ClientError {
         kept: Kept,
     },
 
+    /// The connection dropped mid-transfer and could not be re-established.
+    #[error(
+        "connection lost and {retries} reconnection(s) in a row failed ({reason}){}",
+        kept.verb("partial data")
+    )]
+    Reconnect {
+        /// Reconnections tried (`--max-retries`).
+        retries: u32,
+        /// The last failure.
+        reason: String,
+        /// Where the bytes are.
+        kept: Kept,
+    },
+
+    /// The file kept changing on the server while it was being downloaded.
+    #[error("'{remote}' changed on the server {times} times during the download; try again when it is no longer being written")]
+    KeepsChanging {
+        /// The requested path.
+        remote: String,
+        /// How many times it changed.
+        times: u32,
+    },
+
     /// Ctrl-C or SIGTERM.
     #[error("interrupted{}", kept.verb("partial data"))]
     Interrupted {
@@ -213,7 +244,9 @@ impl ClientError {
             | ClientError::Disconnected { .. }
             | ClientError::ConnectionLost { .. }
             | ClientError::Aborted { .. }
-            | ClientError::Protocol { .. } => exit::TRANSFER,
+            | ClientError::Protocol { .. }
+            | ClientError::Reconnect { .. }
+            | ClientError::KeepsChanging { .. } => exit::TRANSFER,
             ClientError::Interrupted { .. } => exit::INTERRUPTED,
             ClientError::StdoutClosed => exit::SUCCESS,
         }

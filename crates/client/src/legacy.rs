@@ -5,7 +5,6 @@
 
 use crate::error::{ClientError, Kept};
 use crate::transfer::{early_read_failed, Context, Stop, Stopped};
-use sfts_protocol::checksum::HashingWriter;
 use sfts_protocol::legacy::{self, Metadata, Status};
 use sfts_protocol::ProtocolError;
 use std::io::{self, Read, Write};
@@ -122,7 +121,7 @@ pub fn receive<R: Read, W: Write>(
     stream: &mut R,
     leftover: &[u8],
     size: u64,
-    sink: &mut HashingWriter<W>,
+    sink: &mut W,
     buf: &mut [u8],
     ctx: &Context<'_>,
 ) -> Result<(), Stopped> {
@@ -155,6 +154,7 @@ mod tests {
     use super::*;
     use crate::interrupt::Interrupt;
     use crate::progress::Progress;
+    use sfts_protocol::checksum::HashingWriter;
     use sfts_protocol::{Algorithm, Digest, DigestSet, MultiHasher};
     use std::collections::VecDeque;
 

@@ -17,12 +17,17 @@ pub mod cli;
 pub mod connect;
 pub mod download;
 pub mod error;
+pub mod fetch;
 pub mod interrupt;
+pub mod journal;
 pub mod legacy;
 pub mod native;
 pub mod output;
 pub mod progress;
+pub mod resume;
+pub mod sinks;
 pub mod size;
+pub mod summary;
 pub mod transfer;
 
 pub use cli::{Cli, Command, GetOptions};
@@ -67,31 +72,30 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             // INFO, not ERROR: the console shows the error once, below, in its own format.
             tracing::info!("download failed (exit code {}): {e}", e.exit_code());
+            if opts.json && !e.is_silent() {
+                summary::print_json(&opts, &summary::error_json(&opts, &e));
+            }
             report(&e)
         }
     }
 }
 
-/// Prints `<hex>  <output>` (to stdout, or to stderr when the data went to stdout) and,
-/// unless quiet, the summary on stderr.
+/// Prints `<hex>  <output>` (to stdout, or to stderr when the data went to stdout), or the
+/// JSON summary with `--json`, and, unless quiet, the human summary on stderr.
 fn print_outcome(opts: &GetOptions, outcome: &Outcome) {
-    let line = format!("{}  {}", outcome.digest, outcome.output);
-    if outcome.output == "-" {
-        eprintln!("{line}");
+    if opts.json {
+        summary::print_json(opts, &summary::outcome_json(opts, outcome));
     } else {
-        // A closed stdout is not worth a failure after a verified download.
-        let _ = writeln!(std::io::stdout(), "{line}");
+        let line = format!("{}  {}", outcome.digest, outcome.output);
+        if outcome.output == "-" {
+            eprintln!("{line}");
+        } else {
+            // A closed stdout is not worth a failure after a verified download.
+            let _ = writeln!(std::io::stdout(), "{line}");
+        }
     }
     if !opts.quiet {
-        eprintln!(
-            "{}",
-            progress::summary(
-                &opts.remote,
-                outcome.bytes,
-                outcome.elapsed,
-                opts.algorithm.name()
-            )
-        );
+        eprintln!("{}", summary::human(opts, outcome));
     }
 }
 

@@ -3,11 +3,10 @@
 
 use crate::error::{ClientError, Kept};
 use crate::transfer::{early_read_failed, Context, Stop, Stopped};
-use sfts_protocol::checksum::HashingWriter;
 use sfts_protocol::io::{read_message, write_message};
 use sfts_protocol::{
-    Algorithm, Capabilities, Digest, DigestSet, ErrorCode, FileHeader, GetRequest, Message, MAGIC,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Algorithm, Capabilities, Digest, DigestSet, ErrorCode, FileHeader, FileInfo, GetRequest,
+    Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, TO_END,
 };
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -94,7 +93,12 @@ impl<S: Read + Write> NativeSession<S> {
         self.scratch.extend_from_slice(&MAGIC);
         Message::Hello {
             version: PROTOCOL_VERSION,
-            capabilities: Capabilities(Capabilities::GET | Capabilities::MULTI_REQUEST),
+            capabilities: Capabilities(
+                Capabilities::GET
+                    | Capabilities::RESUME
+                    | Capabilities::MULTI_REQUEST
+                    | Capabilities::STAT,
+            ),
             agent: AGENT.into(),
         }
         .encode(&mut self.scratch);
@@ -150,6 +154,30 @@ impl<S: Read + Write> NativeSession<S> {
         req: &Request<'_>,
         welcome: &Welcome,
     ) -> Result<FileHeader, ClientError> {
+        let get = GetRequest::whole(req.remote, req.chunk_size, DigestSet::of(&[req.algorithm]));
+        let h = self.request_range(req, welcome, get)?;
+        if h.offset == 0 && h.length == h.size {
+            Ok(h)
+        } else {
+            Err(ClientError::Protocol {
+                detail: format!(
+                    "asked for the whole file, it announced {} bytes from byte {} of {}",
+                    h.length, h.offset, h.size
+                ),
+                kept: Kept::Nothing,
+            })
+        }
+    }
+
+    /// Sends `get` (a whole file or a range) and reads the `FileHeader`, checking that what it
+    /// announces is consistent: the range fits the file, and it is the range asked for unless
+    /// the server fell back to the whole file because `if_match` no longer matched.
+    pub fn request_range(
+        &mut self,
+        req: &Request<'_>,
+        welcome: &Welcome,
+        get: GetRequest,
+    ) -> Result<FileHeader, ClientError> {
         const STAGE: &str = "waiting for the file header";
         if !welcome.capabilities.has(Capabilities::GET) {
             return Err(ClientError::Refused {
@@ -157,27 +185,75 @@ impl<S: Read + Write> NativeSession<S> {
                 message: format!("the server '{}' does not offer downloads", welcome.server),
             });
         }
-        let get = Message::Get(GetRequest::whole(
-            req.remote,
-            req.chunk_size,
-            DigestSet::of(&[req.algorithm]),
-        ));
-        let sent = write_message(&mut self.stream, &get, &mut self.scratch);
-        match read_message(&mut self.stream, &mut self.buf) {
-            Ok(Some(Message::FileHeader(h))) if h.offset == 0 && h.length == h.size => Ok(h),
-            Ok(Some(Message::FileHeader(h))) => Err(ClientError::Protocol {
+        let (offset, length) = (get.offset, get.length);
+        let sent = write_message(&mut self.stream, &Message::Get(get), &mut self.scratch);
+        let h = match read_message(&mut self.stream, &mut self.buf) {
+            Ok(Some(Message::FileHeader(h))) => h,
+            Ok(Some(Message::Error { message, .. })) => {
+                return Err(ClientError::Refused {
+                    remote: req.remote.to_string(),
+                    message,
+                })
+            }
+            Ok(Some(other)) => {
+                return Err(ClientError::Protocol {
+                    detail: format!("expected a FileHeader, got {}", other.name()),
+                    kept: Kept::Nothing,
+                })
+            }
+            Ok(None) => {
+                return Err(ClientError::Disconnected {
+                    stage: STAGE,
+                    reason: match sent {
+                        Err(e) => format!("cannot send the request: {e}"),
+                        Ok(()) => "the server closed the connection".into(),
+                    },
+                })
+            }
+            Err(e) => return Err(early_read_failed(STAGE, e, req.timeout)),
+        };
+        let fits = h
+            .offset
+            .checked_add(h.length)
+            .is_some_and(|end| end <= h.size);
+        let whole = h.offset == 0 && h.length == h.size;
+        let asked = h.offset == offset
+            && (h.length == length || (length == TO_END && h.length == h.size - h.offset));
+        if !fits || !(asked || whole) {
+            return Err(ClientError::Protocol {
                 detail: format!(
-                    "asked for the whole file, it announced {} bytes from byte {} of {}",
-                    h.length, h.offset, h.size
+                    "asked for {} bytes from byte {offset}, it announced {} bytes from byte {} \
+                     of {}",
+                    if length == TO_END {
+                        "all".to_string()
+                    } else {
+                        length.to_string()
+                    },
+                    h.length,
+                    h.offset,
+                    h.size
                 ),
                 kept: Kept::Nothing,
-            }),
+            });
+        }
+        Ok(h)
+    }
+
+    /// Asks the server to describe `path` (the server must offer [`Capabilities::STAT`]).
+    pub fn stat(&mut self, req: &Request<'_>) -> Result<FileInfo, ClientError> {
+        const STAGE: &str = "waiting for the file's description";
+        let stat = Message::Stat {
+            path: req.remote.to_string(),
+        };
+        let sent = write_message(&mut self.stream, &stat, &mut self.scratch);
+        match read_message(&mut self.stream, &mut self.buf) {
+            Ok(Some(Message::FileInfo(info))) => Ok(info),
             Ok(Some(Message::Error { message, .. })) => Err(ClientError::Refused {
                 remote: req.remote.to_string(),
                 message,
             }),
             Ok(Some(other)) => Err(ClientError::Protocol {
-                detail: format!("expected a FileHeader, got {}", other.name()),
+                detail: format!("expected FileInfo, got {}", other.name()),
                 kept: Kept::Nothing,
             }),
             Ok(None) => Err(ClientError::Disconnected {
@@ -191,15 +267,34 @@ impl<S: Read + Write> NativeSession<S> {
         }
     }
 
-    /// Receives the `Data` frames of `header` into `sink`, then the `Trailer`. Returns the
-    /// server's digest for `algorithm`; comparing it is the caller's business.
+    /// Receives the `Data` frames of `header` into `sink` (which hashes them), then the
+    /// `Trailer`. Returns the server's digest for `algorithm`; comparing it is the caller's
+    /// business.
     pub fn receive<W: Write>(
         &mut self,
         header: &FileHeader,
         algorithm: Algorithm,
-        sink: &mut HashingWriter<W>,
+        sink: &mut W,
         ctx: &Context<'_>,
     ) -> Result<Digest, Stopped> {
+        let digests = self.receive_all(header, sink, ctx)?;
+        match digests.into_iter().find(|d| d.algorithm == algorithm) {
+            Some(d) => Ok(d),
+            None => Err(ctx.stop(
+                header.length,
+                Stop::Protocol(format!("its trailer carries no {algorithm} digest")),
+            )),
+        }
+    }
+
+    /// Receives the `Data` frames of `header` into `sink`, then the `Trailer`, whose digests
+    /// it returns. Empty `Data` frames (the server's keep-alive while it hashes) are ignored.
+    pub fn receive_all<W: Write>(
+        &mut self,
+        header: &FileHeader,
+        sink: &mut W,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<Digest>, Stopped> {
         let size = header.length;
         let mut received = 0u64;
         loop {
@@ -220,15 +315,7 @@ impl<S: Read + Write> NativeSession<S> {
                     return Err(ctx.stop(received, Stop::Protocol(detail)));
                 }
                 Message::Data(chunk) => ctx.deliver(sink, chunk, &mut received)?,
-                Message::Trailer { digests } if received == size => {
-                    return match digests.into_iter().find(|d| d.algorithm == algorithm) {
-                        Some(d) => Ok(d),
-                        None => Err(ctx.stop(
-                            received,
-                            Stop::Protocol(format!("its trailer carries no {algorithm} digest")),
-                        )),
-                    };
-                }
+                Message::Trailer { digests } if received == size => return Ok(digests),
                 Message::Error { code, message } => {
                     let text = format!("{message} ({})", code.name());
                     return Err(ctx.stop(received, Stop::Aborted(text)));
@@ -248,6 +335,7 @@ mod tests {
     use super::*;
     use crate::interrupt::Interrupt;
     use crate::progress::Progress;
+    use sfts_protocol::checksum::HashingWriter;
     use sfts_protocol::MultiHasher;
     use std::io::{self, Cursor};
 

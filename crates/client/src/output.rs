@@ -116,19 +116,7 @@ impl Destination {
     pub fn open(&self) -> Result<Sink, ClientError> {
         match self {
             Destination::Stdout => Ok(Sink::Stdout(io::stdout().lock())),
-            Destination::File { part, .. } => {
-                match fs::remove_file(part) {
-                    Ok(()) => tracing::info!("replacing stale '{}'", part.display()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(ClientError::local("cannot replace", part, e)),
-                }
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(part)
-                    .map_err(|e| ClientError::local("cannot create", part, e))?;
-                Ok(Sink::File(file))
-            }
+            Destination::File { part, .. } => create_part(part).map(Sink::File),
         }
     }
 
@@ -152,6 +140,21 @@ impl Destination {
             (_, mut sink) => sink.flush().map_err(|e| stdout_error(e, "flush")),
         }
     }
+}
+
+/// Creates the temporary file `part`, replacing a stale one from an earlier run (removed
+/// first, so a symlink planted under that name is not followed).
+pub fn create_part(part: &Path) -> Result<File, ClientError> {
+    match fs::remove_file(part) {
+        Ok(()) => tracing::info!("replacing stale '{}'", part.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ClientError::local("cannot replace", part, e)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(part)
+        .map_err(|e| ClientError::local("cannot create", part, e))
 }
 
 /// Makes the rename durable; failing here loses nothing the user could act on, so it is only

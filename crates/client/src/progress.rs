@@ -34,6 +34,11 @@ impl Progress {
         }
     }
 
+    /// Sets the total once it is known (the server's file header).
+    pub fn set_total(&self, total: u64) {
+        self.bar.set_length(total);
+    }
+
     /// Records `n` more bytes.
     pub fn advance(&self, n: usize) {
         self.bar.inc(n as u64);

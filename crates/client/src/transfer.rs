@@ -5,7 +5,6 @@ use crate::connect::seconds;
 use crate::error::{ClientError, Kept};
 use crate::interrupt::Interrupt;
 use crate::progress::Progress;
-use sfts_protocol::checksum::HashingWriter;
 use sfts_protocol::{Digest, ProtocolError};
 use std::fmt;
 use std::io::{self, Write};
@@ -82,10 +81,10 @@ impl Context<'_> {
         self.stop(received, cause)
     }
 
-    /// Writes one chunk through the hashing sink and records it.
+    /// Writes one chunk to the sink (which hashes it) and records it.
     pub fn deliver<W: Write>(
         &self,
-        sink: &mut HashingWriter<W>,
+        sink: &mut W,
         chunk: &[u8],
         received: &mut u64,
     ) -> Result<(), Stopped> {
@@ -120,7 +119,9 @@ pub fn into_error(stopped: Stopped, size: u64, kept: Kept) -> ClientError {
         Stop::Protocol(detail) => ClientError::Protocol { detail, kept },
         Stop::Write(e) => match kept {
             Kept::Stdout => crate::output::stdout_error(e, "write to"),
-            Kept::File(part) => ClientError::local("cannot write to", &part, e),
+            Kept::File(part) | Kept::Resumable(part) => {
+                ClientError::local("cannot write to", &part, e)
+            }
             Kept::Nothing => ClientError::Local {
                 what: "cannot write the download".into(),
                 source: e,
