@@ -160,6 +160,29 @@ impl fmt::Display for Digest {
     }
 }
 
+/// The SHA-256 of `bytes`, as the fixed-size array the upload messages carry.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Digest {
+    /// The raw SHA-256 bytes, if this is a SHA-256 digest.
+    pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
+        match self.algorithm {
+            Algorithm::Sha256 => self.bytes.as_slice().try_into().ok(),
+            Algorithm::Md5 => None,
+        }
+    }
+
+    /// The raw MD5 bytes, if this is an MD5 digest.
+    pub fn md5_bytes(&self) -> Option<[u8; 16]> {
+        match self.algorithm {
+            Algorithm::Md5 => self.bytes.as_slice().try_into().ok(),
+            Algorithm::Sha256 => None,
+        }
+    }
+}
+
 /// Lowercase hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -339,6 +362,26 @@ mod tests {
                 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
             ]
         );
+    }
+
+    #[test]
+    fn fixed_size_helpers() {
+        assert_eq!(
+            to_hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let both = {
+            let mut h = MultiHasher::new(DigestSet::of(&Algorithm::ALL));
+            h.update(b"abc");
+            h.finish()
+        };
+        assert_eq!(both[1].sha256_bytes(), Some(sha256(b"abc")));
+        assert_eq!(both[0].sha256_bytes(), None);
+        assert_eq!(
+            to_hex(&both[0].md5_bytes().unwrap()),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
+        assert_eq!(both[1].md5_bytes(), None);
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// A [`ProtocolError::Malformed`] for `message`.
+    pub(crate) fn malformed(message: &'static str, detail: &'static str) -> ProtocolError {
+        ProtocolError::Malformed { message, detail }
+    }
+
     /// True when the error is a timeout of the underlying stream (a stalled peer).
     pub fn is_timeout(&self) -> bool {
         matches!(self, ProtocolError::Io(e)

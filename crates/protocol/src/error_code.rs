@@ -23,6 +23,32 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// The request needs a capability the server does not offer.
     Unsupported,
+    /// The upload's target already exists and `force` was not set (or the server never
+    /// replaces files).
+    AlreadyExists,
+    /// The server does not accept writes (started without `--allow-upload`).
+    ReadOnly,
+    /// The upload is larger than the server accepts (`--max-upload-size`); refused before
+    /// any data is stored.
+    TooLarge,
+    /// The server's disk is full; the upload's partial data has been removed.
+    NoSpace,
+    /// Another client is uploading to the same name right now; retry later.
+    Conflict,
+    /// The name is unsafe on common file systems (control characters, reserved Windows
+    /// names, trailing dots or spaces, ...); the message says why.
+    UnsafeName,
+    /// The assembled upload does not match the whole-file digest announced in `PutBegin`;
+    /// the server discarded it.
+    ChecksumMismatch,
+    /// `PutCommit` arrived while chunks were still missing; the upload stays open.
+    Incomplete,
+    /// No open upload on this connection has that id (its `PutBegin` was refused, or it
+    /// already ended).
+    NoSuchUpload,
+    /// A path component that must be a directory is not one (`List` of a file, a `PutBegin`
+    /// or `Mkdir` below a file).
+    NotADirectory,
     /// A code this version of SFTS does not know.
     Unknown(u16),
 }
@@ -40,6 +66,16 @@ impl ErrorCode {
             ErrorCode::Internal => 7,
             ErrorCode::UnsupportedVersion => 8,
             ErrorCode::Unsupported => 9,
+            ErrorCode::AlreadyExists => 10,
+            ErrorCode::ReadOnly => 11,
+            ErrorCode::TooLarge => 12,
+            ErrorCode::NoSpace => 13,
+            ErrorCode::Conflict => 14,
+            ErrorCode::UnsafeName => 15,
+            ErrorCode::ChecksumMismatch => 16,
+            ErrorCode::Incomplete => 17,
+            ErrorCode::NoSuchUpload => 18,
+            ErrorCode::NotADirectory => 19,
             ErrorCode::Unknown(n) => n,
         }
     }
@@ -56,6 +92,16 @@ impl ErrorCode {
             7 => ErrorCode::Internal,
             8 => ErrorCode::UnsupportedVersion,
             9 => ErrorCode::Unsupported,
+            10 => ErrorCode::AlreadyExists,
+            11 => ErrorCode::ReadOnly,
+            12 => ErrorCode::TooLarge,
+            13 => ErrorCode::NoSpace,
+            14 => ErrorCode::Conflict,
+            15 => ErrorCode::UnsafeName,
+            16 => ErrorCode::ChecksumMismatch,
+            17 => ErrorCode::Incomplete,
+            18 => ErrorCode::NoSuchUpload,
+            19 => ErrorCode::NotADirectory,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -72,13 +118,27 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::UnsupportedVersion => "unsupported-version",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::AlreadyExists => "already-exists",
+            ErrorCode::ReadOnly => "read-only",
+            ErrorCode::TooLarge => "too-large",
+            ErrorCode::NoSpace => "no-space",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::UnsafeName => "unsafe-name",
+            ErrorCode::ChecksumMismatch => "checksum-mismatch",
+            ErrorCode::Incomplete => "incomplete",
+            ErrorCode::NoSuchUpload => "no-such-upload",
+            ErrorCode::NotADirectory => "not-a-directory",
             ErrorCode::Unknown(_) => "unknown",
         }
     }
 
-    /// True when retrying the same request later may succeed.
+    /// True when retrying the same request later may succeed. `Conflict` is one: the other
+    /// upload ends (or the server notices that its connection is dead) sooner or later.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorCode::Busy | ErrorCode::ShuttingDown)
+        matches!(
+            self,
+            ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::Conflict
+        )
     }
 }
 
@@ -93,5 +153,28 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u16(1), ErrorCode::NotFound);
         assert_eq!(ErrorCode::from_u16(999), ErrorCode::Unknown(999));
+    }
+
+    #[test]
+    fn upload_codes_are_pinned() {
+        let pinned = [
+            (10, ErrorCode::AlreadyExists, "already-exists"),
+            (11, ErrorCode::ReadOnly, "read-only"),
+            (12, ErrorCode::TooLarge, "too-large"),
+            (13, ErrorCode::NoSpace, "no-space"),
+            (14, ErrorCode::Conflict, "conflict"),
+            (15, ErrorCode::UnsafeName, "unsafe-name"),
+            (16, ErrorCode::ChecksumMismatch, "checksum-mismatch"),
+            (17, ErrorCode::Incomplete, "incomplete"),
+            (18, ErrorCode::NoSuchUpload, "no-such-upload"),
+            (19, ErrorCode::NotADirectory, "not-a-directory"),
+        ];
+        for (n, code, name) in pinned {
+            assert_eq!(ErrorCode::from_u16(n), code);
+            assert_eq!(code.to_u16(), n);
+            assert_eq!(code.name(), name);
+        }
+        assert!(ErrorCode::Conflict.is_transient());
+        assert!(!ErrorCode::AlreadyExists.is_transient());
     }
 }

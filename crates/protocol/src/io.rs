@@ -23,6 +23,20 @@ pub fn write_data<W: Write + ?Sized>(w: &mut W, bytes: &[u8]) -> io::Result<()> 
     w.write_all(bytes)
 }
 
+/// Writes one `PutChunk` frame: its header and fields, then `data` straight from the caller's
+/// buffer (no copy into a message). `sha256` must be the digest of `data`
+/// ([`crate::checksum::sha256`]).
+pub fn write_put_chunk<W: Write + ?Sized>(
+    w: &mut W,
+    id: u32,
+    index: u64,
+    sha256: &[u8; 32],
+    data: &[u8],
+) -> io::Result<()> {
+    w.write_all(&frame::put_chunk_header(id, index, sha256, data.len()))?;
+    w.write_all(data)
+}
+
 /// Reads exactly `buf.len()` bytes. `Ok(false)` when the stream ended before the first byte;
 /// [`ProtocolError::ConnectionClosed`] when it ended part-way.
 fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<bool> {
@@ -95,6 +109,26 @@ mod tests {
             Some(Message::Data(b"abc"))
         );
         assert_eq!(read_message(&mut r, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn put_chunk_written_in_place_reads_back() {
+        let data = vec![3u8; 70_000];
+        let sum = crate::checksum::sha256(&data);
+        let mut wire = Vec::new();
+        write_put_chunk(&mut wire, 9, 41, &sum, &data).unwrap();
+        let mut same = Vec::new();
+        Message::PutChunk(crate::PutChunk::new(9, 41, &data)).encode(&mut same);
+        assert_eq!(wire, same);
+        let mut r = &wire[..];
+        let mut buf = Vec::new();
+        match read_message(&mut r, &mut buf).unwrap() {
+            Some(Message::PutChunk(c)) => {
+                assert_eq!((c.id, c.index, c.data.len()), (9, 41, 70_000));
+                assert!(c.digest_matches());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! * [`frame`]: the native length-prefixed framing (`u32` big-endian length, one tag byte, payload)
 //!   with peer-declared lengths checked against named maxima before anything is allocated;
 //! * [`message`]: the typed native messages ([`Message`]) with `encode` / `decode` over byte slices;
+//! * [`upload`]: the upload session's payloads; [`chunks`]: chunk arithmetic and the list of
+//!   chunks a server holds;
+//! * [`list`]: directory listing entries and a batcher that splits listings into frames;
 //! * [`legacy`]: the original protocol of the first design document, byte for byte;
 //! * [`checksum`]: MD5 / SHA-256 helpers, lowercase hex, and hashing `Read`/`Write` adapters;
 //! * [`io`]: thin `read_message` / `write_message` wrappers over any `Read` / `Write`.
@@ -14,20 +17,31 @@
 //! The byte-level specification lives in `docs/PROTOCOL.md`.
 
 pub mod checksum;
+pub mod chunks;
 pub mod error;
 pub mod error_code;
 pub mod frame;
 pub mod io;
 pub mod legacy;
+pub mod list;
 pub mod message;
+pub mod priority;
+pub mod upload;
 mod wire;
 
+#[cfg(test)]
+mod proptests;
+
 pub use checksum::{Algorithm, Digest, DigestSet, MultiHasher};
+pub use chunks::{chunk_count, chunk_span, ChunkRange, ChunkRanges, MAX_HAVE_RANGES};
 pub use error::ProtocolError;
 pub use error_code::ErrorCode;
+pub use list::{EntryKind, ListBatcher, ListEntry};
 pub use message::{
     Capabilities, FileHeader, FileInfo, FileKind, FileVersion, GetRequest, Message, TO_END,
 };
+pub use priority::Priority;
+pub use upload::{PutBegin, PutChunk, PutReady, RejectReason};
 
 /// The four bytes a native client sends first. As a legacy length prefix they would announce a
 /// 1.4 GB file name, which no original client sends, so a server tells the two apart by them.

@@ -2,13 +2,19 @@
 //!
 //! [`Message::encode`] appends one whole frame to a buffer; [`Message::decode`] parses one frame
 //! from the front of a byte slice and returns `Ok(None)` when more bytes are needed, which is not
-//! the same as corrupt input. `Data` borrows its bytes from the input so a receiver can decode
-//! straight out of a reused buffer.
+//! the same as corrupt input. `Data` and `PutChunk` borrow their bytes from the input so a
+//! receiver can decode straight out of a reused buffer.
+//!
+//! The payloads of the upload messages live in [`crate::upload`], those of listings in
+//! [`crate::list`]; this module holds the one `Message` enum and its one dispatch `match`.
 
 use crate::checksum::{Algorithm, Digest, DigestSet};
 use crate::error::{ProtocolError, Result};
 use crate::error_code::ErrorCode;
 use crate::frame::{tag, Header, HEADER_LEN};
+use crate::list::{self, ListEntry};
+use crate::priority::Priority;
+use crate::upload::{PutBegin, PutChunk, PutReady, RejectReason};
 use crate::wire::{self, Cursor};
 
 /// Feature bits a peer announces in `Hello` / `Welcome`. A feature is used only when both
@@ -25,6 +31,12 @@ impl Capabilities {
     pub const MULTI_REQUEST: u64 = 1 << 2;
     /// `Stat` requests.
     pub const STAT: u64 = 1 << 3;
+    /// Uploads: `PutBegin` ... `PutCommit`, `PutAbort`, and `Mkdir`.
+    pub const UPLOAD: u64 = 1 << 4;
+    /// `List` requests, flat or recursive.
+    pub const LIST: u64 = 1 << 5;
+    /// `SetPriority`.
+    pub const PRIORITY: u64 = 1 << 6;
 
     /// True when every bit of `bits` is set.
     pub fn has(self, bits: u64) -> bool {
@@ -190,6 +202,83 @@ pub enum Message<'a> {
         /// A sentence a user can act on.
         message: String,
     },
+    /// Client → server: the priority of every later request on this connection (capability
+    /// `PRIORITY`). Not a request: it has no reply.
+    SetPriority(Priority),
+    /// Client → server: list a directory (capability `LIST`). Answered by `ListEntries` *
+    /// then `ListEnd`, or `Error`.
+    List {
+        /// Directory relative to the served root (`.` for the root itself).
+        path: String,
+        /// The whole tree below `path`, depth first, each directory before its contents.
+        recursive: bool,
+    },
+    /// Server → client: some entries of a listing (as many as fit one frame; see
+    /// [`crate::ListBatcher`]).
+    ListEntries {
+        /// The entries, in the server's order.
+        entries: Vec<ListEntry>,
+    },
+    /// Server → client: the listing is complete.
+    ListEnd {
+        /// How many entries were sent in all, so the client can check it has them all.
+        total: u64,
+        /// The server stopped at its own limit; entries are missing.
+        truncated: bool,
+    },
+    /// Client → server: open or resume an upload (capability `UPLOAD`). Answered by
+    /// `PutReady` or `Error`.
+    PutBegin(PutBegin),
+    /// Server → client: the upload is open; which chunks to send.
+    PutReady(PutReady),
+    /// Client → server: one chunk. Answered by `ChunkAck`, `ChunkRejected` or `Error`.
+    PutChunk(PutChunk<'a>),
+    /// Server → client: the chunk was verified and stored (or was already held).
+    ChunkAck {
+        /// The upload's id.
+        id: u32,
+        /// The chunk's index.
+        index: u64,
+    },
+    /// Server → client: the chunk was not stored.
+    ChunkRejected {
+        /// The upload's id.
+        id: u32,
+        /// The chunk's index.
+        index: u64,
+        /// Why; [`RejectReason::resend`] says whether to send it again.
+        reason: RejectReason,
+    },
+    /// Client → server: all chunks are sent; verify the whole file and publish it.
+    /// Answered by `PutDone` or `Error`.
+    PutCommit {
+        /// The upload's id.
+        id: u32,
+    },
+    /// Server → client: the file is published under its name, complete and verified.
+    PutDone {
+        /// The upload's id.
+        id: u32,
+        /// Whole-file digests of the published file, in code order (at least SHA-256).
+        digests: Vec<Digest>,
+    },
+    /// Client → server: give the upload up; the server deletes what it holds of it.
+    /// Answered by `PutAborted`.
+    PutAbort {
+        /// The upload's id.
+        id: u32,
+    },
+    /// Server → client: the upload is gone (also when there was nothing to delete).
+    PutAborted {
+        /// The upload's id.
+        id: u32,
+    },
+    /// Client → server: create a directory and any missing parents (capability `UPLOAD`).
+    /// Answered by `FileInfo` (the directory, also when it already existed) or `Error`.
+    Mkdir {
+        /// Directory relative to the served root.
+        path: String,
+    },
 }
 
 impl Message<'_> {
@@ -205,6 +294,20 @@ impl Message<'_> {
             Message::Data(_) => "Data",
             Message::Trailer { .. } => "Trailer",
             Message::Error { .. } => "Error",
+            Message::SetPriority(_) => "SetPriority",
+            Message::List { .. } => "List",
+            Message::ListEntries { .. } => "ListEntries",
+            Message::ListEnd { .. } => "ListEnd",
+            Message::PutBegin(_) => "PutBegin",
+            Message::PutReady(_) => "PutReady",
+            Message::PutChunk(_) => "PutChunk",
+            Message::ChunkAck { .. } => "ChunkAck",
+            Message::ChunkRejected { .. } => "ChunkRejected",
+            Message::PutCommit { .. } => "PutCommit",
+            Message::PutDone { .. } => "PutDone",
+            Message::PutAbort { .. } => "PutAbort",
+            Message::PutAborted { .. } => "PutAborted",
+            Message::Mkdir { .. } => "Mkdir",
         }
     }
 
@@ -219,6 +322,20 @@ impl Message<'_> {
             Message::Data(_) => tag::DATA,
             Message::Trailer { .. } => tag::TRAILER,
             Message::Error { .. } => tag::ERROR,
+            Message::SetPriority(_) => tag::SET_PRIORITY,
+            Message::List { .. } => tag::LIST,
+            Message::ListEntries { .. } => tag::LIST_ENTRIES,
+            Message::ListEnd { .. } => tag::LIST_END,
+            Message::PutBegin(_) => tag::PUT_BEGIN,
+            Message::PutReady(_) => tag::PUT_READY,
+            Message::PutChunk(_) => tag::PUT_CHUNK,
+            Message::ChunkAck { .. } => tag::CHUNK_ACK,
+            Message::ChunkRejected { .. } => tag::CHUNK_REJECTED,
+            Message::PutCommit { .. } => tag::PUT_COMMIT,
+            Message::PutDone { .. } => tag::PUT_DONE,
+            Message::PutAbort { .. } => tag::PUT_ABORT,
+            Message::PutAborted { .. } => tag::PUT_ABORTED,
+            Message::Mkdir { .. } => tag::MKDIR,
         }
     }
 
@@ -282,6 +399,36 @@ impl Message<'_> {
                 wire::put_u16(out, code.to_u16());
                 wire::put_string(out, message);
             }
+            Message::SetPriority(p) => wire::put_u8(out, p.code()),
+            Message::List { path, recursive } => {
+                wire::put_string(out, path);
+                wire::put_u8(out, u8::from(*recursive));
+            }
+            Message::ListEntries { entries } => list::encode_entries(out, entries),
+            Message::ListEnd { total, truncated } => {
+                wire::put_u64(out, *total);
+                wire::put_u8(out, u8::from(*truncated));
+            }
+            Message::PutBegin(b) => b.encode(out),
+            Message::PutReady(r) => r.encode(out),
+            Message::PutChunk(c) => c.encode(out),
+            Message::ChunkAck { id, index } => {
+                wire::put_u32(out, *id);
+                wire::put_u64(out, *index);
+            }
+            Message::ChunkRejected { id, index, reason } => {
+                wire::put_u32(out, *id);
+                wire::put_u64(out, *index);
+                wire::put_u8(out, reason.code());
+            }
+            Message::PutCommit { id } | Message::PutAbort { id } | Message::PutAborted { id } => {
+                wire::put_u32(out, *id)
+            }
+            Message::PutDone { id, digests } => {
+                wire::put_u32(out, *id);
+                put_digests(out, digests);
+            }
+            Message::Mkdir { path } => wire::put_string(out, path),
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -309,7 +456,31 @@ fn take_digests(c: &mut Cursor<'_>) -> Result<Vec<Digest>> {
     Ok(digests)
 }
 
-fn take_path(c: &mut Cursor<'_>) -> Result<String> {
+/// Reads the payload of one message type with `read`; every byte must be used.
+fn fields<'a>(
+    payload: &'a [u8],
+    message: &'static str,
+    read: impl FnOnce(&mut Cursor<'a>) -> Result<Message<'a>>,
+) -> Result<Message<'a>> {
+    let mut c = Cursor::new(payload, message);
+    let msg = read(&mut c)?;
+    c.finish()?;
+    Ok(msg)
+}
+
+/// A `u8` that is 0 (false) or 1 (true); anything else is malformed.
+fn take_flag(c: &mut Cursor<'_>, message: &'static str, what: &'static str) -> Result<bool> {
+    match c.u8(what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(ProtocolError::Malformed {
+            message,
+            detail: "a flag byte is neither 0 nor 1",
+        }),
+    }
+}
+
+pub(crate) fn take_path(c: &mut Cursor<'_>) -> Result<String> {
     let path = c.string("path")?;
     if path.len() > crate::MAX_PATH_LEN {
         return Err(ProtocolError::PathTooLong {
@@ -338,30 +509,23 @@ impl<'a> Message<'a> {
 
     /// Parses the payload of a frame whose header has already been read and checked.
     pub fn decode_payload(frame_tag: u8, payload: &'a [u8]) -> Result<Message<'a>> {
-        let msg = match frame_tag {
-            tag::HELLO => {
-                let mut c = Cursor::new(payload, "Hello");
-                let msg = Message::Hello {
+        match frame_tag {
+            tag::HELLO => fields(payload, "Hello", |c| {
+                Ok(Message::Hello {
                     version: c.u16("version")?,
                     capabilities: Capabilities(c.u64("capabilities")?),
                     agent: c.string("agent")?,
-                };
-                c.finish()?;
-                msg
-            }
-            tag::WELCOME => {
-                let mut c = Cursor::new(payload, "Welcome");
-                let msg = Message::Welcome {
+                })
+            }),
+            tag::WELCOME => fields(payload, "Welcome", |c| {
+                Ok(Message::Welcome {
                     version: c.u16("version")?,
                     capabilities: Capabilities(c.u64("capabilities")?),
                     server: c.string("server")?,
-                };
-                c.finish()?;
-                msg
-            }
-            tag::GET => {
-                let mut c = Cursor::new(payload, "Get");
-                let path = take_path(&mut c)?;
+                })
+            }),
+            tag::GET => fields(payload, "Get", |c| {
+                let path = take_path(c)?;
                 let offset = c.u64("offset")?;
                 let length = c.u64("length")?;
                 let chunk_size = c.u32("chunk size")?;
@@ -373,41 +537,35 @@ impl<'a> Message<'a> {
                         mtime_ns: c.i64("if-match mtime")?,
                     }),
                     _ => {
-                        return Err(ProtocolError::Malformed {
-                            message: "Get",
-                            detail: "if-match flag is neither 0 nor 1",
-                        })
+                        return Err(ProtocolError::malformed(
+                            "Get",
+                            "if-match flag is neither 0 nor 1",
+                        ))
                     }
                 };
-                c.finish()?;
-                Message::Get(GetRequest {
+                Ok(Message::Get(GetRequest {
                     path,
                     offset,
                     length,
                     chunk_size,
                     digests,
                     if_match,
+                }))
+            }),
+            tag::STAT => fields(payload, "Stat", |c| {
+                Ok(Message::Stat {
+                    path: take_path(c)?,
                 })
-            }
-            tag::STAT => {
-                let mut c = Cursor::new(payload, "Stat");
-                let path = take_path(&mut c)?;
-                c.finish()?;
-                Message::Stat { path }
-            }
-            tag::FILE_INFO => {
-                let mut c = Cursor::new(payload, "FileInfo");
-                let info = FileInfo {
+            }),
+            tag::FILE_INFO => fields(payload, "FileInfo", |c| {
+                Ok(Message::FileInfo(FileInfo {
                     kind: FileKind::from_code(c.u8("kind")?)?,
                     size: c.u64("size")?,
                     mtime_ns: c.i64("mtime")?,
-                    digests: take_digests(&mut c)?,
-                };
-                c.finish()?;
-                Message::FileInfo(info)
-            }
-            tag::FILE_HEADER => {
-                let mut c = Cursor::new(payload, "FileHeader");
+                    digests: take_digests(c)?,
+                }))
+            }),
+            tag::FILE_HEADER => fields(payload, "FileHeader", |c| {
                 let h = FileHeader {
                     size: c.u64("size")?,
                     offset: c.u64("offset")?,
@@ -415,51 +573,124 @@ impl<'a> Message<'a> {
                     mtime_ns: c.i64("mtime")?,
                     chunk_size: c.u32("chunk size")?,
                 };
-                c.finish()?;
                 if h.offset
                     .checked_add(h.length)
                     .is_none_or(|end| end > h.size)
                 {
-                    return Err(ProtocolError::Malformed {
-                        message: "FileHeader",
-                        detail: "range beyond the end of the file",
-                    });
+                    return Err(ProtocolError::malformed(
+                        "FileHeader",
+                        "range beyond the end of the file",
+                    ));
                 }
-                Message::FileHeader(h)
-            }
-            tag::DATA => Message::Data(Cursor::new(payload, "Data").rest()),
-            tag::TRAILER => {
-                let mut c = Cursor::new(payload, "Trailer");
-                let digests = take_digests(&mut c)?;
-                c.finish()?;
-                Message::Trailer { digests }
-            }
-            tag::ERROR => {
-                let mut c = Cursor::new(payload, "Error");
-                let msg = Message::Error {
+                Ok(Message::FileHeader(h))
+            }),
+            tag::DATA => Ok(Message::Data(payload)),
+            tag::TRAILER => fields(payload, "Trailer", |c| {
+                Ok(Message::Trailer {
+                    digests: take_digests(c)?,
+                })
+            }),
+            tag::ERROR => fields(payload, "Error", |c| {
+                Ok(Message::Error {
                     code: ErrorCode::from_u16(c.u16("code")?),
                     message: c.string("message")?,
-                };
-                c.finish()?;
-                msg
-            }
-            other => return Err(ProtocolError::UnknownTag(other)),
-        };
-        Ok(msg)
+                })
+            }),
+            tag::SET_PRIORITY => fields(payload, "SetPriority", |c| {
+                Ok(Message::SetPriority(Priority::from_code(
+                    c.u8("priority")?,
+                )?))
+            }),
+            tag::LIST => fields(payload, "List", |c| {
+                Ok(Message::List {
+                    path: take_path(c)?,
+                    recursive: take_flag(c, "List", "flags")?,
+                })
+            }),
+            tag::LIST_ENTRIES => fields(payload, "ListEntries", |c| {
+                Ok(Message::ListEntries {
+                    entries: list::decode_entries(c)?,
+                })
+            }),
+            tag::LIST_END => fields(payload, "ListEnd", |c| {
+                Ok(Message::ListEnd {
+                    total: c.u64("total")?,
+                    truncated: take_flag(c, "ListEnd", "flags")?,
+                })
+            }),
+            tag::PUT_BEGIN => fields(payload, "PutBegin", |c| {
+                Ok(Message::PutBegin(PutBegin::decode(c)?))
+            }),
+            tag::PUT_READY => fields(payload, "PutReady", |c| {
+                Ok(Message::PutReady(PutReady::decode(c)?))
+            }),
+            tag::PUT_CHUNK => fields(payload, "PutChunk", |c| {
+                Ok(Message::PutChunk(PutChunk::decode(c)?))
+            }),
+            tag::CHUNK_ACK => fields(payload, "ChunkAck", |c| {
+                Ok(Message::ChunkAck {
+                    id: c.u32("upload id")?,
+                    index: c.u64("chunk index")?,
+                })
+            }),
+            tag::CHUNK_REJECTED => fields(payload, "ChunkRejected", |c| {
+                Ok(Message::ChunkRejected {
+                    id: c.u32("upload id")?,
+                    index: c.u64("chunk index")?,
+                    reason: RejectReason::from_code(c.u8("reason")?),
+                })
+            }),
+            tag::PUT_COMMIT => fields(payload, "PutCommit", |c| {
+                Ok(Message::PutCommit {
+                    id: c.u32("upload id")?,
+                })
+            }),
+            tag::PUT_DONE => fields(payload, "PutDone", |c| {
+                Ok(Message::PutDone {
+                    id: c.u32("upload id")?,
+                    digests: take_digests(c)?,
+                })
+            }),
+            tag::PUT_ABORT => fields(payload, "PutAbort", |c| {
+                Ok(Message::PutAbort {
+                    id: c.u32("upload id")?,
+                })
+            }),
+            tag::PUT_ABORTED => fields(payload, "PutAborted", |c| {
+                Ok(Message::PutAborted {
+                    id: c.u32("upload id")?,
+                })
+            }),
+            tag::MKDIR => fields(payload, "Mkdir", |c| {
+                Ok(Message::Mkdir {
+                    path: take_path(c)?,
+                })
+            }),
+            other => Err(ProtocolError::UnknownTag(other)),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn encoded(m: &Message) -> Vec<u8> {
+    pub(crate) fn encoded(m: &Message) -> Vec<u8> {
         let mut out = Vec::new();
         m.encode(&mut out);
         out
     }
 
-    fn samples() -> Vec<Message<'static>> {
+    /// One or more samples of every message type, the new ones included.
+    pub(crate) fn samples() -> Vec<Message<'static>> {
+        let mut all = original_samples();
+        all.extend(Priority::ALL.map(Message::SetPriority));
+        all.extend(crate::upload::tests::samples());
+        all.extend(crate::list::tests::samples());
+        all
+    }
+
+    fn original_samples() -> Vec<Message<'static>> {
         vec![
             Message::Hello {
                 version: 1,
@@ -591,6 +822,41 @@ mod tests {
                 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
             ]
         );
+    }
+
+    #[test]
+    fn keep_alive_and_empty_trailer_layouts() {
+        // A zero-length Data frame (keep-alive) is valid and decodes to an empty chunk.
+        assert_eq!(encoded(&Message::Data(b"")), [0, 0, 0, 1, 0x12]);
+        assert_eq!(
+            Message::decode(&[0, 0, 0, 1, 0x12]).unwrap(),
+            Some((Message::Data(b""), 5))
+        );
+        // Several keep-alives back to back, then a real chunk.
+        let wire = [0, 0, 0, 1, 0x12, 0, 0, 0, 1, 0x12, 0, 0, 0, 2, 0x12, b'z'];
+        let (a, n1) = Message::decode(&wire).unwrap().unwrap();
+        let (b, n2) = Message::decode(&wire[n1..]).unwrap().unwrap();
+        let (c, _) = Message::decode(&wire[n1 + n2..]).unwrap().unwrap();
+        assert_eq!(
+            [a, b, c],
+            [Message::Data(b""), Message::Data(b""), Message::Data(b"z")]
+        );
+        // The Trailer of a Get that asked for no digest.
+        assert_eq!(
+            encoded(&Message::Trailer { digests: vec![] }),
+            [0, 0, 0, 2, 0x13, 0]
+        );
+        assert_eq!(
+            Message::decode(&[0, 0, 0, 2, 0x13, 0]).unwrap(),
+            Some((Message::Trailer { digests: vec![] }, 6))
+        );
+    }
+
+    #[test]
+    fn new_capability_bits() {
+        assert_eq!(Capabilities::UPLOAD, 0x10);
+        assert_eq!(Capabilities::LIST, 0x20);
+        assert_eq!(Capabilities::PRIORITY, 0x40);
     }
 
     #[test]
