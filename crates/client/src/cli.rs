@@ -38,6 +38,60 @@ pub struct GlobalArgs {
     /// Directory for the log file client_YYYYMMDD_HHMMSS.log
     #[arg(long, global = true, value_name = "DIR", default_value = "logs")]
     pub log_dir: PathBuf,
+
+    /// Server to use when the command names none: HOST:PORT
+    #[arg(long, global = true, value_name = "HOST:PORT", env = "SFTS_SERVER")]
+    pub server: Option<Address>,
+
+    /// Connection retries after the first attempt, waiting 1, 2, 4, ... s (at most 32 s)
+    #[arg(long, global = true, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
+
+    /// Reconnections in a row, without a byte of progress, after the connection dropped or
+    /// stalled mid-transfer (the first at once, then after 1, 2, 4, ... s)
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        default_value_t = 10,
+        env = "SFTS_MAX_RETRIES"
+    )]
+    pub max_retries: u32,
+
+    /// Seconds allowed for each connection attempt and for each read or write of the transfer
+    #[arg(long, global = true, value_name = "SECS", default_value = "10",
+          value_parser = parse_timeout, env = "SFTS_TIMEOUT")]
+    pub timeout: Duration,
+
+    /// Data chunk size to ask for, in bytes or with a K, M, KiB or MiB suffix (4K to 16M)
+    #[arg(long, global = true, value_name = "BYTES", default_value = "1MiB",
+          value_parser = parse_chunk_size, env = "SFTS_CHUNK_SIZE")]
+    pub chunk_size: u32,
+}
+
+impl GlobalArgs {
+    /// Splits `[HOST:PORT] REST...` positionals: with `max` values the first is the server,
+    /// with fewer the server comes from `--server` / `SFTS_SERVER`.
+    pub fn split_server(
+        &self,
+        mut positionals: Vec<String>,
+        max: usize,
+    ) -> Result<(Address, Vec<String>), ClientError> {
+        if positionals.len() == max {
+            let first = positionals.remove(0);
+            let server = first.parse::<Address>().map_err(|e| {
+                ClientError::Usage(format!("invalid server address '{first}': {e}"))
+            })?;
+            return Ok((server, positionals));
+        }
+        match &self.server {
+            Some(server) => Ok((server.clone(), positionals)),
+            None => Err(ClientError::Usage(
+                "no server given: name it first (HOST:PORT), or with --server or SFTS_SERVER"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// The commands.
@@ -46,6 +100,58 @@ pub enum Command {
     /// Download a file, verify its digest, and print `<digest>  <output>`
     #[command(after_help = EXIT_CODES_HELP)]
     Get(GetArgs),
+
+    /// Show a remote file's type, size, modification time, SHA-256 and MD5
+    #[command(after_help = EXIT_CODES_HELP)]
+    Stat(StatArgs),
+
+    /// Check a local file against a digest, or against a remote file without transferring it
+    #[command(after_help = VERIFY_HELP)]
+    Verify(VerifyArgs),
+}
+
+/// Extra help of `verify`.
+pub const VERIFY_HELP: &str = "\
+Examples:
+  sfts-client verify big.iso --checksum 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+  sfts-client verify big.iso server:9000 isos/big.iso
+
+Exit codes: 0 the digests match, 5 they differ; others as for get.";
+
+/// Arguments of `stat`.
+#[derive(Debug, Clone, Args)]
+pub struct StatArgs {
+    /// [HOST:PORT] PATH: the server (or --server / SFTS_SERVER) and the path on it
+    #[arg(value_name = "[HOST:PORT] PATH", num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The local file
+    #[arg(value_name = "LOCAL")]
+    pub local: PathBuf,
+
+    /// [HOST:PORT] REMOTE: the remote file to compare with (not with --checksum)
+    #[arg(value_name = "[HOST:PORT] REMOTE", num_args = 0..=2)]
+    pub remote: Vec<String>,
+
+    /// The expected digest in hex (64 digits: SHA-256, 32: MD5)
+    #[arg(long, value_name = "HEX")]
+    pub checksum: Option<String>,
+
+    /// The algorithm [default: from the length of --checksum, else sha256]
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    pub algo: Option<Checksum>,
+
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The protocol to speak.
@@ -78,13 +184,10 @@ impl From<Checksum> for Algorithm {
 /// Arguments of `get`.
 #[derive(Debug, Clone, Args)]
 pub struct GetArgs {
-    /// Server address: HOST:PORT, 1.2.3.4:PORT or [::1]:PORT (port 9000 when omitted)
-    #[arg(value_name = "HOST:PORT")]
-    pub server: Address,
-
-    /// Path of the file on the server, relative to its served root
-    #[arg(value_name = "REMOTE")]
-    pub remote: String,
+    /// [HOST:PORT] REMOTE: the server (HOST:PORT, 1.2.3.4:PORT or [::1]:PORT, port 9000 when
+    /// omitted; or --server / SFTS_SERVER) and the file's path relative to its served root
+    #[arg(value_name = "[HOST:PORT] REMOTE", num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
 
     /// Save as PATH (into PATH if it is a directory; '-' writes the data to standard output)
     /// [default: the remote file's base name in the current directory]
@@ -99,18 +202,6 @@ pub struct GetArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Native)]
     pub protocol: Protocol,
 
-    /// Connection retries after the first attempt, waiting 1, 2, 4, ... s (at most 32 s)
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub retries: u32,
-
-    /// Seconds allowed for each connection attempt and for each read or write of the transfer
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_timeout)]
-    pub timeout: Duration,
-
-    /// Data chunk size to ask for, in bytes or with a K, M, KiB or MiB suffix (4K to 16M)
-    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_chunk_size)]
-    pub chunk_size: u32,
-
     /// Overwrite the output file if it exists
     #[arg(long)]
     pub force: bool,
@@ -119,11 +210,6 @@ pub struct GetArgs {
     /// [default: an interrupted download is resumed]
     #[arg(long)]
     pub no_resume: bool,
-
-    /// Reconnections in a row, without a byte of progress, after the connection dropped or
-    /// stalled mid-transfer (the first at once, then after 1, 2, 4, ... s)
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub max_retries: u32,
 
     /// Print one JSON object on standard output at the end (the summary, or the error)
     /// instead of the digest line
@@ -188,7 +274,9 @@ impl GetOptions {
             (Protocol::Legacy, _) => Algorithm::Md5,
             (Protocol::Native, c) => c.map_or(Algorithm::Sha256, Algorithm::from),
         };
-        if args.remote.is_empty() {
+        let (server, rest) = global.split_server(args.args, 2)?;
+        let remote = rest.into_iter().next().unwrap_or_default();
+        if remote.is_empty() {
             return Err(ClientError::Usage("the remote path is empty".into()));
         }
         let output = match args.output {
@@ -197,20 +285,40 @@ impl GetOptions {
             Some(p) => OutputSpec::Path(p),
         };
         Ok(GetOptions {
-            server: args.server,
-            remote: args.remote,
+            server,
+            remote,
             output,
             algorithm,
             protocol: args.protocol,
-            retries: args.retries,
-            timeout: args.timeout,
-            chunk_size: args.chunk_size,
+            retries: global.retries,
+            timeout: global.timeout,
+            chunk_size: global.chunk_size,
             force: args.force,
             quiet: global.quiet,
             no_resume: args.no_resume,
-            max_retries: args.max_retries,
+            max_retries: global.max_retries,
             json: args.json,
         })
+    }
+
+    /// Options to reach `path` on `server` for a command that transfers no file (stat,
+    /// verify): the same connection settings, nothing written.
+    pub fn for_path(server: Address, path: String, global: &GlobalArgs) -> GetOptions {
+        GetOptions {
+            server,
+            remote: path,
+            output: OutputSpec::Stdout,
+            algorithm: Algorithm::Sha256,
+            protocol: Protocol::Native,
+            retries: global.retries,
+            timeout: global.timeout,
+            chunk_size: global.chunk_size,
+            force: false,
+            quiet: true,
+            no_resume: true,
+            max_retries: global.max_retries,
+            json: false,
+        }
     }
 }
 
@@ -221,8 +329,23 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<GetOptions, String> {
         let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
-        let Command::Get(get) = cli.command;
+        let Command::Get(get) = cli.command else {
+            return Err("not get".into());
+        };
         GetOptions::from_args(get, &cli.global).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn server_from_the_option_when_only_the_path_is_given() {
+        let o = parse(&["c", "get", "--server", "h:7", "dir/f"]).unwrap();
+        assert_eq!((o.server.host.as_str(), o.server.port), ("h", 7));
+        assert_eq!(o.remote, "dir/f");
+        let o = parse(&["c", "--server", "h:7", "get", "other:8", "f"]).unwrap();
+        assert_eq!(o.server.port, 8, "an explicit HOST:PORT wins");
+        if std::env::var_os("SFTS_SERVER").is_none() {
+            let e = parse(&["c", "get", "f"]).unwrap_err();
+            assert!(e.contains("no server given"), "{e}");
+        }
     }
 
     #[test]
@@ -294,15 +417,15 @@ mod tests {
     #[test]
     fn bad_values_are_usage_errors() {
         for args in [
-            &["c", "get", "h:99999", "f"][..],
-            &["c", "get", "h:1", "f", "--timeout", "0"],
+            &["c", "get", "h:1", "f", "--timeout", "0"][..],
             &["c", "get", "h:1", "f", "--chunk-size", "1"],
             &["c", "get", "h:1", "f", "--checksum", "crc"],
-            &["c", "get", "h:1"],
+            &["c", "get", "h:1", "f", "g"],
         ] {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");
         }
         assert!(parse(&["c", "get", "h:1", ""]).is_err());
+        assert!(parse(&["c", "get", "h:x", "f"]).is_err());
     }
 }

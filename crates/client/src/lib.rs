@@ -18,6 +18,7 @@ pub mod connect;
 pub mod download;
 pub mod error;
 pub mod fetch;
+pub mod inspect;
 pub mod interrupt;
 pub mod journal;
 pub mod legacy;
@@ -43,12 +44,62 @@ use tracing::level_filters::LevelFilter;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let Command::Get(args) = cli.command;
-    let opts = match GetOptions::from_args(args, &cli.global) {
+    match cli.command {
+        Command::Get(args) => run_get(args, &cli.global),
+        Command::Stat(args) => {
+            let json = args.json;
+            let _log = init_logging(&cli.global);
+            match inspect::stat(args, &cli.global) {
+                Ok(v) if json => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    print!("{}", inspect::info_text(&v));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, json),
+            }
+        }
+        Command::Verify(args) => {
+            let (json, local) = (args.json, args.local.clone());
+            let _log = init_logging(&cli.global);
+            match inspect::verify(args, &cli.global) {
+                Ok(v) => {
+                    if json {
+                        println!("{}", inspect::verdict_json(&local, &v));
+                    } else {
+                        println!("{}", inspect::verdict_text(&local, &v));
+                    }
+                    if v.mismatch.is_none() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(error::exit::INTEGRITY)
+                    }
+                }
+                Err(e) => fail(&e, json),
+            }
+        }
+    }
+}
+
+/// Reports a failed command (as JSON too with `--json`) and returns its exit code.
+fn fail(e: &ClientError, json: bool) -> ExitCode {
+    tracing::info!("command failed (exit code {}): {e}", e.exit_code());
+    if json {
+        let v = serde_json::json!({"status": "error", "exit_code": e.exit_code(), "error": e.to_string()});
+        println!("{v}");
+    }
+    report(e)
+}
+
+/// `sfts-client get`.
+fn run_get(args: cli::GetArgs, global: &GlobalArgs) -> ExitCode {
+    let opts = match GetOptions::from_args(args, global) {
         Ok(opts) => opts,
         Err(e) => return report(&e),
     };
-    let _log = init_logging(&cli.global);
+    let _log = init_logging(global);
     let interrupt = Interrupt::new();
     if let Err(e) = interrupt.install() {
         tracing::warn!("Ctrl-C will not stop the download cleanly: {e}");

@@ -396,7 +396,7 @@ fn remove_if_present(path: &Path) {
 }
 
 /// A modification time for messages: UTC, to the second.
-fn time_text(mtime_ns: i64) -> String {
+pub fn time_text(mtime_ns: i64) -> String {
     chrono::DateTime::from_timestamp(
         mtime_ns.div_euclid(1_000_000_000),
         mtime_ns.rem_euclid(1_000_000_000) as u32,

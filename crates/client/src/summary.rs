@@ -85,7 +85,9 @@ mod tests {
 
     fn opts() -> GetOptions {
         let cli = Cli::try_parse_from(["sfts-client", "get", "h:1", "a/b.bin", "--json"]).unwrap();
-        let Command::Get(args) = cli.command;
+        let Command::Get(args) = cli.command else {
+            unreachable!("parsed a get command")
+        };
         GetOptions::from_args(args, &cli.global).unwrap()
     }
 
