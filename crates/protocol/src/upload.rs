@@ -8,6 +8,10 @@ use crate::error::{ProtocolError, Result};
 use crate::wire::{self, Cursor};
 use crate::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
+/// How many uploads every server lets one connection hold open at once; beyond its own limit
+/// (at least this) a server refuses `PutBegin` with `busy`.
+pub const GUARANTEED_OPEN_UPLOADS: usize = 4;
+
 /// `PutBegin`: open an upload of `size` bytes to `path`, or resume the one the server keeps
 /// for the same path, size and SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +212,7 @@ impl PutReady {
 pub struct PutChunk<'a> {
     /// The upload's id.
     pub id: u32,
-    /// Which chunk (see [`chunk_span`]).
+    /// Which chunk (see [`crate::chunk_span`]).
     pub index: u64,
     /// SHA-256 of `data`, checked by the server on arrival.
     pub sha256: [u8; 32],
@@ -264,7 +268,7 @@ impl<'a> PutChunk<'a> {
 pub enum RejectReason {
     /// The data did not match its SHA-256 (corrupted in flight): send the chunk again.
     DigestMismatch,
-    /// The index is past the last chunk, or the length is not the one [`chunk_span`] gives for
+    /// The index is past the last chunk, or the length is not the one [`crate::chunk_span`] gives for
     /// it with `PutReady`'s chunk size: re-cut, do not re-send as is.
     BadChunk,
     /// No open upload has that id (its `PutBegin` was refused, or it ended): drop it.
