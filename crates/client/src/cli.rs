@@ -6,7 +6,7 @@ use crate::error::{ClientError, EXIT_CODES_HELP};
 use crate::output::OutputSpec;
 use crate::size::parse_chunk_size;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sfts_protocol::Algorithm;
+use sfts_protocol::{Algorithm, Priority};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,6 +101,14 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Get(GetArgs),
 
+    /// Upload a file (or a tree with -r), resumable, every chunk verified by the server
+    #[command(after_help = PUT_HELP)]
+    Put(PutArgs),
+
+    /// List a remote directory: type, size, modification time, name
+    #[command(after_help = EXIT_CODES_HELP)]
+    List(ListArgs),
+
     /// Show a remote file's type, size, modification time, SHA-256 and MD5
     #[command(after_help = EXIT_CODES_HELP)]
     Stat(StatArgs),
@@ -108,6 +116,83 @@ pub enum Command {
     /// Check a local file against a digest, or against a remote file without transferring it
     #[command(after_help = VERIFY_HELP)]
     Verify(VerifyArgs),
+}
+
+/// Extra help of `put`.
+pub const PUT_HELP: &str = "\
+Arguments: [HOST:PORT] LOCAL [REMOTE]. With two arguments and --server / SFTS_SERVER set, they
+are LOCAL REMOTE when the first one exists locally, else HOST:PORT LOCAL. REMOTE defaults to
+LOCAL's base name in the served root.
+
+An interrupted upload resumes when the same command is run again: the server keeps the chunks
+it received and only the missing ones are sent (--no-resume starts over).
+
+Exit codes: 0 uploaded and verified, 1 local error, 2 usage error, 3 cannot connect, 4 refused
+(read-only server, exists without --force, too large, unsafe name, ...), 5 the server's digest
+differs, 6 transfer failed, 130 interrupted (rerun to resume).";
+
+/// A transfer priority on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PriorityArg {
+    High,
+    Normal,
+    Low,
+}
+
+impl From<PriorityArg> for Priority {
+    fn from(p: PriorityArg) -> Priority {
+        match p {
+            PriorityArg::High => Priority::High,
+            PriorityArg::Normal => Priority::Normal,
+            PriorityArg::Low => Priority::Low,
+        }
+    }
+}
+
+/// Arguments of `put`.
+#[derive(Debug, Clone, Args)]
+pub struct PutArgs {
+    /// [HOST:PORT] LOCAL [REMOTE] (see below)
+    #[arg(value_name = "[HOST:PORT] LOCAL [REMOTE]", num_args = 1..=3, required = true)]
+    pub args: Vec<String>,
+
+    /// Upload the directory LOCAL and everything below it
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Replace an existing remote file (where the server allows it)
+    #[arg(long)]
+    pub force: bool,
+
+    /// Discard what the server holds of an earlier attempt and send everything again
+    #[arg(long)]
+    pub no_resume: bool,
+
+    /// Transfer priority, recorded by the server (high, normal, low)
+    #[arg(long, value_enum, value_name = "PRIORITY")]
+    pub priority: Option<PriorityArg>,
+
+    /// Print one JSON object at the end instead of the digest line
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// [HOST:PORT] [DIR]: the server (or --server / SFTS_SERVER) and the directory [default:
+    /// the served root]. A lone argument is the server unless --server / SFTS_SERVER is set
+    /// and it has no ':'.
+    #[arg(value_name = "[HOST:PORT] [DIR]", num_args = 0..=2)]
+    pub args: Vec<String>,
+
+    /// Everything below DIR, as relative paths
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Extra help of `verify`.
@@ -202,6 +287,15 @@ pub struct GetArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Native)]
     pub protocol: Protocol,
 
+    /// Download the directory REMOTE and everything below it (into -o DIR, default: its base
+    /// name)
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Transfer priority, recorded by the server (high, normal, low)
+    #[arg(long, value_enum, value_name = "PRIORITY")]
+    pub priority: Option<PriorityArg>,
+
     /// Overwrite the output file if it exists
     #[arg(long)]
     pub force: bool,
@@ -260,6 +354,10 @@ pub struct GetOptions {
     pub max_retries: u32,
     /// Machine-readable summary.
     pub json: bool,
+    /// Transfer priority.
+    pub priority: Option<Priority>,
+    /// A whole directory.
+    pub recursive: bool,
 }
 
 impl GetOptions {
@@ -269,6 +367,13 @@ impl GetOptions {
             (Protocol::Legacy, Some(Checksum::Sha256)) => {
                 return Err(ClientError::Usage(
                     "the original protocol only carries MD5; use --checksum md5".into(),
+                ))
+            }
+            (Protocol::Legacy, _) if args.recursive => {
+                return Err(ClientError::Usage(
+                    "the original protocol cannot list directories; get -r needs the native \
+                     protocol"
+                        .into(),
                 ))
             }
             (Protocol::Legacy, _) => Algorithm::Md5,
@@ -298,6 +403,8 @@ impl GetOptions {
             no_resume: args.no_resume,
             max_retries: global.max_retries,
             json: args.json,
+            priority: args.priority.map(Priority::from),
+            recursive: args.recursive,
         })
     }
 
@@ -318,8 +425,78 @@ impl GetOptions {
             no_resume: true,
             max_retries: global.max_retries,
             json: false,
+            priority: None,
+            recursive: false,
         }
     }
+}
+
+/// A checked `put` request: (connection settings with the remote path, local path, args).
+pub fn put_options(
+    args: &PutArgs,
+    global: &GlobalArgs,
+) -> Result<crate::upload::PutOptions, ClientError> {
+    let mut positionals = args.args.clone();
+    // Two values with a default server: LOCAL REMOTE if the first exists here.
+    let first_is_local = positionals
+        .first()
+        .is_some_and(|p| std::path::Path::new(p).exists());
+    let (server, rest) = if positionals.len() == 3
+        || (positionals.len() == 2 && (global.server.is_none() || !first_is_local))
+    {
+        let first = positionals.remove(0);
+        let server = first
+            .parse::<Address>()
+            .map_err(|e| ClientError::Usage(format!("invalid server address '{first}': {e}")))?;
+        (server, positionals)
+    } else {
+        global.split_server(positionals, usize::MAX)?
+    };
+    let mut rest = rest.into_iter();
+    let local = PathBuf::from(rest.next().unwrap_or_default());
+    if local.as_os_str().is_empty() {
+        return Err(ClientError::Usage("the local path is empty".into()));
+    }
+    let remote = match rest.next() {
+        Some(r) if r.is_empty() => {
+            return Err(ClientError::Usage("the remote path is empty".into()))
+        }
+        Some(r) => r,
+        None => local
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .or_else(|| local.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .ok_or_else(|| {
+                ClientError::Usage(format!(
+                    "cannot derive a remote name from '{}'; name it",
+                    local.display()
+                ))
+            })?,
+    };
+    let mut conn = GetOptions::for_path(server, remote, global);
+    conn.quiet = global.quiet;
+    conn.json = args.json;
+    conn.priority = args.priority.map(Priority::from);
+    conn.recursive = args.recursive;
+    Ok(crate::upload::PutOptions {
+        conn,
+        local,
+        force: args.force,
+        restart: args.no_resume,
+        priority: args.priority.map(Priority::from),
+    })
+}
+
+/// The server and directory of a `list` command.
+pub fn list_target(args: &ListArgs, global: &GlobalArgs) -> Result<(Address, String), ClientError> {
+    let mut positionals = args.args.clone();
+    if positionals.len() == 1 && (global.server.is_none() || positionals[0].contains(':')) {
+        positionals.push(".".into());
+    }
+    let (server, rest) = global.split_server(positionals, 2)?;
+    let dir = rest.into_iter().next().unwrap_or_else(|| ".".into());
+    Ok((server, if dir.is_empty() { ".".into() } else { dir }))
 }
 
 #[cfg(test)]

@@ -218,6 +218,29 @@ pub enum ClientError {
         times: u32,
     },
 
+    /// An upload stopped part-way; the server keeps what it received.
+    #[error(
+        "upload of '{remote}' stopped ({reason}); the server keeps the chunks it received: \
+         run the same command again to resume"
+    )]
+    UploadStopped {
+        /// The remote path.
+        remote: String,
+        /// Why.
+        reason: String,
+        /// Ctrl-C or SIGTERM (exit 130) rather than a lost connection (exit 6).
+        interrupted: bool,
+    },
+
+    /// Some files of a tree failed (the others were transferred).
+    #[error("{failed} file(s) of the tree failed; the first: {first}")]
+    TreeIncomplete {
+        /// How many.
+        failed: u64,
+        /// The first failure, with its path.
+        first: String,
+    },
+
     /// Ctrl-C or SIGTERM.
     #[error("interrupted{}", kept.verb("partial data"))]
     Interrupted {
@@ -246,8 +269,13 @@ impl ClientError {
             | ClientError::Aborted { .. }
             | ClientError::Protocol { .. }
             | ClientError::Reconnect { .. }
-            | ClientError::KeepsChanging { .. } => exit::TRANSFER,
-            ClientError::Interrupted { .. } => exit::INTERRUPTED,
+            | ClientError::KeepsChanging { .. }
+            | ClientError::TreeIncomplete { .. } => exit::TRANSFER,
+            ClientError::Interrupted { .. }
+            | ClientError::UploadStopped {
+                interrupted: true, ..
+            } => exit::INTERRUPTED,
+            ClientError::UploadStopped { .. } => exit::TRANSFER,
             ClientError::StdoutClosed => exit::SUCCESS,
         }
     }

@@ -114,6 +114,29 @@ impl<'a> Fetcher<'a> {
         }
     }
 
+    /// The live session with the progress bar and the interrupt flag, borrowed together.
+    pub fn parts(
+        &mut self,
+    ) -> Result<(&mut NativeSession<TcpStream>, &Progress, &Interrupt), ClientError> {
+        match self.live.as_mut() {
+            Some(live) => Ok((&mut live.session, &self.progress, self.interrupt)),
+            None => Err(ClientError::Disconnected {
+                stage: "reconnecting",
+                reason: "no connection".into(),
+            }),
+        }
+    }
+
+    /// The socket timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.opts.timeout
+    }
+
+    /// True once Ctrl-C or SIGTERM arrived.
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.is_set()
+    }
+
     /// True when the connected server offers every feature in `bits`.
     pub fn server_has(&self, bits: u64) -> bool {
         self.live
@@ -243,9 +266,20 @@ impl<'a> Fetcher<'a> {
         }
     }
 
+    /// The live session, for commands that exchange their own messages (uploads, listings).
+    pub fn session(&mut self) -> Result<&mut NativeSession<TcpStream>, ClientError> {
+        match self.live.as_mut() {
+            Some(live) => Ok(&mut live.session),
+            None => Err(ClientError::Disconnected {
+                stage: "reconnecting",
+                reason: "no connection".into(),
+            }),
+        }
+    }
+
     /// Drops the broken connection and opens a new one: at once the first time, then after
     /// 1, 2, 4, ... s, at most `--max-retries` times in a row without progress.
-    fn reconnect(
+    pub fn reconnect(
         &mut self,
         reason: &str,
         failed_in_a_row: &mut u32,

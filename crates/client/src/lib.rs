@@ -22,6 +22,7 @@ pub mod inspect;
 pub mod interrupt;
 pub mod journal;
 pub mod legacy;
+pub mod listing;
 pub mod native;
 pub mod output;
 pub mod progress;
@@ -30,6 +31,8 @@ pub mod sinks;
 pub mod size;
 pub mod summary;
 pub mod transfer;
+pub mod tree;
+pub mod upload;
 
 pub use cli::{Cli, Command, GetOptions};
 pub use download::{get, Outcome};
@@ -46,6 +49,30 @@ use tracing::level_filters::LevelFilter;
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Get(args) => run_get(args, &cli.global),
+        Command::Put(args) => run_put(&args, &cli.global),
+        Command::List(args) => {
+            let json = args.json;
+            let (server, dir) = match cli::list_target(&args, &cli.global) {
+                Ok(t) => t,
+                Err(e) => return report(&e),
+            };
+            let _log = init_logging(&cli.global);
+            let opts = GetOptions::for_path(server, dir, &cli.global);
+            let interrupt = Interrupt::new();
+            let listed = fetch::Fetcher::connect(&opts, &interrupt)
+                .and_then(|mut f| listing::list(&mut f, &opts.remote, args.recursive));
+            match listed {
+                Ok(l) if json => {
+                    println!("{}", listing::listing_json(&l));
+                    ExitCode::SUCCESS
+                }
+                Ok(l) => {
+                    print!("{}", listing::listing_text(&l));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e, json),
+            }
+        }
         Command::Stat(args) => {
             let json = args.json;
             let _log = init_logging(&cli.global);
@@ -93,6 +120,77 @@ fn fail(e: &ClientError, json: bool) -> ExitCode {
     report(e)
 }
 
+/// `sfts-client put`.
+fn run_put(args: &cli::PutArgs, global: &GlobalArgs) -> ExitCode {
+    let opts = match cli::put_options(args, global) {
+        Ok(opts) => opts,
+        Err(e) => return report(&e),
+    };
+    let _log = init_logging(global);
+    let interrupt = Interrupt::new();
+    if let Err(e) = interrupt.install() {
+        tracing::warn!("Ctrl-C will not stop the upload cleanly: {e}");
+    }
+    tracing::info!(
+        "{} put '{}' to {} '{}'",
+        native::AGENT,
+        opts.local.display(),
+        opts.conn.server,
+        opts.conn.remote
+    );
+    if opts.conn.recursive {
+        return tree_result(
+            tree::put_tree(&opts, &interrupt),
+            "put",
+            &opts.conn.remote,
+            "sent",
+            &opts.conn,
+        );
+    }
+    match upload::put(&opts, &interrupt) {
+        Ok(o) => {
+            if opts.conn.json {
+                println!("{}", summary::put_json(&o));
+            } else {
+                let _ = writeln!(std::io::stdout(), "{}  {}", o.sha256, o.remote);
+            }
+            if !opts.conn.quiet {
+                eprintln!("{}", summary::put_human(&o));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e, opts.conn.json),
+    }
+}
+
+/// Prints a tree transfer's outcome and returns the exit code.
+fn tree_result(
+    result: Result<tree::TreeOutcome, ClientError>,
+    direction: &str,
+    root: &str,
+    verb: &str,
+    opts: &GetOptions,
+) -> ExitCode {
+    match result {
+        Ok(out) => {
+            if opts.json {
+                println!("{}", out.to_json(direction, root));
+            }
+            if !opts.quiet {
+                eprintln!("{}", out.summary(verb));
+            }
+            for (path, why) in &out.failed {
+                eprintln!("sfts-client: failed: {path}: {why}");
+            }
+            match out.result() {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => report(&e),
+            }
+        }
+        Err(e) => fail(&e, opts.json),
+    }
+}
+
 /// `sfts-client get`.
 fn run_get(args: cli::GetArgs, global: &GlobalArgs) -> ExitCode {
     let opts = match GetOptions::from_args(args, global) {
@@ -115,6 +213,15 @@ fn run_get(args: cli::GetArgs, global: &GlobalArgs) -> ExitCode {
         },
         opts.algorithm
     );
+    if opts.recursive {
+        return tree_result(
+            tree::get_tree(&opts, &interrupt),
+            "get",
+            &opts.remote,
+            "received",
+            &opts,
+        );
+    }
     match get(&opts, &interrupt) {
         Ok(outcome) => {
             print_outcome(&opts, &outcome);

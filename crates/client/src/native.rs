@@ -97,7 +97,10 @@ impl<S: Read + Write> NativeSession<S> {
                 Capabilities::GET
                     | Capabilities::RESUME
                     | Capabilities::MULTI_REQUEST
-                    | Capabilities::STAT,
+                    | Capabilities::STAT
+                    | Capabilities::UPLOAD
+                    | Capabilities::LIST
+                    | Capabilities::PRIORITY,
             ),
             agent: AGENT.into(),
         }
@@ -178,7 +181,6 @@ impl<S: Read + Write> NativeSession<S> {
         welcome: &Welcome,
         get: GetRequest,
     ) -> Result<FileHeader, ClientError> {
-        const STAGE: &str = "waiting for the file header";
         if !welcome.capabilities.has(Capabilities::GET) {
             return Err(ClientError::Refused {
                 remote: req.remote.to_string(),
@@ -187,6 +189,19 @@ impl<S: Read + Write> NativeSession<S> {
         }
         let (offset, length) = (get.offset, get.length);
         let sent = write_message(&mut self.stream, &Message::Get(get), &mut self.scratch);
+        self.read_header(req, offset, length, sent)
+    }
+
+    /// Reads the `FileHeader` answering a `Get` for `length` bytes from `offset` (sent
+    /// earlier, possibly pipelined behind others; `sent` is how sending it went).
+    pub fn read_header(
+        &mut self,
+        req: &Request<'_>,
+        offset: u64,
+        length: u64,
+        sent: std::io::Result<()>,
+    ) -> Result<FileHeader, ClientError> {
+        const STAGE: &str = "waiting for the file header";
         let h = match read_message(&mut self.stream, &mut self.buf) {
             Ok(Some(Message::FileHeader(h))) => h,
             Ok(Some(Message::Error { message, .. })) => {
@@ -237,6 +252,52 @@ impl<S: Read + Write> NativeSession<S> {
             });
         }
         Ok(h)
+    }
+
+    /// Sends one control message.
+    pub fn send(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
+        write_message(&mut self.stream, msg, &mut self.scratch)
+    }
+
+    /// Sends one upload chunk straight from `data`.
+    pub fn send_chunk(
+        &mut self,
+        id: u32,
+        index: u64,
+        sha256: &[u8; 32],
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        sfts_protocol::io::write_put_chunk(&mut self.stream, id, index, sha256, data)
+    }
+
+    /// Reads the next message that is not an empty `Data` keep-alive. A closed or broken
+    /// connection is [`ClientError::Disconnected`] (worth a reconnection); `stage` names what
+    /// was awaited.
+    pub fn recv(
+        &mut self,
+        stage: &'static str,
+        timeout: Duration,
+    ) -> Result<Message<'_>, ClientError> {
+        use sfts_protocol::frame::{tag, Header, HEADER_LEN};
+        let broken = |e: std::io::Error| early_read_failed(stage, e.into(), timeout);
+        let protocol = |e: sfts_protocol::ProtocolError| ClientError::Protocol {
+            detail: format!("{e} (while {stage})"),
+            kept: Kept::Nothing,
+        };
+        loop {
+            let mut head = [0u8; HEADER_LEN];
+            self.stream.read_exact(&mut head).map_err(broken)?;
+            let header = Header::parse(&head).map_err(protocol)?;
+            let n = header.payload_len;
+            if self.buf.len() < n {
+                self.buf.resize(n, 0);
+            }
+            self.stream.read_exact(&mut self.buf[..n]).map_err(broken)?;
+            if header.tag == tag::DATA && n == 0 {
+                continue;
+            }
+            return Message::decode_payload(header.tag, &self.buf[..n]).map_err(protocol);
+        }
     }
 
     /// Asks the server to describe `path` (the server must offer [`Capabilities::STAT`]).

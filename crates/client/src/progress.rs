@@ -39,6 +39,16 @@ impl Progress {
         self.bar.set_length(total);
     }
 
+    /// Sets how many bytes are done (what a resumed transfer already had).
+    pub fn set_position(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+
+    /// Bytes done so far.
+    pub fn position(&self) -> u64 {
+        self.bar.position()
+    }
+
     /// Records `n` more bytes.
     pub fn advance(&self, n: usize) {
         self.bar.inc(n as u64);

@@ -70,6 +70,44 @@ pub fn print_json(opts: &GetOptions, value: &Value) {
     }
 }
 
+/// The `--json` object of a finished upload.
+pub fn put_json(o: &crate::upload::PutOutcome) -> Value {
+    let seconds = o.elapsed.as_secs_f64();
+    json!({
+        "status": "ok",
+        "path": o.remote,
+        "size": o.size,
+        "digests": { "sha256": o.sha256.to_hex(), "md5": o.md5.to_hex() },
+        "bytes_sent": o.sent,
+        "bytes_skipped": o.skipped,
+        "retries": o.retries,
+        "chunks_resent": o.resent,
+        "seconds": round3(seconds),
+        "rate_bytes_per_second": (o.sent as f64 / seconds.max(1e-6)).round() as u64,
+    })
+}
+
+/// The human summary of an upload.
+pub fn put_human(o: &crate::upload::PutOutcome) -> String {
+    let mut line = format!(
+        "sent '{}' ({}) in {:.2} s, {}, sha256 verified by the server",
+        o.remote,
+        Bytes(o.size),
+        o.elapsed.as_secs_f64(),
+        progress::rate(o.sent, o.elapsed)
+    );
+    if o.skipped > 0 || o.retries > 0 || o.resent > 0 {
+        line.push_str(&format!(
+            "\n  {} already on the server, {} sent, {} reconnection(s), {} chunk(s) sent again",
+            Bytes(o.skipped),
+            Bytes(o.sent),
+            o.retries,
+            o.resent
+        ));
+    }
+    line
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

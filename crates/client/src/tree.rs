@@ -1,0 +1,802 @@
+//! Whole trees: `get -r` and `put -r`.
+//!
+//! Both walk the tree once (a recursive `List` on the server, a directory walk here), create
+//! the directories first (empty ones too), skip files the other side already has with the
+//! same size and modification time (so a rerun after an interruption moves only what is
+//! missing), and then move the files:
+//!
+//! * small files (at most one chunk) are **pipelined** on one connection: requests go out a
+//!   window ahead of the answers, so a tree of many small files costs no round trip per file;
+//! * larger files go one after another through the single-file path, with its resume journal
+//!   (`get`) or the server's upload sessions (`put`).
+//!
+//! Every file is verified (whole-file digest) and published atomically, with its modification
+//! time kept. Symbolic links are never followed: the server lists links that leave its root as
+//! `symlink` entries, which `get -r` skips; `put -r` skips local symlinks (both say so).
+
+use crate::cli::GetOptions;
+use crate::error::{ClientError, Kept};
+use crate::fetch::Fetcher;
+use crate::interrupt::Interrupt;
+use crate::listing::list;
+use crate::native::Request;
+use crate::output::{base_name, create_part, part_path, Destination, OutputSpec, Sink};
+use crate::progress::Bytes;
+use crate::sinks::FileSink;
+use crate::transfer::{into_error, verify, Context};
+use crate::upload::{self, disconnected, refusal, unexpected, PutOptions};
+use serde_json::{json, Value};
+use sfts_protocol::checksum::{digest_reader, sha256};
+use sfts_protocol::{
+    Algorithm, Capabilities, DigestSet, EntryKind, ErrorCode, GetRequest, ListEntry, Message,
+    PutBegin, TO_END,
+};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, Metadata};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Files in flight in a `get -r` pipeline.
+const GET_WINDOW: usize = 64;
+/// Files in flight in a `put -r` pipeline (the server guarantees at least this many open
+/// uploads per connection).
+const PUT_WINDOW: usize = sfts_protocol::GUARANTEED_OPEN_UPLOADS;
+
+/// What a tree transfer did.
+#[derive(Debug, Clone, Default)]
+pub struct TreeOutcome {
+    /// Files transferred and verified.
+    pub files: u64,
+    /// Files the other side already had (same size and modification time).
+    pub unchanged: u64,
+    /// Directories created (or already there).
+    pub dirs: u64,
+    /// Entries skipped (symbolic links, special files).
+    pub skipped: u64,
+    /// Bytes transferred.
+    pub bytes: u64,
+    /// Files that failed, with the reason.
+    pub failed: Vec<(String, String)>,
+    /// Reconnections.
+    pub retries: u32,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl TreeOutcome {
+    /// The summary as one JSON object.
+    pub fn to_json(&self, direction: &str, root: &str) -> Value {
+        json!({
+            "status": if self.failed.is_empty() { "ok" } else { "partial" },
+            "direction": direction,
+            "path": root,
+            "files": self.files,
+            "unchanged": self.unchanged,
+            "dirs": self.dirs,
+            "skipped": self.skipped,
+            "bytes": self.bytes,
+            "retries": self.retries,
+            "seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "failed": self.failed.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The summary line.
+    pub fn summary(&self, verb: &str) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        format!(
+            "{verb} {} file(s) ({}) in {secs:.2} s, {}; {} unchanged, {} director(ies), {} skipped{}",
+            self.files,
+            Bytes(self.bytes),
+            crate::progress::rate(self.bytes, self.elapsed),
+            self.unchanged,
+            self.dirs,
+            self.skipped,
+            if self.failed.is_empty() {
+                String::new()
+            } else {
+                format!(", {} FAILED", self.failed.len())
+            }
+        )
+    }
+
+    /// The error for a tree with failed files (exit code of the first failure's kind is not
+    /// kept; a tree with failures exits 6).
+    pub fn result(self) -> Result<TreeOutcome, ClientError> {
+        if self.failed.is_empty() {
+            Ok(self)
+        } else {
+            Err(ClientError::TreeIncomplete {
+                failed: self.failed.len() as u64,
+                first: format!("{}: {}", self.failed[0].0, self.failed[0].1),
+            })
+        }
+    }
+}
+
+/// Modification time of `meta` in ns since the epoch.
+pub fn mtime_ns(meta: &Metadata) -> i64 {
+    match meta.modified() {
+        Ok(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+            Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+        },
+        Err(_) => 0,
+    }
+}
+
+fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// Gives `file` the modification time `ns`; failing costs a log line, not the transfer.
+fn set_mtime(file: &File, path: &Path, ns: i64) {
+    if let Err(e) = file.set_modified(system_time(ns)) {
+        tracing::warn!(
+            "cannot set the modification time of '{}': {e}",
+            path.display()
+        );
+    }
+}
+
+/// Checks a relative path the server listed: plain components only.
+fn safe_relative(name: &str) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for part in name.split('/') {
+        if part.is_empty() || part == "." || part == ".." || part.contains(['\\', '\0']) {
+            return None;
+        }
+        out.push(part);
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+fn join_remote(dir: &str, name: &str) -> String {
+    match dir.trim_end_matches('/') {
+        "" | "." => name.to_string(),
+        d => format!("{d}/{name}"),
+    }
+}
+
+/// True when `path` exists as a file with this size and modification time.
+fn same_file(path: &Path, size: u64, mtime: i64) -> bool {
+    fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_file() && m.len() == size && mtime_ns(&m) == mtime)
+}
+
+// ----------------------------------------------------------------------------------------
+// get -r
+
+/// `sfts-client get -r`.
+pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome, ClientError> {
+    let started = Instant::now();
+    let out_dir = match &opts.output {
+        OutputSpec::Stdout => {
+            return Err(ClientError::Usage(
+                "get -r writes a tree of files; -o - (standard output) cannot hold one".into(),
+            ))
+        }
+        OutputSpec::Path(p) => p.clone(),
+        OutputSpec::Default => PathBuf::from(base_name(&opts.remote).unwrap_or(".")),
+    };
+    let mut f = Fetcher::connect(opts, interrupt)?;
+    let listing = list(&mut f, &opts.remote, true)?;
+    fs::create_dir_all(&out_dir).map_err(|e| ClientError::local("cannot create", &out_dir, e))?;
+    let mut out = TreeOutcome::default();
+    let mut dirs = Vec::new();
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    for entry in &listing.entries {
+        let Some(rel) = safe_relative(&entry.name) else {
+            return Err(ClientError::Protocol {
+                detail: format!("it listed an unsafe name '{}'", entry.name),
+                kept: Kept::Nothing,
+            });
+        };
+        let local = out_dir.join(&rel);
+        match entry.kind {
+            EntryKind::Directory => {
+                fs::create_dir_all(&local)
+                    .map_err(|e| ClientError::local("cannot create", &local, e))?;
+                out.dirs += 1;
+                dirs.push((local, entry.mtime_ns));
+            }
+            EntryKind::File if same_file(&local, entry.size, entry.mtime_ns) => {
+                out.unchanged += 1;
+            }
+            EntryKind::File if local.exists() && !opts.force => out.failed.push((
+                entry.name.clone(),
+                format!(
+                    "'{}' exists and differs; use --force to replace it",
+                    local.display()
+                ),
+            )),
+            EntryKind::File if entry.size <= opts.chunk_size as u64 => {
+                small.push((entry.clone(), local))
+            }
+            EntryKind::File => large.push((entry.clone(), local)),
+            kind => {
+                tracing::warn!("skipping '{}' ({}: not followed)", entry.name, kind.name());
+                out.skipped += 1;
+            }
+        }
+    }
+    let total: u64 = small.iter().chain(&large).map(|(e, _)| e.size).sum();
+    f.progress.set_total(total);
+    tracing::info!(
+        "'{}': {} file(s) to fetch ({}), {} unchanged, {} director(ies)",
+        opts.remote,
+        small.len() + large.len(),
+        Bytes(total),
+        out.unchanged,
+        out.dirs
+    );
+    get_small_files(&mut f, opts, small, &mut out)?;
+    for (entry, local) in large {
+        if f.interrupted() {
+            return Err(ClientError::Interrupted {
+                kept: Kept::Nothing,
+            });
+        }
+        let mut one = opts.clone();
+        one.remote = join_remote(&opts.remote, &entry.name);
+        one.output = OutputSpec::Path(local.clone());
+        one.recursive = false;
+        one.quiet = true;
+        one.force = true; // checked above: absent, or differing with --force
+        let dest = Destination::plan(&one.output, &one.remote, true)?;
+        match crate::resume::get_native(&one, &dest, interrupt) {
+            Ok(o) => {
+                if let Ok(file) = File::options().write(true).open(&local) {
+                    set_mtime(&file, &local, entry.mtime_ns);
+                }
+                out.files += 1;
+                out.bytes += o.stats.fetched;
+                out.retries += o.stats.retries;
+                f.progress.advance(entry.size as usize);
+            }
+            Err(e @ (ClientError::Interrupted { .. } | ClientError::Connect { .. })) => {
+                return Err(e)
+            }
+            Err(e) => out.failed.push((entry.name.clone(), e.to_string())),
+        }
+    }
+    // Deepest first, so setting a child's time does not disturb its parent's.
+    for (dir, mtime) in dirs.iter().rev() {
+        if let Ok(d) = File::open(dir) {
+            set_mtime(&d, dir, *mtime);
+        }
+    }
+    f.progress.finish();
+    out.retries += f.stats.retries;
+    out.elapsed = started.elapsed();
+    Ok(out)
+}
+
+/// Fetches small files pipelined on one connection.
+fn get_small_files(
+    f: &mut Fetcher<'_>,
+    opts: &GetOptions,
+    files: Vec<(ListEntry, PathBuf)>,
+    out: &mut TreeOutcome,
+) -> Result<(), ClientError> {
+    let mut queue: VecDeque<(ListEntry, PathBuf)> = files.into();
+    let mut in_flight: VecDeque<(ListEntry, PathBuf)> = VecDeque::new();
+    let mut failed_in_a_row = 0u32;
+    let digests = DigestSet::of(&[opts.algorithm]);
+    let server = opts.server.to_string();
+    while !queue.is_empty() || !in_flight.is_empty() {
+        if f.interrupted() {
+            return Err(ClientError::Interrupted {
+                kept: Kept::Nothing,
+            });
+        }
+        let step = (|| -> Result<(), ClientError> {
+            while in_flight.len() < GET_WINDOW {
+                let Some((entry, local)) = queue.pop_front() else {
+                    break;
+                };
+                let get = GetRequest::whole(
+                    join_remote(&opts.remote, &entry.name),
+                    opts.chunk_size,
+                    digests,
+                );
+                f.session()?
+                    .send(&Message::Get(get))
+                    .map_err(|e| disconnected("asking for a file", e))?;
+                in_flight.push_back((entry, local));
+            }
+            let (entry, local) = in_flight.front().cloned().expect("a request is in flight");
+            let remote = join_remote(&opts.remote, &entry.name);
+            let req = Request {
+                server: &server,
+                remote: &remote,
+                chunk_size: opts.chunk_size,
+                algorithm: opts.algorithm,
+                timeout: opts.timeout,
+            };
+            let header = match f.session()?.read_header(&req, 0, TO_END, Ok(())) {
+                Ok(h) => h,
+                Err(e @ ClientError::Refused { .. }) => {
+                    in_flight.pop_front();
+                    out.failed.push((entry.name.clone(), e.to_string()));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let part = part_path(&local);
+            let file = create_part(&part)?;
+            let mut sink = FileSink::fresh(
+                file,
+                PathBuf::new(),
+                &remote,
+                opts.chunk_size,
+                opts.algorithm,
+            );
+            let kept = Kept::File(part.clone());
+            let received = {
+                let (session, progress, interrupt) = f.parts()?;
+                let ctx = Context {
+                    interrupt,
+                    progress,
+                    timeout: opts.timeout,
+                };
+                session.receive(&header, opts.algorithm, &mut sink, &ctx)
+            };
+            let theirs = match received {
+                Ok(d) => d,
+                Err(stopped) => {
+                    let _ = fs::remove_file(&part);
+                    let e = into_error(stopped, header.size, Kept::Nothing);
+                    return Err(match e {
+                        ClientError::ConnectionLost { reason, .. } => ClientError::Disconnected {
+                            stage: "receiving a file",
+                            reason,
+                        },
+                        other => other,
+                    });
+                }
+            };
+            in_flight.pop_front();
+            out.bytes += header.length;
+            let (file, ours) = sink.finish();
+            if let Err(e) = verify(&remote, &theirs, &ours, kept) {
+                out.failed.push((entry.name.clone(), e.to_string()));
+                return Ok(());
+            }
+            set_mtime(&file, &part, entry.mtime_ns);
+            let dest = Destination::File {
+                target: local.clone(),
+                part,
+            };
+            match dest.publish(Sink::File(file), true) {
+                Ok(()) => out.files += 1,
+                Err(e) => out.failed.push((entry.name.clone(), e.to_string())),
+            }
+            Ok(())
+        })();
+        match step {
+            Ok(()) => failed_in_a_row = 0,
+            Err(e @ ClientError::Disconnected { .. }) => {
+                // Ask again for everything that was not answered.
+                while let Some(item) = in_flight.pop_back() {
+                    queue.push_front(item);
+                }
+                f.reconnect(&e.to_string(), &mut failed_in_a_row, &Kept::Nothing)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// put -r
+
+/// A local file or directory of a tree to upload.
+struct LocalEntry {
+    /// `/`-separated path relative to the tree's root.
+    rel: String,
+    path: PathBuf,
+    is_dir: bool,
+    size: u64,
+    mtime_ns: i64,
+}
+
+/// Walks `root` depth first, each directory before its contents, names sorted; symbolic
+/// links and special files are skipped (counted in `skipped`).
+fn walk(root: &Path, skipped: &mut u64) -> Result<Vec<LocalEntry>, ClientError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .map_err(|e| ClientError::local("cannot read", &dir, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| ClientError::local("cannot read", &dir, e))?;
+        names.sort_by_key(|e| e.file_name());
+        let mut subdirs = Vec::new();
+        for e in names {
+            let path = e.path();
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                return Err(ClientError::Usage(format!(
+                    "'{}' is not a UTF-8 name; SFTS paths are UTF-8",
+                    path.display()
+                )));
+            };
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = fs::symlink_metadata(&path)
+                .map_err(|e| ClientError::local("cannot read", &path, e))?;
+            if meta.is_dir() {
+                out.push(LocalEntry {
+                    rel: child.clone(),
+                    path: path.clone(),
+                    is_dir: true,
+                    size: 0,
+                    mtime_ns: mtime_ns(&meta),
+                });
+                subdirs.push((path, child));
+            } else if meta.is_file() {
+                out.push(LocalEntry {
+                    rel: child,
+                    path,
+                    is_dir: false,
+                    size: meta.len(),
+                    mtime_ns: mtime_ns(&meta),
+                });
+            } else {
+                tracing::warn!(
+                    "skipping '{}' (symbolic link or special file)",
+                    path.display()
+                );
+                *skipped += 1;
+            }
+        }
+        // Reverse so the first name is walked first.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(out)
+}
+
+/// `sfts-client put -r`.
+pub fn put_tree(opts: &PutOptions, interrupt: &Interrupt) -> Result<TreeOutcome, ClientError> {
+    let started = Instant::now();
+    let root = &opts.local;
+    if !root.is_dir() {
+        return Err(ClientError::Usage(format!(
+            "'{}' is not a directory (put without -r uploads one file)",
+            root.display()
+        )));
+    }
+    let mut out = TreeOutcome::default();
+    let entries = walk(root, &mut out.skipped)?;
+    let mut f = Fetcher::connect(&opts.conn, interrupt)?;
+    if !f.server_has(Capabilities::UPLOAD) {
+        return Err(ClientError::Refused {
+            remote: opts.conn.remote.clone(),
+            message: "the server does not take uploads (its protocol has no UPLOAD)".into(),
+        });
+    }
+    let remote_root = opts.conn.remote.trim_end_matches('/').to_string();
+    // What the server already has, to skip unchanged files on a rerun.
+    let mut theirs: HashMap<String, (u64, i64)> = HashMap::new();
+    if f.server_has(Capabilities::LIST) && !opts.restart {
+        match list(&mut f, &remote_root, true) {
+            Ok(l) => {
+                for e in l.entries {
+                    if e.kind == EntryKind::File {
+                        theirs.insert(e.name, (e.size, e.mtime_ns));
+                    }
+                }
+            }
+            Err(ClientError::Refused { .. }) => {} // not there yet
+            Err(e) => return Err(e),
+        }
+    }
+    mkdir(&mut f, opts, &remote_root)?;
+    out.dirs += 1;
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    for e in entries {
+        if e.is_dir {
+            mkdir(&mut f, opts, &join_remote(&remote_root, &e.rel))?;
+            out.dirs += 1;
+        } else if theirs.get(&e.rel) == Some(&(e.size, e.mtime_ns)) {
+            out.unchanged += 1;
+        } else if e.size <= opts.conn.chunk_size as u64 {
+            small.push(e);
+        } else {
+            large.push(e);
+        }
+    }
+    let total: u64 = small.iter().chain(&large).map(|e| e.size).sum();
+    f.progress.set_total(total);
+    put_small_files(&mut f, opts, &remote_root, small, &mut out)?;
+    for e in large {
+        if f.interrupted() {
+            return Err(ClientError::Interrupted {
+                kept: Kept::Nothing,
+            });
+        }
+        let remote = join_remote(&remote_root, &e.rel);
+        let position = f.progress.position();
+        match upload::put_one(&mut f, opts, &e.path, &remote) {
+            Ok(o) => {
+                out.files += 1;
+                out.bytes += o.sent;
+            }
+            Err(err @ (ClientError::UploadStopped { .. } | ClientError::Interrupted { .. })) => {
+                return Err(err)
+            }
+            Err(err) => out.failed.push((e.rel.clone(), err.to_string())),
+        }
+        f.progress.set_total(total);
+        f.progress.set_position(position + e.size);
+    }
+    f.progress.finish();
+    out.retries = f.stats.retries;
+    out.elapsed = started.elapsed();
+    Ok(out)
+}
+
+/// Creates a remote directory (and its parents).
+fn mkdir(f: &mut Fetcher<'_>, opts: &PutOptions, path: &str) -> Result<(), ClientError> {
+    let path = if path.is_empty() { "." } else { path };
+    let timeout = opts.conn.timeout;
+    let session = f.session()?;
+    session
+        .send(&Message::Mkdir {
+            path: path.to_string(),
+        })
+        .map_err(|e| disconnected("creating a directory", e))?;
+    match session.recv("waiting for a directory to be created", timeout)? {
+        Message::FileInfo(_) => Ok(()),
+        Message::Error { code, message } => Err(refusal(path, code, message)),
+        other => Err(unexpected("FileInfo", other.name())),
+    }
+}
+
+/// A small file being uploaded in the pipeline.
+struct SmallUpload {
+    entry: LocalEntry,
+    remote: String,
+    id: u32,
+    sha256: [u8; 32],
+}
+
+/// Uploads files of at most one chunk, pipelined: `PutBegin`, the chunk and `PutCommit` go out
+/// together, a window of files ahead of the answers.
+fn put_small_files(
+    f: &mut Fetcher<'_>,
+    opts: &PutOptions,
+    remote_root: &str,
+    files: Vec<LocalEntry>,
+    out: &mut TreeOutcome,
+) -> Result<(), ClientError> {
+    let timeout = opts.conn.timeout;
+    let mut queue: VecDeque<LocalEntry> = files.into();
+    let mut in_flight: VecDeque<SmallUpload> = VecDeque::new();
+    let mut failed_in_a_row = 0u32;
+    let mut retry_alone: Vec<LocalEntry> = Vec::new();
+    let mut data = Vec::new();
+    while !queue.is_empty() || !in_flight.is_empty() {
+        if f.interrupted() {
+            return Err(ClientError::Interrupted {
+                kept: Kept::Nothing,
+            });
+        }
+        let step = (|| -> Result<(), ClientError> {
+            while in_flight.len() < PUT_WINDOW {
+                let Some(entry) = queue.pop_front() else {
+                    break;
+                };
+                let id = (1..=PUT_WINDOW as u32)
+                    .find(|id| in_flight.iter().all(|u| u.id != *id))
+                    .expect("a free id below the window");
+                data.clear();
+                File::open(&entry.path)
+                    .and_then(|mut file| file.read_to_end(&mut data))
+                    .map_err(|e| ClientError::local("cannot read", &entry.path, e))?;
+                if data.len() as u64 != entry.size {
+                    return Err(ClientError::Usage(format!(
+                        "'{}' changed while the tree was being sent; run put -r again",
+                        entry.path.display()
+                    )));
+                }
+                let mut hasher = sfts_protocol::MultiHasher::new(DigestSet::of(&[
+                    Algorithm::Sha256,
+                    Algorithm::Md5,
+                ]));
+                hasher.update(&data);
+                let digests = hasher.finish();
+                let remote = join_remote(remote_root, &entry.rel);
+                let mut begin = PutBegin::new(
+                    id,
+                    remote.clone(),
+                    entry.size,
+                    entry.mtime_ns,
+                    opts.conn.chunk_size,
+                    &digests,
+                )
+                .map_err(|e| ClientError::Protocol {
+                    detail: e.to_string(),
+                    kept: Kept::Nothing,
+                })?;
+                begin.force = opts.force;
+                let sha = sha256(&data);
+                let session = f.session()?;
+                let sent = session
+                    .send(&Message::PutBegin(begin))
+                    .and_then(|()| {
+                        if data.is_empty() {
+                            Ok(())
+                        } else {
+                            session.send_chunk(id, 0, &sha, &data)
+                        }
+                    })
+                    .and_then(|()| session.send(&Message::PutCommit { id }));
+                sent.map_err(|e| disconnected("sending a file", e))?;
+                in_flight.push_back(SmallUpload {
+                    entry,
+                    remote,
+                    id,
+                    sha256: begin_sha(&digests),
+                });
+            }
+            let u = in_flight.front().expect("an upload is in flight");
+            let session = f.session()?;
+            // PutReady (or a refusal), the chunk's answer, PutDone (or a refusal).
+            let mut refused: Option<String> = None;
+            let mut redo = false;
+            match session.recv("waiting for the server to open an upload", timeout)? {
+                Message::PutReady(_) => {}
+                Message::Error { code, message } => {
+                    refused = Some(refusal(&u.remote, code, message).to_string())
+                }
+                other => return Err(unexpected("PutReady", other.name())),
+            }
+            if u.entry.size > 0 {
+                match session.recv("waiting for a chunk acknowledgement", timeout)? {
+                    Message::ChunkAck { .. } => {}
+                    Message::ChunkRejected { reason, .. } if refused.is_none() => {
+                        tracing::warn!(
+                            "'{}': chunk rejected ({}); sending the file again alone",
+                            u.remote,
+                            reason.name()
+                        );
+                        redo = true;
+                    }
+                    Message::ChunkRejected { .. } => {}
+                    Message::Error { code, message } => {
+                        refused.get_or_insert(refusal(&u.remote, code, message).to_string());
+                    }
+                    other => return Err(unexpected("ChunkAck", other.name())),
+                }
+            }
+            let done = match session.recv("waiting for the server to verify an upload", timeout)? {
+                Message::PutDone { digests, .. } => Some(digests),
+                Message::Error {
+                    code: ErrorCode::Incomplete,
+                    ..
+                } if redo => None,
+                Message::Error { code, message } => {
+                    refused.get_or_insert(refusal(&u.remote, code, message).to_string());
+                    None
+                }
+                other => return Err(unexpected("PutDone", other.name())),
+            };
+            let u = in_flight.pop_front().expect("in flight");
+            f.progress.advance(u.entry.size as usize);
+            if let Some(why) = refused {
+                out.failed.push((u.entry.rel.clone(), why));
+            } else if redo {
+                retry_alone.push(u.entry);
+            } else if let Some(digests) = done {
+                let matches = digests
+                    .iter()
+                    .any(|d| d.algorithm == Algorithm::Sha256 && d.bytes == u.sha256);
+                if matches {
+                    out.files += 1;
+                    out.bytes += u.entry.size;
+                } else {
+                    out.failed.push((
+                        u.entry.rel.clone(),
+                        "the server's SHA-256 of the published file differs".into(),
+                    ));
+                }
+            }
+            Ok(())
+        })();
+        match step {
+            Ok(()) => failed_in_a_row = 0,
+            Err(e @ ClientError::Disconnected { .. }) => {
+                while let Some(u) = in_flight.pop_back() {
+                    queue.push_front(u.entry);
+                }
+                f.reconnect(&e.to_string(), &mut failed_in_a_row, &Kept::Nothing)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for entry in retry_alone {
+        let remote = join_remote(remote_root, &entry.rel);
+        match upload::put_one(f, opts, &entry.path, &remote) {
+            Ok(o) => {
+                out.files += 1;
+                out.bytes += o.sent;
+            }
+            Err(e) => out.failed.push((entry.rel.clone(), e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+fn begin_sha(digests: &[sfts_protocol::Digest]) -> [u8; 32] {
+    digests
+        .iter()
+        .find_map(sfts_protocol::Digest::sha256_bytes)
+        .unwrap_or([0; 32])
+}
+
+/// Hashes a local file (used by tests and `verify`-style checks of trees).
+pub fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<String> {
+    let file = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (_, mut d) = digest_reader(file, DigestSet::of(&[algorithm]), &mut buf)?;
+    Ok(d.remove(0).to_hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_names_must_be_plain_relative_paths() {
+        assert_eq!(safe_relative("a/b.txt"), Some(PathBuf::from("a/b.txt")));
+        for bad in ["", "/abs", "a//b", "../x", "a/./b", "a\\b", "a/..", "x\0"] {
+            assert_eq!(safe_relative(bad), None, "{bad:?}");
+        }
+        assert_eq!(join_remote(".", "x"), "x");
+        assert_eq!(join_remote("d/", "x"), "d/x");
+    }
+
+    #[test]
+    fn walk_lists_directories_before_their_contents_and_skips_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        fs::create_dir_all(r.join("b/empty")).unwrap();
+        fs::write(r.join("b/f.txt"), b"x").unwrap();
+        fs::write(r.join("a.txt"), b"yy").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", r.join("link")).unwrap();
+        let mut skipped = 0;
+        let names: Vec<String> = walk(r, &mut skipped)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.rel)
+            .collect();
+        assert_eq!(names, ["a.txt", "b", "b/empty", "b/f.txt"]);
+        assert_eq!(skipped, 1);
+    }
+
+    #[test]
+    fn mtimes_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let file = File::create(&p).unwrap();
+        set_mtime(&file, &p, 1_600_000_000_123_456_789);
+        assert_eq!(
+            mtime_ns(&fs::metadata(&p).unwrap()),
+            1_600_000_000_123_456_789
+        );
+        assert!(same_file(&p, 0, 1_600_000_000_123_456_789));
+        assert!(!same_file(&p, 1, 1_600_000_000_123_456_789));
+    }
+}

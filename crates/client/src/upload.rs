@@ -1,0 +1,477 @@
+//! `sfts-client put`: a resumable, verified upload of one file.
+//!
+//! 1. The local file is hashed (SHA-256 and MD5): the SHA-256 is the upload's identity on the
+//!    server, which is how a rerun finds what the server already holds.
+//! 2. `PutBegin` opens (or resumes) the upload; `PutReady` lists the chunks the server holds.
+//! 3. The missing chunks are sent pipelined, a window of them unacknowledged at a time, each
+//!    with its SHA-256; a chunk the server rejects as corrupted is sent again.
+//! 4. `PutCommit`: the server checks the whole file and publishes it atomically; its digests
+//!    come back in `PutDone` and are compared with ours.
+//!
+//! A dropped or stalled connection is re-established like a download's, and the upload
+//! resumes with whatever the server confirmed.
+
+use crate::cli::GetOptions;
+use crate::error::{ClientError, Kept};
+use crate::fetch::Fetcher;
+use crate::interrupt::Interrupt;
+use crate::progress::Bytes;
+use sfts_protocol::checksum::{digest_reader, sha256};
+use sfts_protocol::{
+    chunk_count, chunk_span, Algorithm, Capabilities, Digest, DigestSet, ErrorCode, Message,
+    Priority, PutBegin,
+};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Most bytes sent ahead of the server's acknowledgements.
+const WINDOW_BYTES: u64 = 64 << 20;
+/// Most chunks sent ahead of the server's acknowledgements.
+const WINDOW_CHUNKS: u64 = 256;
+
+/// A checked `put` request.
+#[derive(Debug, Clone)]
+pub struct PutOptions {
+    /// Connection settings, with the remote path as `remote`.
+    pub conn: GetOptions,
+    /// The local file.
+    pub local: PathBuf,
+    /// Replace an existing remote file.
+    pub force: bool,
+    /// Discard what the server holds of an earlier attempt.
+    pub restart: bool,
+    /// Transfer priority, sent when the server takes it.
+    pub priority: Option<Priority>,
+}
+
+/// A finished upload.
+#[derive(Debug, Clone)]
+pub struct PutOutcome {
+    /// The published file's SHA-256 (equal to ours).
+    pub sha256: Digest,
+    /// Its MD5.
+    pub md5: Digest,
+    /// The remote path.
+    pub remote: String,
+    /// The file's size.
+    pub size: u64,
+    /// Bytes sent in chunks (re-sent ones included).
+    pub sent: u64,
+    /// Bytes the server already held (resume, duplicate).
+    pub skipped: u64,
+    /// Reconnections.
+    pub retries: u32,
+    /// Chunks sent again after the server found them corrupted.
+    pub resent: u32,
+    /// Time from the start (hashing included) to the server's confirmation.
+    pub elapsed: Duration,
+}
+
+/// A local file to upload: its identity and digests.
+#[derive(Debug)]
+pub struct Local {
+    /// The open file.
+    pub file: File,
+    /// Its size.
+    pub size: u64,
+    /// Its modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// SHA-256 and MD5 of its content.
+    pub digests: Vec<Digest>,
+}
+
+/// Opens and hashes a local file to upload.
+pub fn open_local(path: &Path) -> Result<Local, ClientError> {
+    let meta = std::fs::metadata(path).map_err(|e| ClientError::local("cannot read", path, e))?;
+    if meta.is_dir() {
+        return Err(ClientError::Usage(format!(
+            "'{}' is a directory; use put -r to upload a tree",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(ClientError::Usage(format!(
+            "'{}' is not a regular file",
+            path.display()
+        )));
+    }
+    let mtime_ns = crate::tree::mtime_ns(&meta);
+    let mut file = File::open(path).map_err(|e| ClientError::local("cannot open", path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let set = DigestSet::of(&[Algorithm::Sha256, Algorithm::Md5]);
+    let (size, digests) = digest_reader(&mut file, set, &mut buf)
+        .map_err(|e| ClientError::local("cannot read", path, e))?;
+    if size != meta.len() {
+        return Err(ClientError::Usage(format!(
+            "'{}' changed while it was being read; try again when it is complete",
+            path.display()
+        )));
+    }
+    Ok(Local {
+        file,
+        size,
+        mtime_ns,
+        digests,
+    })
+}
+
+/// Counters of one upload.
+#[derive(Default)]
+struct Counters {
+    sent: u64,
+    skipped: u64,
+    resent: u32,
+}
+
+/// Uploads `opts.local` to `opts.conn.remote`.
+pub fn put(opts: &PutOptions, interrupt: &Interrupt) -> Result<PutOutcome, ClientError> {
+    let started = Instant::now();
+    if !opts.conn.quiet {
+        eprintln!("hashing '{}' ...", opts.local.display());
+    }
+    let local = open_local(&opts.local)?;
+    let mut f = Fetcher::connect(&opts.conn, interrupt)?;
+    let outcome = upload_on(&mut f, opts, local, started);
+    f.progress.finish();
+    outcome
+}
+
+/// Uploads an opened local file over `f`'s connection (reconnecting as needed).
+fn upload_on(
+    f: &mut Fetcher<'_>,
+    opts: &PutOptions,
+    mut local: Local,
+    started: Instant,
+) -> Result<PutOutcome, ClientError> {
+    let remote = opts.conn.remote.clone();
+    let sha_hex = local
+        .digests
+        .iter()
+        .find(|d| d.algorithm == Algorithm::Sha256)
+        .map(Digest::to_hex)
+        .unwrap_or_default();
+    tracing::info!(
+        "uploading '{}' ({} bytes, sha256 {sha_hex}) as '{remote}'",
+        opts.local.display(),
+        local.size,
+    );
+    if !f.server_has(Capabilities::UPLOAD) {
+        return Err(ClientError::Refused {
+            remote,
+            message: "the server does not take uploads (its protocol has no UPLOAD)".into(),
+        });
+    }
+    f.progress.set_total(local.size);
+    let mut counters = Counters::default();
+    let kept = Kept::Nothing;
+    let mut failed_in_a_row = 0u32;
+    let mut restart = opts.restart;
+    let retries_before = f.stats.retries;
+    let done = loop {
+        match attempt(f, opts, &mut local, &mut counters, restart) {
+            Ok(done) => break done,
+            Err(e @ ClientError::Disconnected { .. }) => {
+                let reason = e.to_string();
+                f.reconnect(&reason, &mut failed_in_a_row, &kept)
+                    .map_err(|e| interrupted_upload(e, &remote))?;
+                // After a reconnection, resume what the server kept.
+                restart = false;
+            }
+            Err(e) => return Err(interrupted_upload(e, &remote)),
+        }
+        if f.interrupted() {
+            return Err(interrupted_upload(
+                ClientError::Interrupted {
+                    kept: Kept::Nothing,
+                },
+                &remote,
+            ));
+        }
+    };
+    let ours = |a: Algorithm| local.digests.iter().find(|d| d.algorithm == a).cloned();
+    let (sha, md5) = (ours(Algorithm::Sha256), ours(Algorithm::Md5));
+    let (sha, md5) = (sha.expect("hashed"), md5.expect("hashed"));
+    match done.iter().find(|d| d.algorithm == Algorithm::Sha256) {
+        Some(theirs) => crate::transfer::verify(&remote, theirs, &sha, Kept::Nothing)?,
+        None => {
+            return Err(ClientError::Protocol {
+                detail: "its PutDone carries no sha256 digest".into(),
+                kept: Kept::Nothing,
+            })
+        }
+    }
+    let retries = f.stats.retries - retries_before;
+    tracing::info!(
+        "uploaded '{remote}': {} sent, {} already on the server, {retries} reconnection(s)",
+        counters.sent,
+        counters.skipped,
+    );
+    Ok(PutOutcome {
+        sha256: sha,
+        md5,
+        remote,
+        size: local.size,
+        sent: counters.sent,
+        skipped: counters.skipped,
+        retries,
+        resent: counters.resent,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Uploads `local` to `remote` over an existing connection (for trees).
+pub fn put_one(
+    f: &mut Fetcher<'_>,
+    base: &PutOptions,
+    local: &Path,
+    remote: &str,
+) -> Result<PutOutcome, ClientError> {
+    let started = Instant::now();
+    let mut opts = base.clone();
+    opts.local = local.to_path_buf();
+    opts.conn.remote = remote.to_string();
+    let opened = open_local(local)?;
+    upload_on(f, &opts, opened, started)
+}
+
+/// Adds "run it again to resume" to an upload that stopped part-way.
+fn interrupted_upload(e: ClientError, remote: &str) -> ClientError {
+    match e {
+        ClientError::Interrupted { .. } => ClientError::UploadStopped {
+            remote: remote.to_string(),
+            reason: "interrupted".into(),
+            interrupted: true,
+        },
+        ClientError::Reconnect {
+            retries, reason, ..
+        } => ClientError::UploadStopped {
+            remote: remote.to_string(),
+            reason: format!(
+                "connection lost and {retries} reconnection(s) in a row failed ({reason})"
+            ),
+            interrupted: false,
+        },
+        other => other,
+    }
+}
+
+/// One connection's worth of the upload: begin, send what is missing, commit.
+fn attempt(
+    f: &mut Fetcher<'_>,
+    opts: &PutOptions,
+    local: &mut Local,
+    counters: &mut Counters,
+    restart: bool,
+) -> Result<Vec<Digest>, ClientError> {
+    let timeout = opts.conn.timeout;
+    let remote = opts.conn.remote.clone();
+    if let Some(p) = opts.priority {
+        if f.server_has(Capabilities::PRIORITY) {
+            f.session()?
+                .send(&Message::SetPriority(p))
+                .map_err(|e| disconnected("sending the priority", e))?;
+        }
+    }
+    let mut begin = PutBegin::new(
+        1,
+        remote.clone(),
+        local.size,
+        local.mtime_ns,
+        opts.conn.chunk_size,
+        &local.digests,
+    )
+    .map_err(|e| ClientError::Protocol {
+        detail: e.to_string(),
+        kept: Kept::Nothing,
+    })?;
+    begin.force = opts.force;
+    begin.restart = restart;
+    let session = f.session()?;
+    session
+        .send(&Message::PutBegin(begin))
+        .map_err(|e| disconnected("opening the upload", e))?;
+    let ready = match session.recv("waiting for the server to open the upload", timeout)? {
+        Message::PutReady(r) => r,
+        Message::Error { code, message } => return Err(refusal(&remote, code, message)),
+        other => return Err(unexpected("PutReady", other.name())),
+    };
+    let cs = ready.chunk_size;
+    let total = chunk_count(local.size, cs);
+    let missing: VecDeque<u64> = ready.have.missing(total).collect();
+    let held: u64 = (0..total)
+        .filter(|i| ready.have.contains(*i))
+        .filter_map(|i| chunk_span(local.size, cs, i).map(|(_, len)| len as u64))
+        .sum();
+    if held > 0 {
+        tracing::info!(
+            "the server already holds {} of '{remote}'; sending the other {} chunk(s)",
+            Bytes(held),
+            missing.len()
+        );
+        counters.skipped = held;
+    }
+    f.progress.set_position(held);
+    send_chunks(f, opts, local, counters, missing, cs)?;
+
+    let session = f.session()?;
+    session
+        .send(&Message::PutCommit { id: 1 })
+        .map_err(|e| disconnected("committing the upload", e))?;
+    match session.recv("waiting for the server to verify the upload", timeout)? {
+        Message::PutDone { digests, .. } => Ok(digests),
+        Message::Error { code, message } => Err(refusal(&remote, code, message)),
+        other => Err(unexpected("PutDone", other.name())),
+    }
+}
+
+/// Sends `missing` chunks with a window of unacknowledged ones, re-sending rejected ones.
+fn send_chunks(
+    f: &mut Fetcher<'_>,
+    opts: &PutOptions,
+    local: &mut Local,
+    counters: &mut Counters,
+    mut missing: VecDeque<u64>,
+    cs: u32,
+) -> Result<(), ClientError> {
+    let timeout = opts.conn.timeout;
+    let remote = &opts.conn.remote;
+    let window = (WINDOW_BYTES / cs as u64).clamp(1, WINDOW_CHUNKS) as usize;
+    let mut in_flight: VecDeque<(u64, u32)> = VecDeque::new();
+    let mut buf = vec![0u8; cs as usize];
+    while !missing.is_empty() || !in_flight.is_empty() {
+        if f.interrupted() {
+            return Err(ClientError::Interrupted {
+                kept: Kept::Nothing,
+            });
+        }
+        while in_flight.len() < window {
+            let Some(index) = missing.pop_front() else {
+                break;
+            };
+            let (start, len) =
+                chunk_span(local.size, cs, index).ok_or_else(|| ClientError::Protocol {
+                    detail: format!("chunk {index} is past the end of the file"),
+                    kept: Kept::Nothing,
+                })?;
+            let data = &mut buf[..len as usize];
+            local
+                .file
+                .seek(SeekFrom::Start(start))
+                .and_then(|_| local.file.read_exact(data))
+                .map_err(|e| ClientError::local("cannot read", &opts.local, e))?;
+            let digest = sha256(data);
+            f.session()?
+                .send_chunk(1, index, &digest, data)
+                .map_err(|e| disconnected("sending a chunk", e))?;
+            in_flight.push_back((index, len));
+        }
+        let Some(&(first, _)) = in_flight.front() else {
+            continue;
+        };
+        let answer = match f
+            .session()?
+            .recv("waiting for chunk acknowledgements", timeout)?
+        {
+            Message::ChunkAck { index, .. } => Ok(index),
+            Message::ChunkRejected { index, reason, .. } => Err((index, reason)),
+            Message::Error { code, message } => return Err(refusal(remote, code, message)),
+            other => return Err(unexpected("ChunkAck", other.name())),
+        };
+        let index = match answer {
+            Ok(index) | Err((index, _)) => index,
+        };
+        if index != first {
+            return Err(ClientError::Protocol {
+                detail: format!("it answered chunk {index} while chunk {first} was expected"),
+                kept: Kept::Nothing,
+            });
+        }
+        let (_, len) = in_flight.pop_front().expect("not empty");
+        match answer {
+            Ok(_) => {
+                counters.sent += len as u64;
+                f.progress.advance(len as usize);
+            }
+            Err((index, reason)) if reason.resend() => {
+                tracing::warn!(
+                    "chunk {index} of '{remote}' arrived corrupted ({}); sending it again",
+                    reason.name()
+                );
+                counters.sent += len as u64;
+                counters.resent += 1;
+                missing.push_back(index);
+            }
+            Err((index, reason)) => {
+                return Err(ClientError::Protocol {
+                    detail: format!("the server refused chunk {index}: {}", reason.name()),
+                    kept: Kept::Nothing,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn disconnected(stage: &'static str, e: std::io::Error) -> ClientError {
+    ClientError::Disconnected {
+        stage,
+        reason: e.to_string(),
+    }
+}
+
+pub fn unexpected(wanted: &str, got: &str) -> ClientError {
+    ClientError::Protocol {
+        detail: format!("expected {wanted}, got {got}"),
+        kept: Kept::Nothing,
+    }
+}
+
+/// An `Error` answer to an upload, as the error the user sees.
+pub fn refusal(remote: &str, code: ErrorCode, message: String) -> ClientError {
+    match code {
+        ErrorCode::ShuttingDown => ClientError::Disconnected {
+            stage: "uploading",
+            reason: message,
+        },
+        ErrorCode::AlreadyExists => ClientError::Refused {
+            remote: remote.to_string(),
+            message: format!("{message} (use --force to replace it)"),
+        },
+        ErrorCode::ChecksumMismatch => ClientError::Integrity {
+            remote: remote.to_string(),
+            algorithm: "sha256",
+            expected: "the local file's".into(),
+            actual: format!(
+                "another on the server ({message}); did the file change while it was being sent?"
+            ),
+            kept: Kept::Nothing,
+        },
+        _ => ClientError::Refused {
+            remote: remote.to_string(),
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_file_is_hashed_and_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let l = open_local(&path).unwrap();
+        assert_eq!(l.size, 3);
+        let md5 = l.digests.iter().find(|d| d.algorithm == Algorithm::Md5);
+        assert_eq!(md5.unwrap().to_hex(), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(l.digests.len(), 2);
+        let e = open_local(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("put -r"), "{e}");
+        assert!(open_local(&dir.path().join("missing")).is_err());
+    }
+}
