@@ -18,6 +18,8 @@ pub struct NewTransfer<'a> {
     pub protocol: &'a str,
     /// First byte sent.
     pub offset: u64,
+    /// Bytes to send from `offset` (the requested range, cut at the end of the file).
+    pub length: u64,
     /// Size of the whole file.
     pub size: u64,
 }
@@ -39,11 +41,14 @@ pub struct TransferRecord {
     pub protocol: String,
     /// First byte sent.
     pub offset: u64,
+    /// Bytes to send from `offset`.
+    pub length: u64,
     /// Whole file size.
     pub size: u64,
     /// Bytes moved.
     pub bytes: u64,
-    /// `running`, `ok`, `failed`, `aborted`.
+    /// `running`, `ok`, `failed`, `aborted` (the peer went away or the server stopped) or
+    /// `refused` (the request got an error reply and no data).
     pub result: String,
     /// Failure text, if any.
     pub error: Option<String>,
@@ -56,8 +61,9 @@ impl StateDb {
     pub fn begin_transfer(&self, t: &NewTransfer<'_>) -> Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO transfers (started_at, peer, path, direction, protocol, offset, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO transfers
+             (started_at, peer, path, direction, protocol, offset, length, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 now_secs(),
                 t.peer,
@@ -65,6 +71,7 @@ impl StateDb {
                 t.direction,
                 t.protocol,
                 t.offset as i64,
+                t.length as i64,
                 t.size as i64
             ],
         )?;
@@ -99,8 +106,8 @@ impl StateDb {
     pub fn recent_transfers(&self, limit: usize) -> Result<Vec<TransferRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, started_at, peer, path, direction, protocol, offset, size, bytes,
-                    result, error, duration_ms
+            "SELECT id, started_at, peer, path, direction, protocol, offset, length, size,
+                    bytes, result, error, duration_ms
              FROM transfers ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![limit as i64], |r| {
@@ -112,11 +119,12 @@ impl StateDb {
                 direction: r.get(4)?,
                 protocol: r.get(5)?,
                 offset: r.get::<_, i64>(6)? as u64,
-                size: r.get::<_, i64>(7)? as u64,
-                bytes: r.get::<_, i64>(8)? as u64,
-                result: r.get(9)?,
-                error: r.get(10)?,
-                duration_ms: r.get(11)?,
+                length: r.get::<_, i64>(7)? as u64,
+                size: r.get::<_, i64>(8)? as u64,
+                bytes: r.get::<_, i64>(9)? as u64,
+                result: r.get(10)?,
+                error: r.get(11)?,
+                duration_ms: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -143,6 +151,7 @@ mod tests {
             direction: "download",
             protocol: "native",
             offset: 0,
+            length: 100,
             size: 100,
         })
         .unwrap()

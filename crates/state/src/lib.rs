@@ -119,6 +119,24 @@ mod tests {
     }
 
     #[test]
+    fn servers_starting_together_on_a_new_dir_all_open_it() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let failures: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| StateDb::open(dir.path()).err()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .filter_map(|h| h.join().unwrap())
+                    .map(|e| e.to_string())
+                    .collect()
+            });
+            assert!(failures.is_empty(), "{failures:?}");
+        }
+    }
+
+    #[test]
     fn corrupt_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 8192]).unwrap();

@@ -1,9 +1,14 @@
 //! Schema creation, migration and the checks run when the database is opened.
 
-use rusqlite::{Connection, Error};
+use rusqlite::{Connection, Error, ErrorCode};
+use std::time::{Duration, Instant};
+
+/// How long a statement waits for another process (another server sharing the state directory)
+/// to release the database.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Current schema version, stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS digests (
@@ -37,9 +42,13 @@ CREATE TABLE IF NOT EXISTS transfers (
 CREATE INDEX IF NOT EXISTS transfers_started ON transfers(started_at);
 ";
 
+/// Version 2: how many bytes each transfer was to send (the requested range, cut at the end of
+/// the file), beside `offset`, the whole file's `size` and the `bytes` actually sent.
+const MIGRATE_V2: &str = "ALTER TABLE transfers ADD COLUMN length INTEGER NOT NULL DEFAULT 0;";
+
 /// Sets the pragmas, checks integrity and creates or migrates the schema.
 pub fn prepare(conn: &Connection) -> Result<(), Error> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // Any read fails on a file that is not an SQLite database ("file is not a database").
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
@@ -50,8 +59,49 @@ pub fn prepare(conn: &Connection) -> Result<(), Error> {
     }
     // WAL is not available on every file system; SQLite then keeps its rollback journal, which
     // is slower but just as safe, so the answer is not checked.
-    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    enable_wal(conn)?;
     conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+    // Several servers may share a state directory and start together: the version is read and
+    // the schema migrated inside one write transaction, so only one of them migrates, and a
+    // crash half-way leaves the old version intact.
+    conn.execute_batch("BEGIN IMMEDIATE;")?;
+    let result = migrate(conn);
+    let end = if result.is_ok() {
+        "COMMIT;"
+    } else {
+        "ROLLBACK;"
+    };
+    conn.execute_batch(end)?;
+    result
+}
+
+/// Switches the file to WAL mode (a setting stored in the file, so usually already done).
+/// Changing the mode needs the file to itself and SQLite does not wait for that (the busy
+/// timeout does not apply), so when another process is opening the same new file at this very
+/// moment, this retries for up to the busy timeout.
+fn enable_wal(conn: &Connection) -> Result<(), Error> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_busy(e: &Error) -> bool {
+    matches!(e, Error::SqliteFailure(f, _)
+        if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+fn migrate(conn: &Connection) -> Result<(), Error> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(Error::SqliteFailure(
@@ -62,6 +112,38 @@ pub fn prepare(conn: &Connection) -> Result<(), Error> {
         ));
     }
     conn.execute_batch(SCHEMA_V1)?;
+    if version < 2 {
+        conn.execute_batch(MIGRATE_V2)?;
+    }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_1_files_gain_the_length_column() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch("PRAGMA user_version = 1;").unwrap();
+        conn.execute(
+            "INSERT INTO transfers (started_at, peer, path, direction, protocol, offset, size)
+             VALUES (1, 'p', 'f', 'download', 'native', 0, 10)",
+            [],
+        )
+        .unwrap();
+        prepare(&conn).unwrap();
+        let (length, version): (i64, i64) = conn
+            .query_row(
+                "SELECT length, (SELECT user_version FROM pragma_user_version) FROM transfers",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((length, version), (0, SCHEMA_VERSION));
+        // Preparing again is a no-op.
+        prepare(&conn).unwrap();
+    }
 }
