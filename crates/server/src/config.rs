@@ -3,6 +3,7 @@
 use crate::error::ServerError;
 use clap::builder::TypedValueParser;
 use clap::Parser;
+use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,10 @@ pub const DEFAULT_PORT: u16 = 9000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Seconds of read/write idleness before a client is dropped.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
+/// Days of transfer history kept when no other number is given.
+pub const DEFAULT_HISTORY_DAYS: u32 = 30;
+/// The state directory's name under `$XDG_STATE_HOME` (or `~/.local/state`).
+pub const STATE_DIR_NAME: &str = "sfts-server";
 
 /// Serves the files under a folder to SFTS clients and to clients of the original protocol,
 /// on the same port, one thread per client.
@@ -49,6 +54,18 @@ pub struct Args {
     /// Most detailed level written to the log file: error, warning, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
     pub log_level: LevelFilter,
+
+    /// Folder for the server's database (digest cache, transfer history); must not be inside
+    /// the served root [default: $XDG_STATE_HOME/sfts-server, else
+    /// ~/.local/state/sfts-server].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Days of transfer history to keep (0 keeps it forever); older rows are deleted at start-up
+    /// and every hour.
+    #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_HISTORY_DAYS,
+          value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub history_days: u32,
 }
 
 /// Parses a log level, accepting the original design's `warning` as well as `warn`.
@@ -66,16 +83,44 @@ pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
     }
 }
 
+/// Where the state lives when `--state-dir` is not given: `$XDG_STATE_HOME/sfts-server`, else
+/// `$HOME/.local/state/sfts-server`. The XDG base directory rules ignore empty and relative
+/// values. `None` when neither variable helps.
+pub fn default_state_dir(xdg_state_home: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
+    let usable = |v: Option<&OsStr>| {
+        v.map(PathBuf::from)
+            .filter(|p| !p.as_os_str().is_empty() && p.is_absolute())
+    };
+    if let Some(xdg) = usable(xdg_state_home) {
+        return Some(xdg.join(STATE_DIR_NAME));
+    }
+    usable(home).map(|h| h.join(".local/state").join(STATE_DIR_NAME))
+}
+
 impl Args {
-    /// The server configuration these arguments describe.
-    pub fn config(&self) -> Config {
-        Config {
+    /// The server configuration these arguments describe. Fails only when no state directory
+    /// was given and none can be derived from the environment.
+    pub fn config(&self) -> Result<Config, ServerError> {
+        let state_dir = match &self.state_dir {
+            Some(dir) => dir.clone(),
+            None => default_state_dir(
+                std::env::var_os("XDG_STATE_HOME").as_deref(),
+                std::env::var_os("HOME").as_deref(),
+            )
+            .ok_or(ServerError::NoStateDir)?,
+        };
+        Ok(Config {
             port: self.port,
             root: self.root.clone(),
             bind: self.bind,
             max_connections: self.max_connections,
             timeout: Duration::from_secs(self.timeout),
-        }
+            state_dir: Some(state_dir),
+            history: match self.history_days {
+                0 => None,
+                days => Some(Duration::from_secs(u64::from(days) * 86_400)),
+            },
+        })
     }
 
     /// The logging configuration these arguments describe (the console shows INFO and above).
@@ -102,6 +147,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Read and write timeout of every client socket (non-zero).
     pub timeout: Duration,
+    /// Folder of the state database (created if missing; refused inside the root). `None`
+    /// keeps the state in memory: nothing survives the process (library use and tests).
+    pub state_dir: Option<PathBuf>,
+    /// How long transfer history is kept; `None` keeps it forever.
+    pub history: Option<Duration>,
 }
 
 impl Config {
@@ -113,6 +163,10 @@ impl Config {
             bind: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            state_dir: None,
+            history: Some(Duration::from_secs(
+                u64::from(DEFAULT_HISTORY_DAYS) * 86_400,
+            )),
         }
     }
 
@@ -145,8 +199,8 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let a = Args::try_parse_from(["sfts-server"]).unwrap();
-        let c = a.config();
+        let a = Args::try_parse_from(["sfts-server", "--state-dir", "st"]).unwrap();
+        let c = a.config().unwrap();
         assert_eq!(c.port, 9000);
         assert_eq!(c.root, PathBuf::from("./share"));
         assert_eq!(c.bind, None);
@@ -154,7 +208,29 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(30));
         assert_eq!(a.log_dir, PathBuf::from("logs"));
         assert_eq!(a.log_level, LevelFilter::INFO);
+        assert_eq!(c.state_dir, Some(PathBuf::from("st")));
+        assert_eq!(c.history, Some(Duration::from_secs(30 * 86_400)));
         c.validate().unwrap();
+        let forever = Args::try_parse_from(["sfts-server", "--history-days", "0"]).unwrap();
+        assert_eq!(forever.history_days, 0);
+        assert!(Args::try_parse_from(["sfts-server", "--history-days", "-1"]).is_err());
+    }
+
+    #[test]
+    fn state_dir_defaults_follow_xdg() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        assert_eq!(
+            default_state_dir(os("/x/state"), os("/home/u")),
+            Some(PathBuf::from("/x/state/sfts-server"))
+        );
+        for ignored in [None, os(""), os("relative/state")] {
+            assert_eq!(
+                default_state_dir(ignored, os("/home/u")),
+                Some(PathBuf::from("/home/u/.local/state/sfts-server"))
+            );
+        }
+        assert_eq!(default_state_dir(None, None), None);
+        assert_eq!(default_state_dir(os(""), os("")), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::error::ServerError;
 use crate::registry::{ConnectionGuard, Registry};
+use crate::store::Store;
 use crate::{legacy, native};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -29,6 +30,8 @@ pub struct ServerState {
     pub stop: AtomicBool,
     /// Active connections.
     pub registry: Arc<Registry>,
+    /// The digest cache and transfer history.
+    pub store: Store,
 }
 
 impl ServerState {

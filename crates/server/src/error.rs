@@ -1,6 +1,6 @@
 //! The one error type of the server crate.
 //!
-//! Startup problems (bad root, port in use, log directory) end the process with exit code 1;
+//! Startup problems (bad root, port in use, log directory, state database) end the process with exit code 1;
 //! the per-connection variants only ever end one worker, which logs them.
 
 use sfts_protocol::ProtocolError;
@@ -49,6 +49,41 @@ pub enum ServerError {
         source: io::Error,
     },
 
+    /// No `--state-dir` was given and neither `XDG_STATE_HOME` nor `HOME` says where the
+    /// default one is.
+    #[error(
+        "no folder for the server's state (digest cache, history): XDG_STATE_HOME and HOME are \
+         both unset; pass --state-dir DIR"
+    )]
+    NoStateDir,
+
+    /// The state directory would be inside the served root, where clients could download (and
+    /// a careless sync could overwrite) the database.
+    #[error(
+        "the state directory '{}' is inside the served root '{}', where clients could download \
+         it; choose a --state-dir outside the root",
+        dir.display(), root.display()
+    )]
+    StateInsideRoot {
+        /// The state directory as given.
+        dir: PathBuf,
+        /// The canonical served root.
+        root: PathBuf,
+    },
+
+    /// The state directory could not be inspected.
+    #[error("cannot use the state directory '{}': {source}", dir.display())]
+    StateDir {
+        /// The state directory as given.
+        dir: PathBuf,
+        /// Why looking at it failed.
+        source: io::Error,
+    },
+
+    /// The state database could not be opened: unwritable, corrupt, or from a newer server.
+    #[error(transparent)]
+    State(#[from] sfts_state::StateError),
+
     /// Logging could not be set up (typically: the log directory is not writable).
     #[error(transparent)]
     Logging(#[from] sfts_logging::LogError),
@@ -85,8 +120,9 @@ pub enum ServerError {
         source: io::Error,
     },
 
-    /// A file became shorter than the size already announced to the client.
-    #[error("file '{name}' changed while being sent")]
+    /// A file became shorter than the size already announced to the client, or its size,
+    /// modification or change time moved while it was being sent.
+    #[error("file '{name}' changed while it was being sent; try again")]
     FileChanged {
         /// The path as the client asked for it.
         name: String,

@@ -8,17 +8,23 @@
 //!
 //! Original clients read the status with one 5-byte `recv`, so `OK` must reach them before the
 //! metadata does. The original server's MD5 pass made that gap naturally; we keep the same
-//! order (OK, then the MD5 pass) and pad the gap to at least [`MIN_STATUS_GAP`].
+//! order (OK, then the MD5 from the digest cache or from a pass over the file) and pad the gap
+//! to at least [`MIN_STATUS_GAP`]. A pass computes SHA-256 and the per-chunk digests too and
+//! caches them all, so native clients asking for the same file later find them.
 
 use crate::connection::{linger_close, DeadlineReader, Session};
+use crate::digest::{hash_span, FileHasher, KeepAlive};
 use crate::error::ServerError;
+use crate::fileid::{relative_name, FileId};
 use crate::paths;
+use crate::store::{Outcome, Record};
 use crate::transfer::{Framing, Transfer};
-use sfts_protocol::checksum::digest_reader;
 use sfts_protocol::legacy::{self, Metadata};
-use sfts_protocol::{Algorithm, DigestSet, ErrorCode, MultiHasher, ProtocolError};
+use sfts_protocol::{Algorithm, Digest, ErrorCode, ProtocolError};
+use sfts_state::{FileKey, NewTransfer};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -56,76 +62,137 @@ pub fn serve(s: &Session<'_>, first: [u8; 4], deadline: Instant) -> Result<(), S
     let resolved = match paths::resolve(&s.state.root, &name) {
         Ok(r) => r,
         Err(refusal) => {
-            warn!("refused '{name}' for {peer}: {refusal}");
             let message = match refusal.code {
                 ErrorCode::NotFound => legacy::not_found_message(&name),
-                _ => refusal.message,
+                _ => refusal.message.clone(),
             };
-            send_error(s, &message);
-            return Ok(());
+            return refuse(s, &name, &refusal.to_string(), &message);
         }
     };
     let mut file = match File::open(&resolved.path) {
         Ok(f) => f,
         Err(e) => {
             let refusal = paths::access_error(&name, &e);
-            warn!("refused '{name}' for {peer}: {refusal}");
-            send_error(s, &refusal.message);
-            return Ok(());
+            return refuse(s, &name, &refusal.to_string(), &refusal.message);
         }
     };
+    let meta = file.metadata().unwrap_or(resolved.metadata);
+    let id = FileId::of(&meta);
+    let key = id.key(relative_name(&s.state.root, &resolved.path));
+    let size = id.size;
 
     let mut out = s.stream;
     out.write_all(legacy::STATUS_OK)
         .map_err(ServerError::peer)?;
     out.flush().map_err(ServerError::peer)?;
-
-    let file_err = |source| ServerError::FileRead {
-        name: name.clone(),
-        source,
-    };
-    let mut buf = vec![0u8; CHUNK];
     let started = Instant::now();
-    let (size, digests) =
-        digest_reader(&mut file, DigestSet::of(&[Algorithm::Md5]), &mut buf).map_err(file_err)?;
-    if let Some(rest) = MIN_STATUS_GAP.checked_sub(started.elapsed()) {
-        std::thread::sleep(rest);
-    }
-    file.seek(SeekFrom::Start(0)).map_err(file_err)?;
-    let Some(md5) = digests.into_iter().next() else {
-        return Err(file_err(io::Error::other("no MD5 computed")));
-    };
-
-    let mut meta = Vec::new();
-    Metadata {
-        name: paths::base_name(&name).to_owned(),
-        size,
-        md5,
-    }
-    .encode(&mut meta);
-    out.write_all(&meta).map_err(ServerError::peer)?;
-
+    let record = history(s, &name, size);
     s.guard.begin_file(&name, size);
-    let transfer = Transfer {
-        name: &name,
-        peer,
-        size,
-        chunk: CHUNK,
-        framing: Framing::Raw,
-        counter: s.guard.bytes_sent(),
-        stop: &s.state.stop,
-    };
-    // The size went out with the metadata, so the data is exactly what was hashed, even if
-    // the file grows meanwhile; a shrinking file ends the transfer short (the original
-    // protocol has no way to say so; the client notices the missing bytes).
-    let result = transfer.run(
-        &mut file,
-        &mut out,
-        &mut buf,
-        &mut MultiHasher::new(DigestSet::EMPTY),
-    );
+    let mut buf = vec![0u8; CHUNK];
+    let result = md5_of(s, &name, &mut file, &id, &key, &mut buf).and_then(|md5| {
+        if let Some(rest) = MIN_STATUS_GAP.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        let mut meta = Vec::new();
+        Metadata {
+            name: paths::base_name(&name).to_owned(),
+            size,
+            md5,
+        }
+        .encode(&mut meta);
+        out.write_all(&meta).map_err(ServerError::peer)?;
+        let transfer = Transfer {
+            name: &name,
+            peer,
+            offset: 0,
+            size,
+            file_size: size,
+            chunk: CHUNK,
+            framing: Framing::Raw,
+            counter: s.guard.bytes_sent(),
+            stop: &s.state.stop,
+        };
+        // The size went out with the metadata, so the data is exactly what was hashed, even
+        // if the file grows meanwhile; a shrinking file ends the transfer short (the original
+        // protocol has no way to say so; the client notices the missing bytes).
+        transfer.run(&mut file, &mut out, &mut buf, None)
+    });
     s.guard.end_file();
+    record.finish_with(s.guard.bytes_sent().load(Ordering::Relaxed), &result);
     result
+}
+
+/// The file's MD5, from the digest cache or from a pass over the file that also computes
+/// SHA-256 and the per-chunk digests, for the cache. Leaves `file` at its start.
+fn md5_of(
+    s: &Session<'_>,
+    name: &str,
+    file: &mut File,
+    id: &FileId,
+    key: &FileKey,
+    buf: &mut [u8],
+) -> Result<Digest, ServerError> {
+    let store = &s.state.store;
+    let md5 = match store.cached(key).and_then(|c| c.md5) {
+        Some(md5) => {
+            info!("digest cache hit for '{name}'");
+            md5
+        }
+        None => {
+            info!("hashing '{name}' before sending (not in the digest cache; the original protocol needs the MD5 first)");
+            let mut hasher = FileHasher::new(id.size, CHUNK as u32);
+            // The original protocol has nothing to keep a client alive with; its clients wait.
+            let mut silent = KeepAlive::new(|| Ok(()));
+            hash_span(
+                file,
+                id.size,
+                name,
+                &mut hasher,
+                buf,
+                &s.state.stop,
+                &mut silent,
+            )?;
+            let digests = hasher.finish();
+            let read_err = |source| ServerError::FileRead {
+                name: name.to_owned(),
+                source,
+            };
+            let now = file.metadata().map_err(read_err)?;
+            if id.unchanged(&FileId::of(&now)) {
+                store.remember(key, &digests);
+                info!("cached the digests of '{name}'");
+            }
+            file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+            digests
+                .md5
+                .ok_or_else(|| read_err(io::Error::other("no MD5 computed")))?
+        }
+    };
+    Ok(Digest {
+        algorithm: Algorithm::Md5,
+        bytes: md5.to_vec(),
+    })
+}
+
+/// Starts the history row of a request for `name`.
+fn history(s: &Session<'_>, name: &str, size: u64) -> Record {
+    s.state.store.begin(&NewTransfer {
+        peer: &s.peer.to_string(),
+        path: name,
+        direction: "download",
+        protocol: "legacy",
+        offset: 0,
+        length: size,
+        size,
+    })
+}
+
+/// Refuses a request for `name`: logs `why`, records it, tells the client `message`.
+fn refuse(s: &Session<'_>, name: &str, why: &str, message: &str) -> Result<(), ServerError> {
+    warn!("refused '{name}' for {}: {why}", s.peer);
+    history(s, name, 0).finish(0, Outcome::Refused(message));
+    send_error(s, message);
+    Ok(())
 }
 
 /// Writes `ERROR` and `message` in one write, so the client's 5-byte read gets exactly `ERROR`.

@@ -7,8 +7,11 @@
 //! [`paths`] confinement under the root, and a shutdown that closes every connection and joins
 //! the workers within a couple of seconds.
 //!
-//! It does not resume, accept uploads, list folders or speak TLS (yet). The framing, messages
-//! and checksums come from `sfts-protocol`; this crate only adds sockets, threads and files.
+//! Native clients get ranges of files (resume) and `Stat` answers; whole-file digests are
+//! computed while the bytes are sent and cached in an SQLite database (`sfts-state`, opened
+//! once and shared) beside the transfer history. It does not accept uploads, list folders or
+//! speak TLS (yet). The framing, messages and checksums come from `sfts-protocol`; this crate
+//! only adds sockets, threads and files.
 //!
 //! ```no_run
 //! let server = sfts_server::Server::bind(sfts_server::Config::new("./share"))?;
@@ -20,16 +23,22 @@
 
 pub mod config;
 mod connection;
+mod digest;
 pub mod error;
+mod fileid;
 mod legacy;
 mod listener;
+mod md5_thread;
 mod native;
 pub mod paths;
+mod range;
 mod refuse;
 pub mod registry;
+mod store;
 mod transfer;
 
 pub use config::{Args, Config};
 pub use error::ServerError;
 pub use listener::{Server, ShutdownHandle};
 pub use registry::ConnectionInfo;
+pub use sfts_state::StateDb;

@@ -18,6 +18,7 @@ use crate::connection::{self, ServerState};
 use crate::error::ServerError;
 use crate::refuse::Refusers;
 use crate::registry::{ConnectionInfo, Registry};
+use crate::store::{self, Pruner};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -42,6 +43,8 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     max_connections: usize,
+    /// How long transfer history is kept (`None`: forever).
+    history: Option<Duration>,
     state: Arc<ServerState>,
     waker: Arc<Waker>,
 }
@@ -64,10 +67,12 @@ struct Waker {
 }
 
 impl Server {
-    /// Prepares the root (creating it if missing) and binds the listening socket.
+    /// Prepares the root (creating it if missing), opens the state database and binds the
+    /// listening socket.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let root = prepare_root(&config.root)?;
+        let store = store::open(config.state_dir.as_deref(), &root, config.history)?;
         let listener = listen(config.bind, config.port)?;
         let local_addr = listener.local_addr()?;
         let fallback = Socket::from(listener.try_clone()?);
@@ -76,11 +81,13 @@ impl Server {
             timeout: config.timeout,
             stop: Default::default(),
             registry: Arc::new(Registry::new()),
+            store,
         });
         Ok(Server {
             listener,
             local_addr,
             max_connections: config.max_connections,
+            history: config.history,
             state,
             waker: Arc::new(Waker {
                 addr: wake_addr(local_addr),
@@ -99,6 +106,11 @@ impl Server {
         &self.state.root
     }
 
+    /// The state database (digest cache and transfer history).
+    pub fn state_db(&self) -> &Arc<sfts_state::StateDb> {
+        self.state.store.db()
+    }
+
     /// A handle that stops [`run`](Self::run) from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
@@ -114,9 +126,12 @@ impl Server {
             listener,
             local_addr,
             max_connections,
+            history,
             state,
             waker,
         } = self;
+        // Stopped (and joined) when `run` returns, however it returns.
+        let _pruner = Pruner::start(&state.store, history);
         info!(
             "serving {} on {local_addr} (at most {max_connections} connections, {} s timeout)",
             state.root.display(),

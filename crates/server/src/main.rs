@@ -22,7 +22,7 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), ServerError> {
     // Kept alive until the end of `run` so the last log lines reach the file.
     let _log = sfts_logging::init(&args.log_config())?;
-    let server = Server::bind(args.config())?;
+    let server = Server::bind(args.config()?)?;
     let handle = server.shutdown_handle();
     // Installed before the listening line: whoever reads that line may signal at once.
     ctrlc::set_handler(move || handle.shutdown())?;

@@ -45,7 +45,7 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// A regular file under the root, checked and ready to open.
+/// A path under the root, checked and ready to open.
 #[derive(Debug)]
 pub struct Resolved {
     /// The canonical path: the only path the server opens.
@@ -105,12 +105,28 @@ fn is_drive_path(p: &str) -> bool {
     b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':'
 }
 
-/// Resolves `requested` under `root`, which must already be canonical.
+/// Resolves `requested` under `root` (which must already be canonical) to a regular file.
+pub fn resolve(root: &Path, requested: &str) -> Result<Resolved, Refusal> {
+    let found = locate(root, requested)?;
+    if !found.metadata.is_file() {
+        return Err(Refusal::new(
+            ErrorCode::NotAFile,
+            format!(
+                "'{requested}' is not a regular file (it is {})",
+                describe(&found.metadata)
+            ),
+        ));
+    }
+    Ok(found)
+}
+
+/// Resolves `requested` under `root` (which must already be canonical) to whatever it names:
+/// a file, a directory (`.` is the root itself) or something else.
 ///
 /// The path is walked one component at a time. A component that is a symlink is resolved on
 /// the spot and must land under the root: a link to a directory outside is refused even when
 /// the rest of the path would lead back in, so "symlinks that lead outside" is one simple rule.
-pub fn resolve(root: &Path, requested: &str) -> Result<Resolved, Refusal> {
+pub fn locate(root: &Path, requested: &str) -> Result<Resolved, Refusal> {
     let parts = check_syntax(requested)?;
     let outside = || {
         Refusal::new(
@@ -150,15 +166,6 @@ pub fn resolve(root: &Path, requested: &str) -> Result<Resolved, Refusal> {
         return Err(outside());
     }
     let metadata = fs::metadata(&current).map_err(io_refusal)?;
-    if !metadata.is_file() {
-        return Err(Refusal::new(
-            ErrorCode::NotAFile,
-            format!(
-                "'{requested}' is not a regular file (it is {})",
-                describe(&metadata)
-            ),
-        ));
-    }
     Ok(Resolved {
         path: current,
         metadata,
@@ -331,6 +338,12 @@ mod tests {
         assert_eq!(
             e.message,
             "'adir' is not a regular file (it is a directory)"
+        );
+        assert!(locate(&f.root, "adir").unwrap().metadata.is_dir());
+        assert_eq!(locate(&f.root, ".").unwrap().path, f.root);
+        assert_eq!(
+            locate(&f.root, "../x").unwrap_err().code,
+            ErrorCode::OutsideRoot
         );
         let e = resolve(&f.root, "nope.bin").unwrap_err();
         assert_eq!(e.message, "file 'nope.bin' not found under the served root");

@@ -1,10 +1,10 @@
 //! The chunk loop shared by both protocols: file → (optional frame header) → socket, with one
-//! reused buffer, hashing as the bytes pass, a lock-free progress counter and progress logs at
-//! the start, every 10 % and the end.
+//! reused buffer, hashing as the bytes pass (when the digests are not cached), a lock-free
+//! progress counter and progress logs at the start, every 10 % and the end.
 
+use crate::digest::FileHasher;
 use crate::error::ServerError;
 use sfts_protocol::frame::{self, HEADER_LEN};
-use sfts_protocol::MultiHasher;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,8 +37,12 @@ pub struct Transfer<'a> {
     pub name: &'a str,
     /// The client.
     pub peer: SocketAddr,
-    /// Bytes to send (the size announced to the client).
+    /// Where the bytes to send start in the file (for the logs: the reader is already there).
+    pub offset: u64,
+    /// Bytes to send (the length announced to the client).
     pub size: u64,
+    /// Size of the whole file (for the logs).
+    pub file_size: u64,
     /// Chunk size in bytes.
     pub chunk: usize,
     /// How chunks are framed.
@@ -50,7 +54,8 @@ pub struct Transfer<'a> {
 }
 
 impl Transfer<'_> {
-    /// Sends exactly `self.size` bytes of `file` to `out`, feeding them to `hasher` too.
+    /// Sends exactly `self.size` bytes of `file` to `out`, feeding them to `hasher` too if
+    /// there is one.
     /// `buf` is reused across calls and grows at most to one chunk plus a frame header.
     ///
     /// Errors: [`ServerError::ShuttingDown`] when the stop flag was seen between chunks,
@@ -61,12 +66,23 @@ impl Transfer<'_> {
         file: &mut R,
         out: &mut W,
         buf: &mut Vec<u8>,
-        hasher: &mut MultiHasher,
+        hasher: Option<&mut FileHasher>,
     ) -> Result<(), ServerError> {
-        info!(
-            "sending '{}' ({} bytes) to {}",
-            self.name, self.size, self.peer
-        );
+        if self.offset == 0 && self.size == self.file_size {
+            info!(
+                "sending '{}' ({} bytes) to {}",
+                self.name, self.size, self.peer
+            );
+        } else {
+            info!(
+                "sending '{}' (bytes {} to {} of {}) to {}",
+                self.name,
+                self.offset,
+                self.offset + self.size,
+                self.file_size,
+                self.peer
+            );
+        }
         self.counter.store(0, Ordering::Relaxed);
         let started = Instant::now();
         let mut sent = 0u64;
@@ -94,7 +110,7 @@ impl Transfer<'_> {
         file: &mut R,
         out: &mut W,
         buf: &mut Vec<u8>,
-        hasher: &mut MultiHasher,
+        mut hasher: Option<&mut FileHasher>,
         sent: &mut u64,
     ) -> Result<(), ServerError> {
         let head = self.framing.headroom();
@@ -122,7 +138,9 @@ impl Transfer<'_> {
             if self.framing == Framing::Native {
                 buf[..head].copy_from_slice(&frame::data_header(n));
             }
-            hasher.update(&buf[head..head + n]);
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&buf[head..head + n]);
+            }
             out.write_all(&buf[..head + n]).map_err(ServerError::peer)?;
             *sent += n as u64;
             self.counter.store(*sent, Ordering::Relaxed);
@@ -178,7 +196,7 @@ impl Progress {
 mod tests {
     use super::*;
     use sfts_protocol::io::read_message;
-    use sfts_protocol::{Algorithm, DigestSet, Message};
+    use sfts_protocol::Message;
 
     fn transfer<'a>(
         size: u64,
@@ -190,7 +208,9 @@ mod tests {
         Transfer {
             name: "f",
             peer: "127.0.0.1:1".parse().unwrap(),
+            offset: 0,
             size,
+            file_size: size,
             chunk,
             framing,
             counter,
@@ -218,11 +238,10 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31) as u8).collect();
         let (counter, stop) = (AtomicU64::new(0), AtomicBool::new(false));
         let t = transfer(data.len() as u64, 4096, Framing::Native, &counter, &stop);
-        let set = DigestSet::of(&[Algorithm::Sha256]);
-        let mut hasher = MultiHasher::new(set);
+        let mut hasher = FileHasher::new(data.len() as u64, 4096);
         let mut out = Vec::new();
         let mut buf = Vec::new();
-        t.run(&mut &data[..], &mut out, &mut buf, &mut hasher)
+        t.run(&mut &data[..], &mut out, &mut buf, Some(&mut hasher))
             .unwrap();
         assert_eq!(buf.len(), 4096 + HEADER_LEN);
         assert_eq!(counter.load(Ordering::Relaxed), 10_000);
@@ -235,7 +254,7 @@ mod tests {
         }
         assert_eq!(sizes, [4096, 4096, 1808]);
         assert_eq!(got, data);
-        let mut check = MultiHasher::new(set);
+        let mut check = FileHasher::new(data.len() as u64, 4096);
         check.update(&data);
         assert_eq!(hasher.finish(), check.finish());
     }
@@ -243,20 +262,18 @@ mod tests {
     #[test]
     fn raw_short_file_and_stop() {
         let (counter, stop) = (AtomicU64::new(0), AtomicBool::new(false));
-        let mut hasher = MultiHasher::new(DigestSet::EMPTY);
         let (mut out, mut buf) = (Vec::new(), Vec::new());
         let t = transfer(5, 4096, Framing::Raw, &counter, &stop);
-        t.run(&mut &b"hello"[..], &mut out, &mut buf, &mut hasher)
-            .unwrap();
+        t.run(&mut &b"hello"[..], &mut out, &mut buf, None).unwrap();
         assert_eq!(out, b"hello");
 
         let t = transfer(10, 4096, Framing::Raw, &counter, &stop);
-        let err = t.run(&mut &b"short"[..], &mut out, &mut buf, &mut hasher);
+        let err = t.run(&mut &b"short"[..], &mut out, &mut buf, None);
         assert!(matches!(err, Err(ServerError::FileChanged { .. })));
 
         stop.store(true, Ordering::Relaxed);
         let t = transfer(5, 4096, Framing::Raw, &counter, &stop);
-        let err = t.run(&mut &b"hello"[..], &mut Vec::new(), &mut buf, &mut hasher);
+        let err = t.run(&mut &b"hello"[..], &mut Vec::new(), &mut buf, None);
         assert!(matches!(err, Err(ServerError::ShuttingDown)));
     }
 }

@@ -1,78 +1,12 @@
 //! The `sfts-server` binary: help, startup errors and their exit codes, the listening line, a
 //! native download done by hand, and a clean exit on SIGTERM.
 
-use sfts_protocol::io::{read_message, write_message};
-use sfts_protocol::{
-    Algorithm, Capabilities, DigestSet, GetRequest, Message, MultiHasher, MAGIC, PROTOCOL_VERSION,
+use crate::support::{
+    data, logs, run_to_end, run_to_end_env, start_binary, text, wait, whole, Native, ALL_CAPS,
 };
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sfts-server");
-
-/// Kills the server when dropped, whatever the test did.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs the binary to completion (at most 20 s).
-fn run_to_end(args: &[&str], cwd: &Path) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sfts-server");
-    let status = wait(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("sfts-server {args:?} did not exit within 20 s");
-    });
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use sfts_protocol::Algorithm;
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn help_mentions_the_options() {
@@ -87,6 +21,8 @@ fn help_mentions_the_options() {
         "--max-connections",
         "--timeout",
         "--log-dir",
+        "--state-dir",
+        "--history-days",
     ] {
         assert!(help.contains(opt), "--help does not mention {opt}:\n{help}");
     }
@@ -104,7 +40,16 @@ fn root_that_is_a_file_exits_1_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("plain"), b"x").unwrap();
     let out = run_to_end(
-        &["--root", "plain", "--port", "0", "--log-dir", "logs"],
+        &[
+            "--root",
+            "plain",
+            "--port",
+            "0",
+            "--log-dir",
+            "logs",
+            "--state-dir",
+            "st",
+        ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(1));
@@ -118,7 +63,7 @@ fn root_that_is_a_file_exits_1_with_a_clear_message() {
 #[test]
 fn port_in_use_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let out = run_to_end(
         &[
@@ -130,6 +75,8 @@ fn port_in_use_exits_1() {
             "share",
             "--log-dir",
             "logs",
+            "--state-dir",
+            "st",
         ],
         dir.path(),
     );
@@ -147,91 +94,12 @@ fn port_in_use_exits_1() {
 fn unwritable_log_dir_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("file"), b"x").unwrap();
-    let out = run_to_end(&["--port", "0", "--log-dir", "file/logs"], dir.path());
+    let out = run_to_end(
+        &["--port", "0", "--log-dir", "file/logs", "--state-dir", "st"],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("sfts-server: error: cannot write logs"));
-}
-
-/// Starts the server over `root` and returns it with the address from its listening line.
-fn start(root: &Path, logs: &Path) -> (Guard, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["--port", "0", "--bind", "127.0.0.1", "--root"])
-        .arg(root)
-        .arg("--log-dir")
-        .arg(logs)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sfts-server");
-    let stdout = child.stdout.take().unwrap();
-    let guard = Guard(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("no listening line within 20 s");
-    let addr = line
-        .trim_end()
-        .strip_prefix("sfts-server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
-    (guard, addr)
-}
-
-/// A native download, by hand: magic, Hello, Get, then FileHeader, Data..., Trailer.
-fn native_get(addr: SocketAddr, path: &str) -> (Vec<u8>, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&MAGIC).unwrap();
-    let mut scratch = Vec::new();
-    let hello = Message::Hello {
-        version: PROTOCOL_VERSION,
-        capabilities: Capabilities(Capabilities::GET),
-        agent: "cli-test".into(),
-    };
-    write_message(&mut s, &hello, &mut scratch).unwrap();
-    let digests = DigestSet::of(&[Algorithm::Sha256]);
-    let get = Message::Get(GetRequest::whole(path, 4096, digests));
-    write_message(&mut s, &get, &mut scratch).unwrap();
-
-    let mut buf = Vec::new();
-    match read_message(&mut s, &mut buf).unwrap() {
-        Some(Message::Welcome { server, .. }) => assert!(server.starts_with("sfts-server/")),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
-    let size = match read_message(&mut s, &mut buf).unwrap() {
-        Some(Message::FileHeader(h)) => h.size,
-        other => panic!("expected FileHeader, got {other:?}"),
-    };
-    let mut data = Vec::new();
-    let mut hasher = MultiHasher::new(digests);
-    for _ in 0..=(size / 4096 + 1) {
-        if data.len() as u64 == size {
-            break;
-        }
-        match read_message(&mut s, &mut buf).unwrap() {
-            Some(Message::Data(d)) => {
-                hasher.update(d);
-                data.extend_from_slice(d);
-            }
-            other => panic!("expected Data, got {other:?}"),
-        }
-    }
-    assert_eq!(data.len() as u64, size);
-    match read_message(&mut s, &mut buf).unwrap() {
-        Some(Message::Trailer { digests }) => {
-            let hex = digests[0].to_hex();
-            assert_eq!(digests, hasher.finish());
-            (data, hex)
-        }
-        other => panic!("expected Trailer, got {other:?}"),
-    }
 }
 
 #[test]
@@ -243,11 +111,13 @@ fn serves_a_file_then_exits_0_on_sigterm() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(root.join("f.bin"), &data).unwrap();
 
-    let (mut server, addr) = start(&root, &logs);
+    let (mut server, addr) = start_binary(&root, &logs, &dir.path().join("state"));
     assert!(addr.ip().is_loopback());
-    let (got, sha) = native_get(addr, "f.bin");
-    assert!(got == data, "served bytes differ");
-    assert_eq!(sha.len(), 64);
+    let reply = Native::connect(addr, ALL_CAPS)
+        .get(whole("f.bin", &[Algorithm::Sha256]))
+        .unwrap();
+    assert!(reply.data == data, "served bytes differ");
+    assert_eq!(reply.digests, crate::support::both_digests(&data)[1..]);
 
     let pid = server.0.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -256,12 +126,7 @@ fn serves_a_file_then_exits_0_on_sigterm() {
         wait(&mut server.0, Duration::from_secs(5)).expect("still running 5 s after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 
-    let log: String = std::fs::read_dir(&logs)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("server_"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let log = crate::support::logs(&logs);
     assert!(log.contains(" - client-1 - INFO - "), "{log}");
     assert!(log.contains("sending 'f.bin' (100000 bytes)"), "{log}");
     assert!(log.contains("shutdown complete"), "{log}");
@@ -271,6 +136,137 @@ fn serves_a_file_then_exits_0_on_sigterm() {
 fn missing_root_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("new/share");
-    let (_server, _addr) = start(&root, &dir.path().join("logs"));
+    let (_server, _addr) = start_binary(&root, &dir.path().join("logs"), &dir.path().join("st"));
     assert!(root.is_dir());
+}
+
+#[test]
+fn a_state_dir_inside_the_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("share")).unwrap();
+    for inside in ["share/state", "share", "./share/../share/x"] {
+        let out = run_to_end(
+            &[
+                "--port",
+                "0",
+                "--root",
+                "share",
+                "--log-dir",
+                "logs",
+                "--state-dir",
+                inside,
+            ],
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(1), "{inside}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "sfts-server: error: the state directory '{inside}' is inside the served root"
+            )) && err.contains("choose a --state-dir outside the root"),
+            "{err}"
+        );
+    }
+    assert!(!dir.path().join("share/state").exists());
+}
+
+#[test]
+fn a_corrupt_state_database_exits_1_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("st")).unwrap();
+    std::fs::write(dir.path().join("st/sfts-state.sqlite3"), vec![0x5a; 8192]).unwrap();
+    let out = run_to_end(
+        &["--port", "0", "--log-dir", "logs", "--state-dir", "st"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("sfts-server: error: cannot use the state database 'st/sfts-state.sqlite3'")
+            && err.contains("move the file aside"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_state_dir_defaults_to_xdg_state_home_and_needs_some_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let xdg = dir.path().join("xdg");
+    // The port is taken, so the server stops right after opening its state.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let args = ["--bind", "127.0.0.1", "--port", &port, "--log-dir", "logs"];
+    let out = run_to_end_env(
+        &args,
+        dir.path(),
+        &[
+            ("XDG_STATE_HOME", xdg.to_str()),
+            ("HOME", Some("/nonexistent")),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(xdg.join("sfts-server/sfts-state.sqlite3").is_file());
+
+    let out = run_to_end_env(
+        &args,
+        dir.path(),
+        &[("XDG_STATE_HOME", None), ("HOME", None)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("pass --state-dir DIR"), "{err}");
+}
+
+/// Waits (at most 10 s) for the log files in `dir` to contain `line` `times` times.
+fn wait_for_log(dir: &std::path::Path, line: &str, times: usize) {
+    crate::support::eventually(&format!("{times} x '{line}' in the log"), || {
+        logs(dir).matches(line).count() >= times
+    });
+}
+
+#[test]
+fn digests_are_cached_across_requests_and_a_kill_9_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, state) = (dir.path().join("share"), dir.path().join("state"));
+    let (logs1, logs2) = (dir.path().join("logs1"), dir.path().join("logs2"));
+    std::fs::create_dir(&root).unwrap();
+    let bytes = data(3 << 20, 7);
+    std::fs::write(root.join("f.bin"), &bytes).unwrap();
+    let want = crate::support::both_digests(&bytes);
+    let both = [Algorithm::Md5, Algorithm::Sha256];
+
+    let (mut server, addr) = start_binary(&root, &logs1, &state);
+    let mut c = Native::connect(addr, ALL_CAPS);
+    assert_eq!(c.get(whole("f.bin", &both)).unwrap().digests, want);
+    wait_for_log(
+        &logs1,
+        "hashing 'f.bin' while sending (not in the digest cache)",
+        1,
+    );
+    assert_eq!(c.get(whole("f.bin", &both)).unwrap().digests, want);
+    wait_for_log(&logs1, "digest cache hit for 'f.bin'", 1);
+    assert_eq!(logs(&logs1).matches("hashing 'f.bin'").count(), 1);
+    drop(c);
+
+    let killed = Command::new("kill")
+        .args(["-KILL", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait(&mut server.0, Duration::from_secs(5)).expect("still running after SIGKILL");
+    let db = sfts_server::StateDb::open(&state).expect("the database survives a kill -9");
+    assert_eq!(db.cached_digest_count().unwrap(), 1);
+    let rows = db.recent_transfers(10).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.result == "ok" && r.bytes == 3 << 20),
+        "{rows:?}"
+    );
+    drop(db);
+
+    let (_server, addr) = start_binary(&root, &logs2, &state);
+    let mut c = Native::connect(addr, ALL_CAPS);
+    assert_eq!(c.get(whole("f.bin", &both)).unwrap().digests, want);
+    wait_for_log(&logs2, "digest cache hit for 'f.bin'", 1);
+    assert!(!logs(&logs2).contains("hashing"), "{}", logs(&logs2));
 }

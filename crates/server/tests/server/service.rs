@@ -1,118 +1,27 @@
 //! The library server, run in-process on 127.0.0.1:0: both protocols, refusals that keep the
 //! session, protocol violations, the connection limit and a fast shutdown with stalled clients.
 
+use crate::support::{legacy_get, whole, Native, Running, ALL_CAPS};
 use sfts_protocol::io::{read_message, write_message};
-use sfts_protocol::{
-    legacy, Capabilities, DigestSet, ErrorCode, GetRequest, Message, MAGIC, PROTOCOL_VERSION,
-};
-use sfts_server::{Config, Server, ShutdownHandle};
-use std::io::{Read, Write};
+use sfts_protocol::{legacy, Capabilities, ErrorCode, Message, MAGIC};
+use sfts_server::{Config, Server};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// A server running on its own thread; shut down and joined on drop.
-struct Running {
-    addr: SocketAddr,
-    handle: ShutdownHandle,
-    thread: Option<JoinHandle<Result<(), sfts_server::ServerError>>>,
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-}
-
-impl Running {
-    fn start(max_connections: usize) -> Running {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("share");
-        let mut config = Config::new(&root);
-        config.port = 0;
-        config.bind = Some("127.0.0.1".parse().unwrap());
-        config.max_connections = max_connections;
-        let server = Server::bind(config).unwrap();
-        let addr = server.local_addr();
-        let handle = server.shutdown_handle();
-        let thread = Some(std::thread::spawn(move || server.run()));
-        Running {
-            addr,
-            handle,
-            thread,
-            _dir: dir,
-            root,
-        }
-    }
-
-    /// Shuts down and returns how long `run` took to return.
-    fn stop(&mut self) -> Duration {
-        let started = Instant::now();
-        self.handle.shutdown();
-        self.handle.shutdown(); // idempotent
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-        started.elapsed()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn session(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&MAGIC).unwrap();
-    let hello = Message::Hello {
-        version: PROTOCOL_VERSION,
-        capabilities: Capabilities(Capabilities::GET),
-        agent: "service-test".into(),
-    };
-    write_message(&mut s, &hello, &mut Vec::new()).unwrap();
-    let mut buf = Vec::new();
-    match read_message(&mut s, &mut buf).unwrap() {
-        Some(Message::Welcome { capabilities, .. }) => {
-            assert!(capabilities.has(Capabilities::GET | Capabilities::MULTI_REQUEST))
-        }
-        other => panic!("expected Welcome, got {other:?}"),
-    }
-    (s, buf)
-}
-
-fn get(s: &mut TcpStream, req: GetRequest) {
-    write_message(s, &Message::Get(req), &mut Vec::new()).unwrap();
-}
-
-/// Reads the reply to a `Get`: the data, or the refusal.
-fn reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, (ErrorCode, String)> {
-    let length = match read_message(s, buf).unwrap() {
-        Some(Message::FileHeader(h)) => h.length,
-        Some(Message::Error { code, message }) => return Err((code, message)),
-        other => panic!("expected FileHeader, got {other:?}"),
-    };
-    let mut data = Vec::new();
-    for _ in 0..100_000 {
-        match read_message(s, buf).unwrap() {
-            Some(Message::Data(d)) => data.extend_from_slice(d),
-            Some(Message::Trailer { .. }) => break,
-            other => panic!("expected Data or Trailer, got {other:?}"),
-        }
-    }
-    assert_eq!(data.len() as u64, length);
-    Ok(data)
-}
-
-fn whole(path: &str) -> GetRequest {
-    GetRequest::whole(path, 4096, DigestSet::EMPTY)
-}
 
 #[test]
 fn refusals_keep_the_session_and_violations_close_it() {
     let server = Running::start(8);
-    std::fs::write(server.root.join("a.txt"), b"alpha").unwrap();
-    std::fs::write(server.root.join("empty"), b"").unwrap();
+    server.put("a.txt", b"alpha");
+    server.put("empty", b"");
     std::fs::create_dir(server.root.join("dir")).unwrap();
-    let (mut s, mut buf) = session(server.addr);
+    // A client of the first native version: downloads only.
+    let mut c = Native::connect(server.addr, Capabilities::GET);
+    assert_eq!(
+        c.caps,
+        Capabilities(Capabilities::GET),
+        "not the intersection"
+    );
 
     let cases: &[(&str, ErrorCode)] = &[
         ("nope", ErrorCode::NotFound),
@@ -122,33 +31,16 @@ fn refusals_keep_the_session_and_violations_close_it() {
         ("a\\b", ErrorCode::BadRequest),
     ];
     for (path, code) in cases {
-        get(&mut s, whole(path));
-        assert_eq!(reply(&mut s, &mut buf).unwrap_err().0, *code, "{path}");
+        assert_eq!(c.get(whole(path, &[])).unwrap_err().0, *code, "{path}");
     }
-    let mut resume = whole("a.txt");
+    // Ranges and Stat need capabilities this client did not announce.
+    let mut resume = whole("a.txt", &[]);
     resume.offset = 1;
-    get(&mut s, resume);
-    assert_eq!(
-        reply(&mut s, &mut buf).unwrap_err().0,
-        ErrorCode::Unsupported
-    );
-    write_message(
-        &mut s,
-        &Message::Stat {
-            path: "a.txt".into(),
-        },
-        &mut Vec::new(),
-    )
-    .unwrap();
-    assert_eq!(
-        reply(&mut s, &mut buf).unwrap_err().0,
-        ErrorCode::Unsupported
-    );
+    assert_eq!(c.get(resume).unwrap_err().0, ErrorCode::Unsupported);
+    assert_eq!(c.stat("a.txt").unwrap_err().0, ErrorCode::Unsupported);
 
-    get(&mut s, whole("a.txt"));
-    assert_eq!(reply(&mut s, &mut buf).unwrap(), b"alpha");
-    get(&mut s, whole("empty"));
-    assert_eq!(reply(&mut s, &mut buf).unwrap(), b"");
+    assert_eq!(c.get(whole("a.txt", &[])).unwrap().data, b"alpha");
+    assert_eq!(c.get(whole("empty", &[])).unwrap().data, b"");
 
     // A second Hello is a protocol violation: BadRequest, then the server closes.
     let hello = Message::Hello {
@@ -156,12 +48,16 @@ fn refusals_keep_the_session_and_violations_close_it() {
         capabilities: Capabilities(1),
         agent: "again".into(),
     };
-    write_message(&mut s, &hello, &mut Vec::new()).unwrap();
-    assert_eq!(
-        reply(&mut s, &mut buf).unwrap_err().0,
-        ErrorCode::BadRequest
-    );
-    assert!(matches!(read_message(&mut s, &mut buf), Ok(None) | Err(_)));
+    c.send(&hello);
+    assert_eq!(c.next_error(), Some(ErrorCode::BadRequest));
+    assert!(c.closed());
+}
+
+#[test]
+fn welcome_offers_every_capability_to_a_client_that_has_them() {
+    let server = Running::start(8);
+    let c = Native::connect(server.addr, ALL_CAPS | 1 << 40);
+    assert_eq!(c.caps, Capabilities(ALL_CAPS));
 }
 
 #[test]
@@ -182,25 +78,11 @@ fn too_old_a_version_is_refused() {
     }
 }
 
-/// The original client: one 5-byte read for the status, then the rest.
-fn legacy_get(addr: SocketAddr, name: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = Vec::new();
-    legacy::encode_request(name, &mut req);
-    s.write_all(&req).unwrap();
-    let mut status = [0u8; 5];
-    let n = s.read(&mut status).unwrap();
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).unwrap();
-    (status[..n].to_vec(), rest)
-}
-
 #[test]
 fn legacy_protocol_ok_alone_then_metadata_and_data() {
     let server = Running::start(8);
     std::fs::create_dir(server.root.join("d")).unwrap();
-    std::fs::write(server.root.join("d/abc.txt"), b"abc").unwrap();
+    server.put("d/abc.txt", b"abc");
     let (status, rest) = legacy_get(server.addr, "d/abc.txt");
     assert_eq!(status, b"OK");
     let (meta, used) = legacy::Metadata::decode(&rest).unwrap().unwrap();
@@ -219,8 +101,8 @@ fn legacy_protocol_ok_alone_then_metadata_and_data() {
 #[test]
 fn over_the_limit_clients_hear_busy_in_their_protocol() {
     let server = Running::start(1);
-    std::fs::write(server.root.join("f"), b"x").unwrap();
-    let (held, _) = session(server.addr);
+    server.put("f", b"x");
+    let held = Native::connect(server.addr, ALL_CAPS);
 
     let mut s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -252,12 +134,12 @@ fn shutdown_is_fast_with_idle_stalled_and_silent_clients() {
     drop(f);
 
     // Idle after the handshake: told the server is shutting down.
-    let (mut idle, mut idle_buf) = session(server.addr);
+    let mut idle = Native::connect(server.addr, ALL_CAPS);
     // Asked for 1 GiB and never reads: its worker blocks in a write.
-    let (mut stalled, _) = session(server.addr);
-    let mut req = whole("big");
+    let mut stalled = Native::connect(server.addr, ALL_CAPS);
+    let mut req = whole("big", &[]);
     req.chunk_size = 1 << 20;
-    get(&mut stalled, req);
+    stalled.send(&Message::Get(req));
     // Connected, said nothing.
     let _silent = TcpStream::connect(server.addr).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -273,10 +155,7 @@ fn shutdown_is_fast_with_idle_stalled_and_silent_clients() {
 
     let took = server.stop();
     assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
-    match read_message(&mut idle, &mut idle_buf).unwrap() {
-        Some(Message::Error { code, .. }) => assert_eq!(code, ErrorCode::ShuttingDown),
-        other => panic!("expected ShuttingDown, got {other:?}"),
-    }
+    assert_eq!(idle.next_error(), Some(ErrorCode::ShuttingDown));
     // New connections are no longer accepted.
     assert!(TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)).is_err());
 }

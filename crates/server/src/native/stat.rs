@@ -1,0 +1,55 @@
+//! `Stat`: what a path under the root is, its size and modification time, and the whole-file
+//! digests the cache already holds for exactly that version. Never reads a file's contents.
+
+use super::Native;
+use crate::digest;
+use crate::error::ServerError;
+use crate::fileid::{relative_name, FileId};
+use crate::paths::{self, Refusal};
+use sfts_protocol::{Capabilities, ErrorCode, FileInfo, FileKind, Message};
+use tracing::info;
+
+impl Native<'_> {
+    /// Answers one `Stat` with `FileInfo`, or refuses it (the session goes on either way).
+    pub(super) fn stat(&mut self, path: String) -> Result<(), ServerError> {
+        info!("{} asks about '{path}'", self.s.peer);
+        if !self.common.has(Capabilities::STAT) {
+            return self.refuse(
+                &path,
+                Refusal::new(
+                    ErrorCode::Unsupported,
+                    "Stat needs the STAT capability, which this session did not negotiate",
+                ),
+            );
+        }
+        let root = &self.s.state.root;
+        let found = match paths::locate(root, &path) {
+            Ok(f) => f,
+            Err(refusal) => return self.refuse(&path, refusal),
+        };
+        let meta = &found.metadata;
+        let id = FileId::of(meta);
+        let info = if meta.is_file() {
+            let key = id.key(relative_name(root, &found.path));
+            let cached = self.s.state.store.cached(&key);
+            FileInfo {
+                kind: FileKind::File,
+                size: id.size,
+                mtime_ns: id.mtime_ns,
+                digests: cached.as_ref().map(digest::all_known).unwrap_or_default(),
+            }
+        } else {
+            FileInfo {
+                kind: if meta.is_dir() {
+                    FileKind::Directory
+                } else {
+                    FileKind::Other
+                },
+                size: 0,
+                mtime_ns: id.mtime_ns,
+                digests: Vec::new(),
+            }
+        };
+        self.send(&Message::FileInfo(info))
+    }
+}

@@ -1,0 +1,346 @@
+//! The server's use of its state database (`sfts-state`): opening it at start-up, where every
+//! problem is fatal, and using it while serving, where no problem is.
+//!
+//! * [`open`] refuses a state directory inside the served root (clients could download the
+//!   database) and reports a corrupt or unwritable file as a start-up error.
+//! * [`Store`] wraps the shared database for the workers: a failed lookup is a cache miss, a
+//!   failed write is a lost cache entry or history row, each logged as a warning; none of them
+//!   ever fails a transfer. Each call holds the database lock for one statement, never across
+//!   network I/O.
+//! * [`Pruner`] deletes old history once an hour on its own thread.
+
+use crate::error::ServerError;
+use sfts_state::{CachedDigests, FileKey, NewTransfer, StateDb};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// How often the history is pruned while the server runs.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Opens the state database in `dir` (in memory when `None`), after checking that `dir` is
+/// not inside `root` (canonical), and prunes history older than `keep`.
+pub fn open(dir: Option<&Path>, root: &Path, keep: Option<Duration>) -> Result<Store, ServerError> {
+    let db = match dir {
+        None => StateDb::in_memory()?,
+        Some(dir) => {
+            check_outside_root(dir, root)?;
+            StateDb::open(dir)?
+        }
+    };
+    info!("state database: {}", db.path().display());
+    let store = Store { db: Arc::new(db) };
+    if let Some(keep) = keep {
+        store.prune(keep);
+    }
+    Ok(store)
+}
+
+/// Refuses a state directory that is, or would be once created, inside `root` (canonical).
+fn check_outside_root(dir: &Path, root: &Path) -> Result<(), ServerError> {
+    let resolved = resolve_future(dir).map_err(|source| ServerError::StateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    if resolved.starts_with(root) {
+        return Err(ServerError::StateInsideRoot {
+            dir: dir.to_path_buf(),
+            root: root.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Where `dir` is or will be: the canonical form of its deepest existing ancestor (symlinks
+/// resolved), followed by the components that do not exist yet.
+fn resolve_future(dir: &Path) -> io::Result<PathBuf> {
+    let absolute = std::env::current_dir()?.join(dir);
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(canonical) => {
+                let mut out = canonical;
+                for part in missing.into_iter().rev() {
+                    match part {
+                        Component::ParentDir => {
+                            out.pop();
+                        }
+                        Component::Normal(name) => out.push(name),
+                        _ => {}
+                    }
+                }
+                return Ok(out);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let Some(parent) = existing.parent() else {
+                    return Err(e);
+                };
+                missing.extend(existing.components().next_back());
+                existing = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How one request ended, for its history row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Every byte and the trailer were sent.
+    Ok,
+    /// The server failed (the file changed, a read error).
+    Failed(&'a str),
+    /// The client went away or the server stopped.
+    Aborted(&'a str),
+    /// The request was answered with an error and no data.
+    Refused(&'a str),
+}
+
+impl<'a> Outcome<'a> {
+    fn parts(self) -> (&'static str, Option<&'a str>) {
+        match self {
+            Outcome::Ok => ("ok", None),
+            Outcome::Failed(e) => ("failed", Some(e)),
+            Outcome::Aborted(e) => ("aborted", Some(e)),
+            Outcome::Refused(e) => ("refused", Some(e)),
+        }
+    }
+}
+
+/// The shared state database, used best-effort.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<StateDb>,
+}
+
+impl Store {
+    /// The database itself (for tests and status output).
+    pub fn db(&self) -> &Arc<StateDb> {
+        &self.db
+    }
+
+    /// The cached digests of exactly this file version; `None` on a miss or a database error.
+    pub fn cached(&self, key: &FileKey) -> Option<CachedDigests> {
+        self.db.lookup_digests(key).unwrap_or_else(|e| {
+            warn!("digest cache lookup for '{}' failed: {e}", key.path);
+            None
+        })
+    }
+
+    /// Stores the digests of this file version.
+    pub fn remember(&self, key: &FileKey, digests: &CachedDigests) {
+        if let Err(e) = self.db.store_digests(key, digests) {
+            warn!("could not cache the digests of '{}': {e}", key.path);
+        }
+    }
+
+    /// Starts a history row; finish it with [`Record::finish`].
+    pub fn begin(&self, t: &NewTransfer<'_>) -> Record {
+        let id = self
+            .db
+            .begin_transfer(t)
+            .map_err(|e| warn!("could not record the transfer of '{}': {e}", t.path))
+            .ok();
+        Record {
+            store: self.clone(),
+            id,
+            started: Instant::now(),
+        }
+    }
+
+    /// Deletes history rows older than `keep`.
+    pub fn prune(&self, keep: Duration) {
+        match self.db.prune_history(keep) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                "deleted {n} transfer history row(s) older than {} day(s)",
+                keep.as_secs() / 86_400
+            ),
+            Err(e) => warn!("could not prune the transfer history: {e}"),
+        }
+    }
+}
+
+/// One history row being written.
+pub struct Record {
+    store: Store,
+    id: Option<i64>,
+    started: Instant,
+}
+
+impl Record {
+    /// Completes the row of a transfer that ended with `result`: the client leaving and the
+    /// server stopping are `aborted`, every other error `failed`.
+    pub fn finish_with(self, bytes: u64, result: &Result<(), ServerError>) {
+        match result {
+            Ok(()) => self.finish(bytes, Outcome::Ok),
+            Err(e @ (ServerError::ShuttingDown | ServerError::Peer(_))) => {
+                self.finish(bytes, Outcome::Aborted(&e.to_string()))
+            }
+            Err(e) => self.finish(bytes, Outcome::Failed(&e.to_string())),
+        }
+    }
+
+    /// Completes the row: `bytes` sent, how it ended, how long it took.
+    pub fn finish(self, bytes: u64, outcome: Outcome<'_>) {
+        let Some(id) = self.id else { return };
+        let (result, error) = outcome.parts();
+        if let Err(e) =
+            self.store
+                .db
+                .finish_transfer(id, bytes, result, error, self.started.elapsed())
+        {
+            warn!("could not complete history row {id}: {e}");
+        }
+    }
+}
+
+/// The thread that prunes the history every [`PRUNE_EVERY`]; stops when dropped.
+pub struct Pruner {
+    wake: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pruner {
+    /// Starts pruning rows older than `keep` (nothing to do, and no thread, when `None`).
+    pub fn start(store: &Store, keep: Option<Duration>) -> Pruner {
+        Pruner::start_every(store, keep, PRUNE_EVERY)
+    }
+
+    fn start_every(store: &Store, keep: Option<Duration>, every: Duration) -> Pruner {
+        let Some(keep) = keep else {
+            return Pruner {
+                wake: None,
+                thread: None,
+            };
+        };
+        let (tx, rx) = mpsc::channel::<()>();
+        let store = store.clone();
+        let thread = thread::Builder::new()
+            .name("history-pruner".into())
+            .spawn(move || {
+                // Anything received, or the sender dropped, means: stop.
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                    store.prune(keep);
+                }
+            })
+            .map_err(|e| {
+                warn!("cannot start the history pruner ({e}); history is pruned at start-up only")
+            })
+            .ok();
+        Pruner {
+            wake: Some(tx),
+            thread,
+        }
+    }
+}
+
+impl Drop for Pruner {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dirs_inside_the_root_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let root = base.join("share");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        for inside in [
+            root.clone(),
+            root.join("sub"),
+            root.join("new/state"),
+            base.join("elsewhere/../share/state"),
+        ] {
+            assert!(
+                matches!(
+                    check_outside_root(&inside, &root),
+                    Err(ServerError::StateInsideRoot { .. })
+                ),
+                "{inside:?} accepted"
+            );
+        }
+        for outside in [base.join("state"), base.join("share-state/x"), base.clone()] {
+            check_outside_root(&outside, &root).unwrap();
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&root, base.join("alias")).unwrap();
+            assert!(check_outside_root(&base.join("alias/state"), &root).is_err());
+        }
+    }
+
+    #[test]
+    fn records_and_failures_are_best_effort() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap().join("share");
+        std::fs::create_dir(&root).unwrap();
+        let store = open(None, &root, Some(Duration::from_secs(60))).unwrap();
+        let t = NewTransfer {
+            peer: "127.0.0.1:1",
+            path: "f",
+            direction: "download",
+            protocol: "native",
+            offset: 5,
+            length: 10,
+            size: 15,
+        };
+        store.begin(&t).finish(10, Outcome::Ok);
+        store.begin(&t).finish(0, Outcome::Refused("no"));
+        let rows = store.db().recent_transfers(10).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].result.as_str(), rows[0].error.as_deref()),
+            ("refused", Some("no"))
+        );
+        assert_eq!((rows[1].offset, rows[1].length, rows[1].bytes), (5, 10, 10));
+        // Finishing a row that could not be started does nothing.
+        Record {
+            store: store.clone(),
+            id: None,
+            started: Instant::now(),
+        }
+        .finish(1, Outcome::Ok);
+    }
+
+    #[test]
+    fn pruner_runs_and_stops_promptly() {
+        let store = Store {
+            db: Arc::new(StateDb::in_memory().unwrap()),
+        };
+        let pruner = Pruner::start_every(&store, Some(Duration::ZERO), Duration::from_millis(10));
+        let t = NewTransfer {
+            peer: "p",
+            path: "old",
+            direction: "download",
+            protocol: "native",
+            offset: 0,
+            length: 0,
+            size: 0,
+        };
+        // With a zero retention every row older than a second goes at the next round.
+        store.begin(&t).finish(0, Outcome::Ok);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.db().recent_transfers(1).unwrap().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(store.db().recent_transfers(1).unwrap().is_empty());
+        let started = Instant::now();
+        drop(pruner);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(Pruner::start(&store, None));
+    }
+}
