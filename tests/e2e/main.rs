@@ -9,6 +9,9 @@ mod support;
 
 mod fakes;
 mod get;
+mod inspect;
 mod legacy;
 mod paths;
+mod proxy;
+mod resume;
 mod robustness;

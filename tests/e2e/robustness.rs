@@ -108,7 +108,10 @@ fn ctrl_c_with_transfers_in_flight() {
     let work = tempfile::tempdir().unwrap();
     let part = work.path().join("huge.out.sfts-part");
     let mut cmd = client(work.path());
+    // No reconnection: this test is about the server's shutdown, not the client's patience
+    // (resume.rs has the client waiting for a restarted server).
     cmd.args(["get", &server.target(), "huge.bin", "-o", "huge.out"])
+        .args(["--max-retries", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut downloading = ChildGuard(cmd.spawn().unwrap());
@@ -144,6 +147,14 @@ fn ctrl_c_with_transfers_in_flight() {
         "partial under the final name"
     );
     assert!(part.exists(), "partial data not kept");
+    assert!(
+        work.path().join("huge.out.sfts-journal").exists(),
+        "no resume journal beside the partial data"
+    );
+    assert!(
+        err.contains("run the same command again to resume"),
+        "{err}"
+    );
     assert!(server.logs().contains("shutdown"), "{}", server.logs());
     // The stalled connection was closed too.
     stalled

@@ -72,6 +72,10 @@ impl Server {
             .arg(root)
             .arg("--log-dir")
             .arg(log_dir)
+            // Beside the logs, so a restarted server finds its state again and tests never
+            // share (or write to) the user's state directory.
+            .arg("--state-dir")
+            .arg(log_dir.with_file_name("state"))
             .args(&opts.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -186,9 +190,24 @@ pub fn client(cwd: &Path) -> Command {
     cmd.current_dir(cwd)
         .stdin(Stdio::null())
         .env_remove("SFTS_SERVER")
+        .env_remove("SFTS_MAX_RETRIES")
+        .env_remove("SFTS_CHUNK_SIZE")
+        .env_remove("SFTS_TIMEOUT")
+        .env_remove("SFTS_TOKEN")
         .args(["--log-dir"])
         .arg(cwd.join("logs"));
     cmd
+}
+
+/// Everything the clients started in `cwd` wrote to their log files.
+pub fn client_logs(cwd: &Path) -> String {
+    let mut all = String::new();
+    if let Ok(entries) = std::fs::read_dir(cwd.join("logs")) {
+        for e in entries.flatten() {
+            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    all
 }
 
 /// Runs a client command to completion, at most 120 s.

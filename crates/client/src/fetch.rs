@@ -318,6 +318,16 @@ impl<'a> Fetcher<'a> {
                     self.live = Some(live);
                     return Ok(());
                 }
+                // The server answered before: a connection that closes during the handshake
+                // is a server (or proxy) still coming back, worth another attempt.
+                Err(Failure::Fatal(e))
+                    if matches!(
+                        *e,
+                        ClientError::Handshake { .. } | ClientError::Disconnected { .. }
+                    ) =>
+                {
+                    tracing::warn!("reconnection failed: {e}");
+                }
                 Err(Failure::Fatal(e)) => {
                     return Err(match *e {
                         ClientError::Interrupted { .. } => {

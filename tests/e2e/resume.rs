@@ -1,0 +1,326 @@
+//! Transfers that never lose progress: resume after a killed client, reconnect after a killed
+//! server, cut and stalled links, repair of a corrupted partial, and a file that changed.
+
+use crate::proxy::{Behaviour, Proxy};
+use crate::support::*;
+use std::process::Stdio;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+const CHUNK: u64 = MIB;
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    let text = stdout(out);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("--json output {text:?}: {e}"))
+}
+
+fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {key} in {v}"))
+}
+
+/// Starts a download through `via`, and kills the client with SIGKILL once the partial holds
+/// at least `at` bytes. Returns the partial's size at that moment.
+fn download_then_kill(work: &std::path::Path, via: &str, name: &str, at: u64) -> u64 {
+    let part = work.join(format!("{name}.sfts-part"));
+    let mut cmd = client(work);
+    cmd.args(["get", via, name, "--chunk-size", "1M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = ChildGuard(cmd.spawn().unwrap());
+    let size = || std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(60), || size() >= at),
+        "partial never reached {at} bytes"
+    );
+    signal(child.0.id(), "KILL");
+    let _ = wait_child(&mut child.0, Duration::from_secs(10));
+    size()
+}
+
+#[test]
+fn killed_client_resumes_fetching_only_the_rest() {
+    let server = Server::start();
+    let size = 64 * MIB;
+    let data = write_random(&server.root, "r.bin", size as usize, 31);
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            rate: 48 * MIB,
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let via = proxy.addr.to_string();
+    let at_kill = download_then_kill(work.path(), &via, "r.bin", size / 2);
+    let through_proxy = proxy.bytes_down.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        through_proxy >= at_kill,
+        "{through_proxy} bytes forwarded, {at_kill} on disk"
+    );
+    assert!(!work.path().join("r.bin").exists());
+    assert!(
+        work.path().join("r.bin.sfts-journal").exists(),
+        "no journal"
+    );
+
+    let out = run(client(work.path()).args(["get", &server.target(), "r.bin", "--json"]));
+    assert_ok(&out);
+    let v = json(&out);
+    let (fetched, reused) = (num(&v, "bytes_fetched"), num(&v, "bytes_reused"));
+    eprintln!("killed at {at_kill}, reused {reused}, fetched {fetched}");
+    assert_eq!(fetched + reused, size);
+    assert!(
+        reused + CHUNK >= at_kill.min(size) - CHUNK,
+        "reused only {reused} of {at_kill}"
+    );
+    assert!(
+        fetched <= size - at_kill + 2 * CHUNK,
+        "fetched {fetched} after {at_kill}"
+    );
+    assert!(std::fs::read(work.path().join("r.bin")).unwrap() == data);
+    assert_eq!(
+        v["digests"]["sha256"].as_str().unwrap(),
+        coreutils_digest("sha256sum", &server.root.join("r.bin"))
+    );
+    assert!(!work.path().join("r.bin.sfts-part").exists());
+    assert!(!work.path().join("r.bin.sfts-journal").exists());
+}
+
+#[test]
+fn flipped_byte_in_the_partial_refetches_only_that_chunk() {
+    let server = Server::start();
+    let size = 16 * MIB;
+    let data = write_random(&server.root, "f.bin", size as usize, 32);
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            rate: 16 * MIB,
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    download_then_kill(work.path(), &proxy.addr.to_string(), "f.bin", 10 * MIB);
+    // Corrupt a byte inside chunk 3, well inside the confirmed part.
+    let part = work.path().join("f.bin.sfts-part");
+    let mut bytes = std::fs::read(&part).unwrap();
+    bytes[(3 * CHUNK + 12345) as usize] ^= 0xff;
+    std::fs::write(&part, &bytes).unwrap();
+
+    let out = run(client(work.path()).args(["get", &server.target(), "f.bin", "--json"]));
+    assert_ok(&out);
+    let v = json(&out);
+    let (fetched, reused) = (num(&v, "bytes_fetched"), num(&v, "bytes_reused"));
+    assert!(std::fs::read(work.path().join("f.bin")).unwrap() == data);
+    assert_eq!(fetched + reused, size);
+    // What was never confirmed, plus the one bad chunk.
+    let confirmed_before = bytes.len() as u64 / CHUNK * CHUNK;
+    assert!(
+        fetched <= size - confirmed_before + CHUNK + CHUNK,
+        "fetched {fetched}, confirmed {confirmed_before}"
+    );
+    assert!(num(&v, "chunks_repaired") == 1, "{v}");
+}
+
+#[test]
+fn changed_file_on_the_server_starts_over() {
+    let server = Server::start();
+    write_random(&server.root, "c.bin", (8 * MIB) as usize, 33);
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            rate: 8 * MIB,
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    download_then_kill(work.path(), &proxy.addr.to_string(), "c.bin", 3 * MIB);
+    // Same size, new content, new mtime.
+    std::thread::sleep(Duration::from_millis(20));
+    let new = write_random(&server.root, "c.bin", (8 * MIB) as usize, 34);
+    let out = run(client(work.path()).args(["get", &server.target(), "c.bin", "--json"]));
+    assert_ok(&out);
+    assert!(stderr(&out).contains("changed"), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(num(&v, "bytes_reused"), 0);
+    assert!(std::fs::read(work.path().join("c.bin")).unwrap() == new);
+}
+
+#[test]
+fn no_resume_starts_over() {
+    let server = Server::start();
+    let data = write_random(&server.root, "n.bin", (4 * MIB) as usize, 35);
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            rate: 4 * MIB,
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    download_then_kill(work.path(), &proxy.addr.to_string(), "n.bin", MIB + 1);
+    let out =
+        run(client(work.path()).args(["get", &server.target(), "n.bin", "--json", "--no-resume"]));
+    assert_ok(&out);
+    assert_eq!(num(&json(&out), "bytes_fetched"), 4 * MIB);
+    assert!(std::fs::read(work.path().join("n.bin")).unwrap() == data);
+}
+
+#[test]
+fn connection_cut_every_few_megabytes_still_completes() {
+    let server = Server::start();
+    let size = 24 * MIB;
+    let data = write_random(&server.root, "cut.bin", size as usize, 36);
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            cut_after: Some(5 * MIB),
+            cut_connections: 100,
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let out = run(client(work.path()).args([
+        "get",
+        &proxy.addr.to_string(),
+        "cut.bin",
+        "--json",
+        "--max-retries",
+        "20",
+    ]));
+    assert_ok(&out);
+    let v = json(&out);
+    assert!(num(&v, "retries") >= 4, "{v}");
+    let connections = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections >= 5,
+        "only {connections} connection(s) through the proxy"
+    );
+    assert!(num(&v, "bytes_fetched") <= size + 8 * CHUNK, "{v}");
+    assert!(std::fs::read(work.path().join("cut.bin")).unwrap() == data);
+    assert!(stderr(&out).to_lowercase().contains("reconnect") || num(&v, "retries") > 0);
+}
+
+#[test]
+fn stalled_link_times_out_and_recovers() {
+    let server = Server::start();
+    let data = write_random(&server.root, "st.bin", (6 * MIB) as usize, 37);
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            stall_after: Some(2 * MIB),
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let out = run(client(work.path()).args([
+        "get",
+        &proxy.addr.to_string(),
+        "st.bin",
+        "--json",
+        "--timeout",
+        "2",
+    ]));
+    assert_ok(&out);
+    assert!(num(&json(&out), "retries") >= 1);
+    assert!(std::fs::read(work.path().join("st.bin")).unwrap() == data);
+}
+
+#[test]
+fn killed_and_restarted_server_the_client_waits_and_completes() {
+    let mut server = Server::start();
+    let size = 32 * MIB;
+    let data = write_random(&server.root, "k.bin", size as usize, 38);
+    let (root, logs, port) = (
+        server.root.clone(),
+        server.log_dir.clone(),
+        server.addr.port(),
+    );
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            rate: 16 * MIB,
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = client(work.path());
+    cmd.args(["get", &proxy.addr.to_string(), "k.bin", "--json"]);
+    let pending = std::thread::spawn(move || run(&mut cmd));
+    let part = work.path().join("k.bin.sfts-part");
+    assert!(wait_until(Duration::from_secs(60), || std::fs::metadata(
+        &part
+    )
+    .map(|m| m.len() > 8 * MIB)
+    .unwrap_or(false)));
+    server.signal("KILL");
+    server
+        .wait_exit(Duration::from_secs(10))
+        .expect("kill -9 did not stop the server");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _restarted = Server::start_in(
+        &root,
+        &logs,
+        &ServerOpts {
+            port,
+            ..ServerOpts::default()
+        },
+    );
+    let out = pending.join().unwrap();
+    assert_ok(&out);
+    let v = json(&out);
+    assert!(num(&v, "retries") >= 1, "{v}");
+    assert!(num(&v, "bytes_fetched") < size + 2 * CHUNK, "{v}");
+    assert!(std::fs::read(work.path().join("k.bin")).unwrap() == data);
+    drop(proxy);
+}
+
+#[test]
+fn digests_are_cached_and_a_touched_file_is_hashed_again() {
+    let server = Server::start();
+    write_random(&server.root, "cache.bin", (8 * MIB) as usize, 39);
+    let work = tempfile::tempdir().unwrap();
+    let get = |out: &str| {
+        let o = run(client(work.path()).args(["get", &server.target(), "cache.bin", "-o", out]));
+        assert_ok(&o);
+    };
+    let count = |needle: &str| server.logs().matches(needle).count();
+    // The server's log file is written by a background thread: give it a moment.
+    let expect = |needle: &str, n: usize| {
+        wait_until(Duration::from_secs(5), || count(needle) >= n);
+        assert_eq!(count(needle), n, "{needle}: {}", server.logs());
+    };
+    get("one");
+    expect("hashing 'cache.bin' while sending", 1);
+    assert_eq!(count("digest cache hit for 'cache.bin'"), 0);
+    get("two");
+    expect("digest cache hit for 'cache.bin'", 1);
+    assert_eq!(
+        count("hashing 'cache.bin' while sending"),
+        1,
+        "rehashed an unchanged file"
+    );
+    // The original protocol needs the MD5 first: from the cache, no extra pass.
+    let o = run(client(work.path()).args([
+        "get",
+        "--protocol",
+        "legacy",
+        &server.target(),
+        "cache.bin",
+        "-o",
+        "three",
+    ]));
+    assert_ok(&o);
+    expect("digest cache hit for 'cache.bin'", 2);
+    // A touched file is a new version: hashed again.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(server.root.join("cache.bin"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    get("four");
+    expect("hashing 'cache.bin' while sending", 2);
+}
