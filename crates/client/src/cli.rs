@@ -484,7 +484,6 @@ pub fn put_options(
         local,
         force: args.force,
         restart: args.no_resume,
-        priority: args.priority.map(Priority::from),
     })
 }
 

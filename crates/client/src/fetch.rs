@@ -103,7 +103,24 @@ impl<'a> Fetcher<'a> {
         let stream = open(self.opts, attempt, retries, self.interrupt)?;
         let mut session = NativeSession::new(stream);
         match session.handshake(&self.request()) {
-            Ok(welcome) => Ok(Live { session, welcome }),
+            Ok(welcome) => {
+                // The priority is a session setting: sent on every (re)connection.
+                if let Some(p) = self.opts.priority {
+                    if welcome.capabilities.has(Capabilities::PRIORITY) {
+                        if let Err(e) = session.send(&sfts_protocol::Message::SetPriority(p)) {
+                            return Err(Failure::Retry {
+                                warning: format!("cannot send the priority: {e}"),
+                                error: Box::new(ClientError::Disconnected {
+                                    stage: "sending the priority",
+                                    reason: e.to_string(),
+                                }),
+                            });
+                        }
+                        tracing::info!("priority {p}");
+                    }
+                }
+                Ok(Live { session, welcome })
+            }
             Err(HandshakeError::Fatal(e)) => Err(Failure::fatal(e)),
             Err(HandshakeError::Unavailable { code, message }) => {
                 // Drop our clone too, or the server keeps counting this connection while we

@@ -19,7 +19,7 @@ use crate::progress::Bytes;
 use sfts_protocol::checksum::{digest_reader, sha256};
 use sfts_protocol::{
     chunk_count, chunk_span, Algorithm, Capabilities, Digest, DigestSet, ErrorCode, Message,
-    Priority, PutBegin,
+    PutBegin,
 };
 use std::collections::VecDeque;
 use std::fs::File;
@@ -43,8 +43,6 @@ pub struct PutOptions {
     pub force: bool,
     /// Discard what the server holds of an earlier attempt.
     pub restart: bool,
-    /// Transfer priority, sent when the server takes it.
-    pub priority: Option<Priority>,
 }
 
 /// A finished upload.
@@ -268,13 +266,6 @@ fn attempt(
 ) -> Result<Vec<Digest>, ClientError> {
     let timeout = opts.conn.timeout;
     let remote = opts.conn.remote.clone();
-    if let Some(p) = opts.priority {
-        if f.server_has(Capabilities::PRIORITY) {
-            f.session()?
-                .send(&Message::SetPriority(p))
-                .map_err(|e| disconnected("sending the priority", e))?;
-        }
-    }
     let mut begin = PutBegin::new(
         1,
         remote.clone(),
