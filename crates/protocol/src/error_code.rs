@@ -49,6 +49,14 @@ pub enum ErrorCode {
     /// A path component that must be a directory is not one (`List` of a file, a `PutBegin`
     /// or `Mkdir` below a file).
     NotADirectory,
+    /// The server needs an access token (`Auth`) before this request, or the token given is
+    /// not valid.
+    AuthRequired,
+    /// The token is valid but does not allow this request on this path. Sent whether the path
+    /// exists or not, so nothing can be learned outside one's permissions.
+    PermissionDenied,
+    /// This port speaks TLS only; the client connected in plain text.
+    TlsRequired,
     /// A code this version of SFTS does not know.
     Unknown(u16),
 }
@@ -76,6 +84,9 @@ impl ErrorCode {
             ErrorCode::Incomplete => 17,
             ErrorCode::NoSuchUpload => 18,
             ErrorCode::NotADirectory => 19,
+            ErrorCode::AuthRequired => 20,
+            ErrorCode::PermissionDenied => 21,
+            ErrorCode::TlsRequired => 22,
             ErrorCode::Unknown(n) => n,
         }
     }
@@ -102,6 +113,9 @@ impl ErrorCode {
             17 => ErrorCode::Incomplete,
             18 => ErrorCode::NoSuchUpload,
             19 => ErrorCode::NotADirectory,
+            20 => ErrorCode::AuthRequired,
+            21 => ErrorCode::PermissionDenied,
+            22 => ErrorCode::TlsRequired,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -128,6 +142,9 @@ impl ErrorCode {
             ErrorCode::Incomplete => "incomplete",
             ErrorCode::NoSuchUpload => "no-such-upload",
             ErrorCode::NotADirectory => "not-a-directory",
+            ErrorCode::AuthRequired => "auth-required",
+            ErrorCode::PermissionDenied => "permission-denied",
+            ErrorCode::TlsRequired => "tls-required",
             ErrorCode::Unknown(_) => "unknown",
         }
     }
@@ -168,6 +185,9 @@ mod tests {
             (17, ErrorCode::Incomplete, "incomplete"),
             (18, ErrorCode::NoSuchUpload, "no-such-upload"),
             (19, ErrorCode::NotADirectory, "not-a-directory"),
+            (20, ErrorCode::AuthRequired, "auth-required"),
+            (21, ErrorCode::PermissionDenied, "permission-denied"),
+            (22, ErrorCode::TlsRequired, "tls-required"),
         ];
         for (n, code, name) in pinned {
             assert_eq!(ErrorCode::from_u16(n), code);

@@ -76,11 +76,15 @@ pub mod tag {
     pub const PUT_ABORTED: u8 = 0x28;
     /// Client → server: create a directory (and its parents) (capability `UPLOAD`).
     pub const MKDIR: u8 = 0x29;
+    /// `Auth`.
+    pub const AUTH: u8 = 0x2a;
+    /// `AuthOk`.
+    pub const AUTH_OK: u8 = 0x2b;
     /// Either way: a refusal or failure, with a code and a human message.
     pub const ERROR: u8 = 0x7f;
 
     /// Every tag this version knows, in tag order.
-    pub const ALL: [u8; 23] = [
+    pub const ALL: [u8; 25] = [
         HELLO,
         WELCOME,
         GET,
@@ -103,6 +107,8 @@ pub mod tag {
         PUT_ABORT,
         PUT_ABORTED,
         MKDIR,
+        AUTH,
+        AUTH_OK,
         ERROR,
     ];
 }
@@ -141,6 +147,8 @@ pub fn max_len(tag: u8) -> Result<u32> {
         | tag::PUT_ABORT
         | tag::PUT_ABORTED
         | tag::MKDIR
+        | tag::AUTH
+        | tag::AUTH_OK
         | tag::ERROR => Ok(MAX_CONTROL_LEN),
         other => Err(ProtocolError::UnknownTag(other)),
     }

@@ -37,6 +37,9 @@ impl Capabilities {
     pub const LIST: u64 = 1 << 5;
     /// `SetPriority`.
     pub const PRIORITY: u64 = 1 << 6;
+    /// `Auth` with an access token. A server announcing it may require `Auth` before any
+    /// request.
+    pub const AUTH: u64 = 1 << 7;
 
     /// True when every bit of `bits` is set.
     pub fn has(self, bits: u64) -> bool {
@@ -279,6 +282,17 @@ pub enum Message<'a> {
         /// Directory relative to the served root.
         path: String,
     },
+    /// Client → server: authenticate with an access token (capability `AUTH`). Answered by
+    /// `AuthOk` or `Error{AuthRequired}` (a wrong token; the connection is then closed).
+    Auth {
+        /// The secret token, as the operator issued it.
+        token: String,
+    },
+    /// Server → client: the token is valid.
+    AuthOk {
+        /// The name the token belongs to (for messages; the server logs it too).
+        user: String,
+    },
 }
 
 impl Message<'_> {
@@ -308,6 +322,8 @@ impl Message<'_> {
             Message::PutAbort { .. } => "PutAbort",
             Message::PutAborted { .. } => "PutAborted",
             Message::Mkdir { .. } => "Mkdir",
+            Message::Auth { .. } => "Auth",
+            Message::AuthOk { .. } => "AuthOk",
         }
     }
 
@@ -336,6 +352,8 @@ impl Message<'_> {
             Message::PutAbort { .. } => tag::PUT_ABORT,
             Message::PutAborted { .. } => tag::PUT_ABORTED,
             Message::Mkdir { .. } => tag::MKDIR,
+            Message::Auth { .. } => tag::AUTH,
+            Message::AuthOk { .. } => tag::AUTH_OK,
         }
     }
 
@@ -429,6 +447,8 @@ impl Message<'_> {
                 put_digests(out, digests);
             }
             Message::Mkdir { path } => wire::put_string(out, path),
+            Message::Auth { token } => wire::put_string(out, token),
+            Message::AuthOk { user } => wire::put_string(out, user),
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -666,6 +686,16 @@ impl<'a> Message<'a> {
                     path: take_path(c)?,
                 })
             }),
+            tag::AUTH => fields(payload, "Auth", |c| {
+                Ok(Message::Auth {
+                    token: c.string("token")?,
+                })
+            }),
+            tag::AUTH_OK => fields(payload, "AuthOk", |c| {
+                Ok(Message::AuthOk {
+                    user: c.string("user")?,
+                })
+            }),
             other => Err(ProtocolError::UnknownTag(other)),
         }
     }
@@ -674,6 +704,18 @@ impl<'a> Message<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn auth_known_answer() {
+        // len 6 = tag + u16 length 3 + "abc"
+        let auth = Message::Auth {
+            token: "abc".into(),
+        };
+        assert_eq!(encoded(&auth), [0, 0, 0, 6, 0x2a, 0, 3, b'a', b'b', b'c']);
+        let ok = Message::AuthOk { user: "al".into() };
+        assert_eq!(encoded(&ok), [0, 0, 0, 5, 0x2b, 0, 2, b'a', b'l']);
+        assert_eq!(Message::decode(&encoded(&auth)).unwrap().unwrap().0, auth);
+    }
 
     pub(crate) fn encoded(m: &Message) -> Vec<u8> {
         let mut out = Vec::new();
@@ -687,6 +729,12 @@ pub(crate) mod tests {
         all.extend(Priority::ALL.map(Message::SetPriority));
         all.extend(crate::upload::tests::samples());
         all.extend(crate::list::tests::samples());
+        all.push(Message::Auth {
+            token: "s3cr3t-token".into(),
+        });
+        all.push(Message::AuthOk {
+            user: "alice".into(),
+        });
         all
     }
 

@@ -19,7 +19,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 /// Every tag this version knows.
-const TAGS: [u8; 23] = tag::ALL;
+const TAGS: [u8; 25] = tag::ALL;
 
 /// A message with owned data, so a strategy can produce it; [`Gen::message`] borrows it.
 #[derive(Debug, Clone)]
@@ -263,6 +263,8 @@ fn any_message() -> impl Strategy<Value = Gen> {
         any::<u32>().prop_map(|id| Message::PutAbort { id }),
         any::<u32>().prop_map(|id| Message::PutAborted { id }),
         path().prop_map(|path| Message::Mkdir { path }),
+        path().prop_map(|token| Message::Auth { token }),
+        path().prop_map(|user| Message::AuthOk { user }),
     ];
     prop_oneof![
         session.prop_map(Gen::Plain),
