@@ -5,6 +5,7 @@ use crate::address::Address;
 use crate::error::{ClientError, EXIT_CODES_HELP};
 use crate::output::OutputSpec;
 use crate::size::parse_chunk_size;
+use crate::tls::TlsChoice;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sfts_protocol::{Algorithm, Priority};
 use std::path::PathBuf;
@@ -39,6 +40,29 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR", default_value = "logs")]
     pub log_dir: PathBuf,
 
+    /// Speak TLS to the server (native protocol), checking its certificate and name
+    #[arg(long, global = true, env = "SFTS_TLS")]
+    pub tls: bool,
+
+    /// With --tls: trust the CA certificate(s) in this PEM file [default: the system's roots]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// With --tls: do NOT check the server's certificate (encrypted, but anyone on the path
+    /// can pose as the server). For tests only
+    #[arg(long, global = true)]
+    pub insecure: bool,
+
+    /// Access token for servers that require authentication
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "SFTS_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
     /// Server to use when the command names none: HOST:PORT
     #[arg(long, global = true, value_name = "HOST:PORT", env = "SFTS_SERVER")]
     pub server: Option<Address>,
@@ -70,6 +94,25 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
+    /// The TLS settings, checked: `--ca` and `--insecure` only make sense with `--tls`.
+    pub fn tls_choice(&self) -> Result<TlsChoice, ClientError> {
+        if !self.tls && (self.ca.is_some() || self.insecure) {
+            return Err(ClientError::Usage(
+                "--ca and --insecure apply to TLS connections; add --tls".into(),
+            ));
+        }
+        if self.insecure && self.ca.is_some() {
+            return Err(ClientError::Usage(
+                "--insecure checks no certificate, so --ca would be ignored; choose one".into(),
+            ));
+        }
+        Ok(TlsChoice {
+            enabled: self.tls,
+            ca: self.ca.clone(),
+            insecure: self.insecure,
+        })
+    }
+
     /// Splits `[HOST:PORT] REST...` positionals: with `max` values the first is the server,
     /// with fewer the server comes from `--server` / `SFTS_SERVER`.
     pub fn split_server(
@@ -358,6 +401,10 @@ pub struct GetOptions {
     pub priority: Option<Priority>,
     /// A whole directory.
     pub recursive: bool,
+    /// TLS settings.
+    pub tls: TlsChoice,
+    /// Access token.
+    pub token: Option<String>,
 }
 
 impl GetOptions {
@@ -367,6 +414,13 @@ impl GetOptions {
             (Protocol::Legacy, Some(Checksum::Sha256)) => {
                 return Err(ClientError::Usage(
                     "the original protocol only carries MD5; use --checksum md5".into(),
+                ))
+            }
+            (Protocol::Legacy, _) if global.tls || global.token.is_some() => {
+                return Err(ClientError::Usage(
+                    "the original protocol has no TLS and no authentication; drop --tls and \
+                     --token, or use the native protocol"
+                        .into(),
                 ))
             }
             (Protocol::Legacy, _) if args.recursive => {
@@ -405,6 +459,8 @@ impl GetOptions {
             json: args.json,
             priority: args.priority.map(Priority::from),
             recursive: args.recursive,
+            tls: global.tls_choice()?,
+            token: global.token.clone(),
         })
     }
 
@@ -427,6 +483,8 @@ impl GetOptions {
             json: false,
             priority: None,
             recursive: false,
+            tls: global.tls_choice().unwrap_or_default(),
+            token: global.token.clone(),
         }
     }
 }

@@ -133,6 +133,24 @@ pub enum ClientError {
         detail: String,
     },
 
+    /// The TLS handshake failed for a reason retrying cannot fix.
+    #[error("TLS with {host} failed: {detail}")]
+    Tls {
+        /// The host as given.
+        host: String,
+        /// What went wrong and what to do.
+        detail: String,
+    },
+
+    /// The server did not accept the access token.
+    #[error("authentication with {server} failed: {message}")]
+    Auth {
+        /// `host:port` as given.
+        server: String,
+        /// The server's words.
+        message: String,
+    },
+
     /// The connection broke before any data arrived.
     #[error("connection to the server lost while {stage}: {reason}")]
     Disconnected {
@@ -260,7 +278,8 @@ impl ClientError {
         match self {
             ClientError::Usage(_) => exit::USAGE,
             ClientError::TargetExists(_) | ClientError::Local { .. } => exit::LOCAL,
-            ClientError::Connect { .. } => exit::CONNECT,
+            ClientError::Connect { .. } | ClientError::Tls { .. } => exit::CONNECT,
+            ClientError::Auth { .. } => exit::REFUSED,
             ClientError::Unavailable { .. } | ClientError::Refused { .. } => exit::REFUSED,
             ClientError::Integrity { .. } => exit::INTEGRITY,
             ClientError::Handshake { .. }

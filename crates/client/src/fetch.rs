@@ -13,6 +13,7 @@ use crate::error::{ClientError, Kept};
 use crate::interrupt::Interrupt;
 use crate::native::{HandshakeError, NativeSession, Request, Welcome};
 use crate::progress::Progress;
+use crate::tls::{Stream, Tls, TlsFailure};
 use crate::transfer::{into_error, Context, Stop};
 use sfts_protocol::{
     Capabilities, Digest, DigestSet, ErrorCode, FileHeader, FileInfo, FileVersion, GetRequest,
@@ -55,7 +56,7 @@ pub enum Fetched {
 
 /// A live native connection.
 struct Live {
-    session: NativeSession<TcpStream>,
+    session: NativeSession<Stream>,
     welcome: Welcome,
 }
 
@@ -65,6 +66,8 @@ pub struct Fetcher<'a> {
     interrupt: &'a Interrupt,
     server: String,
     live: Option<Live>,
+    /// The TLS configuration with `--tls`.
+    tls: Option<Tls>,
     /// The progress bar (its total is set once the size is known).
     pub progress: Progress,
     /// The counters.
@@ -79,6 +82,7 @@ impl<'a> Fetcher<'a> {
             interrupt,
             server: opts.server.to_string(),
             live: None,
+            tls: Tls::from_choice(&opts.tls)?,
             progress: Progress::new(0, !opts.quiet),
             stats: Stats::default(),
         };
@@ -100,7 +104,25 @@ impl<'a> Fetcher<'a> {
 
     /// One connection attempt and handshake.
     fn attempt(&self, attempt: u32, retries: u32) -> Result<Live, Failure> {
-        let stream = open(self.opts, attempt, retries, self.interrupt)?;
+        let tcp = open(self.opts, attempt, retries, self.interrupt)?;
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => match tls.connect(&self.opts.server.host, tcp) {
+                Ok(stream) => stream,
+                Err(TlsFailure::Fatal(e)) => return Err(Failure::fatal(e)),
+                Err(TlsFailure::Io(e)) => {
+                    let reason = format!("TLS handshake failed: {e}");
+                    return Err(Failure::Retry {
+                        warning: format!("connection to {} failed ({reason})", self.server),
+                        error: Box::new(ClientError::Connect {
+                            server: self.server.clone(),
+                            attempts: attempt,
+                            reason,
+                        }),
+                    });
+                }
+            },
+        };
         let mut session = NativeSession::new(stream);
         match session.handshake(&self.request()) {
             Ok(welcome) => {
@@ -119,6 +141,9 @@ impl<'a> Fetcher<'a> {
                         tracing::info!("priority {p}");
                     }
                 }
+                if let Some(token) = &self.opts.token {
+                    self.authenticate(&mut session, &welcome, token)?;
+                }
                 Ok(Live { session, welcome })
             }
             Err(HandshakeError::Fatal(e)) => Err(Failure::fatal(e)),
@@ -134,7 +159,7 @@ impl<'a> Fetcher<'a> {
     /// The live session with the progress bar and the interrupt flag, borrowed together.
     pub fn parts(
         &mut self,
-    ) -> Result<(&mut NativeSession<TcpStream>, &Progress, &Interrupt), ClientError> {
+    ) -> Result<(&mut NativeSession<Stream>, &Progress, &Interrupt), ClientError> {
         match self.live.as_mut() {
             Some(live) => Ok((&mut live.session, &self.progress, self.interrupt)),
             None => Err(ClientError::Disconnected {
@@ -152,6 +177,50 @@ impl<'a> Fetcher<'a> {
     /// True once Ctrl-C or SIGTERM arrived.
     pub fn interrupted(&self) -> bool {
         self.interrupt.is_set()
+    }
+
+    /// Presents the access token.
+    fn authenticate(
+        &self,
+        session: &mut NativeSession<Stream>,
+        welcome: &Welcome,
+        token: &str,
+    ) -> Result<(), Failure> {
+        if !welcome.capabilities.has(Capabilities::AUTH) {
+            return Err(Failure::fatal(ClientError::Auth {
+                server: self.server.clone(),
+                message: "a token was given but the server does not use authentication".into(),
+            }));
+        }
+        let sent = session.send(&sfts_protocol::Message::Auth {
+            token: token.to_string(),
+        });
+        if let Err(e) = sent {
+            return Err(Failure::fatal(ClientError::Disconnected {
+                stage: "authenticating",
+                reason: e.to_string(),
+            }));
+        }
+        match session.recv(
+            "waiting for the server to check the token",
+            self.opts.timeout,
+        ) {
+            Ok(sfts_protocol::Message::AuthOk { user }) => {
+                tracing::info!("authenticated as '{user}'");
+                Ok(())
+            }
+            Ok(sfts_protocol::Message::Error { message, .. }) => {
+                Err(Failure::fatal(ClientError::Auth {
+                    server: self.server.clone(),
+                    message,
+                }))
+            }
+            Ok(other) => Err(Failure::fatal(ClientError::Protocol {
+                detail: format!("expected AuthOk, got {}", other.name()),
+                kept: Kept::Nothing,
+            })),
+            Err(e) => Err(Failure::fatal(e)),
+        }
     }
 
     /// True when the connected server offers every feature in `bits`.
@@ -284,7 +353,7 @@ impl<'a> Fetcher<'a> {
     }
 
     /// The live session, for commands that exchange their own messages (uploads, listings).
-    pub fn session(&mut self) -> Result<&mut NativeSession<TcpStream>, ClientError> {
+    pub fn session(&mut self) -> Result<&mut NativeSession<Stream>, ClientError> {
         match self.live.as_mut() {
             Some(live) => Ok(&mut live.session),
             None => Err(ClientError::Disconnected {

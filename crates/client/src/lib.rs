@@ -30,6 +30,7 @@ pub mod resume;
 pub mod sinks;
 pub mod size;
 pub mod summary;
+pub mod tls;
 pub mod transfer;
 pub mod tree;
 pub mod upload;
