@@ -184,6 +184,8 @@ fn history(s: &Session<'_>, name: &str, size: u64) -> Record {
         offset: 0,
         length: size,
         size,
+        // The original protocol has no priorities: every request is normal.
+        priority: "normal",
     })
 }
 

@@ -297,6 +297,7 @@ mod tests {
             offset: 5,
             length: 10,
             size: 15,
+            priority: "high",
         };
         store.begin(&t).finish(10, Outcome::Ok);
         store.begin(&t).finish(0, Outcome::Refused("no"));
@@ -307,6 +308,7 @@ mod tests {
             ("refused", Some("no"))
         );
         assert_eq!((rows[1].offset, rows[1].length, rows[1].bytes), (5, 10, 10));
+        assert_eq!(rows[1].priority, "high");
         // Finishing a row that could not be started does nothing.
         Record {
             store: store.clone(),
@@ -330,6 +332,7 @@ mod tests {
             offset: 0,
             length: 0,
             size: 0,
+            priority: "normal",
         };
         // With a zero retention every row older than a second goes at the next round.
         store.begin(&t).finish(0, Outcome::Ok);

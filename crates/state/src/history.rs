@@ -22,6 +22,8 @@ pub struct NewTransfer<'a> {
     pub length: u64,
     /// Size of the whole file.
     pub size: u64,
+    /// The session's priority when the transfer started: `low`, `normal` or `high`.
+    pub priority: &'a str,
 }
 
 /// One row of the history.
@@ -54,6 +56,8 @@ pub struct TransferRecord {
     pub error: Option<String>,
     /// Duration in milliseconds, once finished.
     pub duration_ms: Option<i64>,
+    /// `low`, `normal` or `high`.
+    pub priority: String,
 }
 
 impl StateDb {
@@ -62,8 +66,8 @@ impl StateDb {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO transfers
-             (started_at, peer, path, direction, protocol, offset, length, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             (started_at, peer, path, direction, protocol, offset, length, size, priority)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 now_secs(),
                 t.peer,
@@ -72,7 +76,8 @@ impl StateDb {
                 t.protocol,
                 t.offset as i64,
                 t.length as i64,
-                t.size as i64
+                t.size as i64,
+                t.priority
             ],
         )?;
         Ok(conn.last_insert_rowid())
@@ -107,7 +112,7 @@ impl StateDb {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, started_at, peer, path, direction, protocol, offset, length, size,
-                    bytes, result, error, duration_ms
+                    bytes, result, error, duration_ms, priority
              FROM transfers ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map(params![limit as i64], |r| {
@@ -125,6 +130,7 @@ impl StateDb {
                 result: r.get(10)?,
                 error: r.get(11)?,
                 duration_ms: r.get(12)?,
+                priority: r.get(13)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -153,6 +159,7 @@ mod tests {
             offset: 0,
             length: 100,
             size: 100,
+            priority: "high",
         })
         .unwrap()
     }
@@ -171,6 +178,7 @@ mod tests {
         assert_eq!(rows[1].result, "ok");
         assert_eq!(rows[1].bytes, 100);
         assert_eq!(rows[1].duration_ms, Some(1500));
+        assert_eq!(rows[1].priority, "high");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! * [`digests`]: a cache of whole-file (and optional per-chunk) digests, keyed by the file's
 //!   identity (path, size, modification and change times, inode, device) so that a file that
 //!   changed in any way is never served with an old digest;
-//! * [`history`]: one row per transfer (peer, file, bytes, result, duration), pruned after a
-//!   configurable number of days.
+//! * [`history`]: one row per transfer (peer, file, bytes, result, duration, priority), pruned
+//!   after a configurable number of days;
+//! * [`uploads`]: the uploads in progress (target, digests, chunk size, chunks held, staging
+//!   file), so that an interrupted upload resumes after a reconnection or a server restart.
 //!
 //! The database runs in WAL mode with `synchronous = NORMAL`: a `kill -9` of the server loses at
 //! most the last few rows and never corrupts the file. Opening checks the file's integrity, so
@@ -17,10 +19,12 @@ pub mod digests;
 mod error;
 pub mod history;
 mod schema;
+pub mod uploads;
 
 pub use digests::{CachedDigests, ChunkDigests, FileKey};
 pub use error::StateError;
 pub use history::{NewTransfer, TransferRecord};
+pub use uploads::StoredUpload;
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Current schema version, stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS digests (
@@ -45,6 +45,27 @@ CREATE INDEX IF NOT EXISTS transfers_started ON transfers(started_at);
 /// Version 2: how many bytes each transfer was to send (the requested range, cut at the end of
 /// the file), beside `offset`, the whole file's `size` and the `bytes` actually sent.
 const MIGRATE_V2: &str = "ALTER TABLE transfers ADD COLUMN length INTEGER NOT NULL DEFAULT 0;";
+
+/// Version 3: uploads in progress (one row per target path of each served root, with the
+/// chunks held so far and the staging file they are in), and the priority of each transfer.
+const MIGRATE_V3: &str = "
+CREATE TABLE IF NOT EXISTS uploads (
+    root        TEXT    NOT NULL,
+    path        TEXT    NOT NULL,
+    size        INTEGER NOT NULL,
+    sha256      BLOB    NOT NULL,
+    md5         BLOB,
+    mtime_ns    INTEGER NOT NULL,
+    chunk_size  INTEGER NOT NULL,
+    held        BLOB    NOT NULL,
+    staging     TEXT    NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (root, path)
+);
+CREATE INDEX IF NOT EXISTS uploads_updated ON uploads(updated_ms);
+ALTER TABLE transfers ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal';
+";
 
 /// Sets the pragmas, checks integrity and creates or migrates the schema.
 pub fn prepare(conn: &Connection) -> Result<(), Error> {
@@ -115,6 +136,9 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
     if version < 2 {
         conn.execute_batch(MIGRATE_V2)?;
     }
+    if version < 3 {
+        conn.execute_batch(MIGRATE_V3)?;
+    }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     Ok(())
 }
@@ -124,7 +148,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_1_files_gain_the_length_column() {
+    fn version_1_files_gain_the_later_columns_and_tables() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA_V1).unwrap();
         conn.execute_batch("PRAGMA user_version = 1;").unwrap();
@@ -143,6 +167,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!((length, version), (0, SCHEMA_VERSION));
+        let priority: String = conn
+            .query_row("SELECT priority FROM transfers", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(priority, "normal");
+        let uploads: i64 = conn
+            .query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(uploads, 0);
         // Preparing again is a no-op.
         prepare(&conn).unwrap();
     }

@@ -268,6 +268,8 @@ impl Native<'_> {
             offset: range.offset,
             length: range.length,
             size,
+            // Sessions have no priority yet: every request is normal.
+            priority: "normal",
         })
     }
 }
