@@ -31,6 +31,7 @@ mod listener;
 mod md5_thread;
 mod native;
 pub mod paths;
+mod periodic;
 mod range;
 mod refuse;
 pub mod registry;

@@ -10,12 +10,11 @@
 //! * [`Pruner`] deletes old history once an hour on its own thread.
 
 use crate::error::ServerError;
+use crate::periodic::Periodic;
 use sfts_state::{CachedDigests, FileKey, NewTransfer, StateDb};
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -202,8 +201,7 @@ impl Record {
 
 /// The thread that prunes the history every [`PRUNE_EVERY`]; stops when dropped.
 pub struct Pruner {
-    wake: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _job: Periodic,
 }
 
 impl Pruner {
@@ -215,36 +213,17 @@ impl Pruner {
     fn start_every(store: &Store, keep: Option<Duration>, every: Duration) -> Pruner {
         let Some(keep) = keep else {
             return Pruner {
-                wake: None,
-                thread: None,
+                _job: Periodic::none(),
             };
         };
-        let (tx, rx) = mpsc::channel::<()>();
         let store = store.clone();
-        let thread = thread::Builder::new()
-            .name("history-pruner".into())
-            .spawn(move || {
-                // Anything received, or the sender dropped, means: stop.
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                    store.prune(keep);
-                }
-            })
-            .map_err(|e| {
-                warn!("cannot start the history pruner ({e}); history is pruned at start-up only")
-            })
-            .ok();
         Pruner {
-            wake: Some(tx),
-            thread,
-        }
-    }
-}
-
-impl Drop for Pruner {
-    fn drop(&mut self) {
-        drop(self.wake.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _job: Periodic::start(
+                "history-pruner",
+                every,
+                "history is pruned at start-up only",
+                move || store.prune(keep),
+            ),
         }
     }
 }
@@ -338,7 +317,7 @@ mod tests {
         store.begin(&t).finish(0, Outcome::Ok);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !store.db().recent_transfers(1).unwrap().is_empty() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
         assert!(store.db().recent_transfers(1).unwrap().is_empty());
         let started = Instant::now();
