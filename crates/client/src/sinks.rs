@@ -12,6 +12,8 @@ use sfts_protocol::{Algorithm, Digest, DigestSet, FileHeader, MultiHasher};
 use std::fs::File;
 use std::io::{self, StdoutLock, Write};
 use std::path::PathBuf;
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 /// SHA-256 of `bytes`, as stored in the journal.
 pub fn chunk_digest(bytes: &[u8]) -> [u8; 32] {
@@ -21,12 +23,125 @@ pub fn chunk_digest(bytes: &[u8]) -> [u8; 32] {
     d.bytes.as_slice().try_into().expect("SHA-256 is 32 bytes")
 }
 
+/// Cuts the stream of written bytes into journal chunks, hashes each and records it.
+struct Chunker {
+    journal: Journal,
+    chunk_size: u64,
+    size: u64,
+    /// Bytes seen so far.
+    pos: u64,
+    /// Hash of the current chunk so far.
+    chunk: MultiHasher,
+}
+
+impl Chunker {
+    fn new(journal: Journal, pos: u64) -> Chunker {
+        Chunker {
+            chunk_size: journal.header().chunk_size as u64,
+            size: journal.header().size,
+            journal,
+            pos,
+            chunk: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256])),
+        }
+    }
+
+    fn feed(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let room = self.chunk_size - self.pos % self.chunk_size;
+            let n = room.min(rest.len() as u64) as usize;
+            self.chunk.update(&rest[..n]);
+            self.pos += n as u64;
+            rest = &rest[n..];
+            if self.pos % self.chunk_size == 0 || self.pos == self.size {
+                let done = std::mem::replace(
+                    &mut self.chunk,
+                    MultiHasher::new(DigestSet::of(&[Algorithm::Sha256])),
+                );
+                let digest = done.finish().remove(0);
+                let bytes: [u8; 32] = digest.bytes.as_slice().try_into().expect("32 bytes");
+                self.journal
+                    .record((self.pos - 1) / self.chunk_size, bytes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Buffers handed to the chunk worker ahead of it (each at most one write's worth).
+const WORKER_QUEUE: usize = 4;
+
+/// The per-chunk SHA-256 on a second thread, so a download to disk hashes on two cores: the
+/// receiving thread computes the whole-file digest, this one the journal's chunk digests.
+/// It gets a copy of every written buffer after the bytes are in the file, so a journal line
+/// never precedes its data.
+struct ChunkWorker {
+    tx: Option<SyncSender<Vec<u8>>>,
+    spare: Receiver<Vec<u8>>,
+    handle: Option<JoinHandle<io::Result<Journal>>>,
+}
+
+impl ChunkWorker {
+    fn start(mut chunker: Chunker) -> ChunkWorker {
+        let (tx, rx) = sync_channel::<Vec<u8>>(WORKER_QUEUE);
+        let (give_back, spare) = channel::<Vec<u8>>();
+        let handle = std::thread::Builder::new()
+            .name("chunk-digests".into())
+            .spawn(move || {
+                for buf in rx {
+                    chunker.feed(&buf)?;
+                    let _ = give_back.send(buf);
+                }
+                Ok(chunker.journal)
+            })
+            .expect("cannot start a thread");
+        ChunkWorker {
+            tx: Some(tx),
+            spare,
+            handle: Some(handle),
+        }
+    }
+
+    fn feed(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut copy = self.spare.try_recv().unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(buf);
+        let sent = self.tx.as_ref().map(|tx| tx.send(copy));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The worker stopped: its error says why.
+            _ => match self.stop() {
+                Err(e) => Err(e),
+                Ok(_) => Err(io::Error::other("the chunk digest thread stopped")),
+            },
+        }
+    }
+
+    /// Waits for every queued buffer to be journaled; returns the journal.
+    fn stop(&mut self) -> io::Result<Journal> {
+        self.tx = None;
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the chunk digest thread panicked")),
+            None => Err(io::Error::other("the chunk digest thread already stopped")),
+        }
+    }
+}
+
+impl Drop for ChunkWorker {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
 /// The partial file of a download to disk.
 pub struct FileSink {
     file: File,
     /// Where the journal is (created on [`RangeSink::begin`] for a fresh download).
     journal_path: PathBuf,
-    journal: Option<Journal>,
+    /// The journal's chunk digests, computed on a second thread; `None` before `begin`, and
+    /// for small files of a tree, which keep no journal.
+    worker: Option<ChunkWorker>,
     remote: String,
     /// Size of a journal chunk.
     chunk_size: u32,
@@ -34,8 +149,6 @@ pub struct FileSink {
     pos: u64,
     /// Hash of the whole file so far.
     whole: MultiHasher,
-    /// Hash of the current chunk so far.
-    chunk: MultiHasher,
 }
 
 impl FileSink {
@@ -50,12 +163,11 @@ impl FileSink {
         FileSink {
             file,
             journal_path,
-            journal: None,
+            worker: None,
             remote: remote.to_string(),
             chunk_size,
             pos: 0,
             whole: MultiHasher::new(DigestSet::of(&[algorithm])),
-            chunk: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256])),
         }
     }
 
@@ -73,11 +185,10 @@ impl FileSink {
             file,
             journal_path: journal.path().to_path_buf(),
             chunk_size: journal.header().chunk_size,
-            journal: Some(journal),
+            worker: Some(ChunkWorker::start(Chunker::new(journal, pos))),
             remote: remote.to_string(),
             pos,
             whole,
-            chunk: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256])),
         }
     }
 
@@ -87,41 +198,34 @@ impl FileSink {
     }
 
     /// Makes the file and the journal durable (before exiting with a partial download).
-    pub fn sync(&self) {
+    pub fn sync(&mut self) {
         if let Err(e) = self.file.sync_data() {
             tracing::warn!("cannot flush the partial download: {e}");
         }
-        if let Some(j) = &self.journal {
-            if let Err(e) = j.sync() {
-                tracing::warn!("cannot flush the resume journal: {e}");
+        if let Some(mut w) = self.worker.take() {
+            match w.stop().and_then(|j| j.sync()) {
+                Ok(()) => {}
+                Err(e) => tracing::warn!("cannot flush the resume journal: {e}"),
             }
         }
     }
 
     /// The file and the whole-file digest; the journal is left on disk (the caller removes
     /// it once the download is verified).
-    pub fn finish(self) -> (File, Digest) {
+    pub fn finish(mut self) -> (File, Digest) {
+        if let Some(mut w) = self.worker.take() {
+            if let Err(e) = w.stop() {
+                tracing::warn!("the resume journal is incomplete: {e}");
+            }
+        }
         let digest = self.whole.finish().remove(0);
         (self.file, digest)
-    }
-
-    fn record_chunk(&mut self, index: u64) -> io::Result<()> {
-        let done = std::mem::replace(
-            &mut self.chunk,
-            MultiHasher::new(DigestSet::of(&[Algorithm::Sha256])),
-        );
-        let digest = done.finish().remove(0);
-        let bytes: [u8; 32] = digest.bytes.as_slice().try_into().expect("32 bytes");
-        if let Some(j) = self.journal.as_mut() {
-            j.record(index, bytes)?;
-        }
-        Ok(())
     }
 }
 
 impl RangeSink for FileSink {
     fn begin(&mut self, header: &FileHeader) -> Result<(), ClientError> {
-        if self.journal.is_some() {
+        if self.worker.is_some() {
             return Ok(());
         }
         let journal = Journal::create(
@@ -136,7 +240,7 @@ impl RangeSink for FileSink {
         .map_err(|e| {
             ClientError::local("cannot create the resume journal", &self.journal_path, e)
         })?;
-        self.journal = Some(journal);
+        self.worker = Some(ChunkWorker::start(Chunker::new(journal, self.pos)));
         Ok(())
     }
 }
@@ -145,22 +249,9 @@ impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write_all(buf)?;
         self.whole.update(buf);
-        let Some(size) = self.journal.as_ref().map(|j| j.header().size) else {
-            // No journal (a small file of a tree): no chunk digests to keep.
-            self.pos += buf.len() as u64;
-            return Ok(buf.len());
-        };
-        let chunk = self.chunk_size as u64;
-        let mut rest = buf;
-        while !rest.is_empty() {
-            let room = chunk - self.pos % chunk;
-            let n = room.min(rest.len() as u64) as usize;
-            self.chunk.update(&rest[..n]);
-            self.pos += n as u64;
-            rest = &rest[n..];
-            if self.pos % chunk == 0 || self.pos == size {
-                self.record_chunk((self.pos - 1) / chunk)?;
-            }
+        self.pos += buf.len() as u64;
+        if let Some(w) = self.worker.as_mut() {
+            w.feed(buf)?;
         }
         Ok(buf.len())
     }
@@ -249,15 +340,13 @@ mod tests {
         sink.write_all(b"ab").unwrap();
         sink.write_all(b"cdefg").unwrap(); // completes chunk 0, half of chunk 1
         sink.write_all(b"h").unwrap(); // completes chunk 1
-        let j = Journal::open(&jpath).unwrap().unwrap();
-        assert_eq!(j.confirmed_chunks(), 2);
-        assert_eq!(j.chunk(0), Some(chunk_digest(b"abcd")));
-        assert_eq!(j.chunk(1), Some(chunk_digest(b"efgh")));
         sink.write_all(b"ij").unwrap(); // the short last chunk
+        let (_, digest) = sink.finish();
         let j = Journal::open(&jpath).unwrap().unwrap();
         assert_eq!(j.confirmed_bytes(), 10);
+        assert_eq!(j.chunk(0), Some(chunk_digest(b"abcd")));
+        assert_eq!(j.chunk(1), Some(chunk_digest(b"efgh")));
         assert_eq!(j.chunk(2), Some(chunk_digest(b"ij")));
-        let (_, digest) = sink.finish();
         let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Md5]));
         h.update(b"abcdefghij");
         assert_eq!(digest, h.finish().remove(0));
