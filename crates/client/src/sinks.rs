@@ -68,8 +68,10 @@ impl Chunker {
     }
 }
 
-/// Buffers handed to the chunk worker ahead of it (each at most one write's worth).
-const WORKER_QUEUE: usize = 4;
+/// Buffers queued for the chunk worker beyond the one it is hashing: none (a rendezvous), so
+/// the journal is at most one write (one `Data` frame) behind the file, and a `kill -9` costs
+/// at most that and the chunk being written.
+const WORKER_QUEUE: usize = 0;
 
 /// The per-chunk SHA-256 on a second thread, so a download to disk hashes on two cores: the
 /// receiving thread computes the whole-file digest, this one the journal's chunk digests.
