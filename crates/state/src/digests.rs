@@ -77,10 +77,12 @@ impl StateDb {
     pub fn lookup_digests(&self, key: &FileKey) -> Result<Option<CachedDigests>> {
         let conn = self.conn();
         let row = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT md5, sha256, chunk_size, chunk_sha256 FROM digests
                  WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND ctime_ns = ?4
                    AND inode = ?5 AND device = ?6",
+            )?
+            .query_row(
                 params![
                     key.path,
                     key.size as i64,
@@ -112,11 +114,14 @@ impl StateDb {
             .chunks
             .as_ref()
             .map(|c| c.sha256.iter().flatten().copied().collect::<Vec<u8>>());
-        self.conn().execute(
-            "INSERT OR REPLACE INTO digests
-             (path, size, mtime_ns, ctime_ns, inode, device, md5, sha256, chunk_size, chunk_sha256, computed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
+        self.conn()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO digests
+                 (path, size, mtime_ns, ctime_ns, inode, device, md5, sha256, chunk_size,
+                  chunk_sha256, computed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
                 key.path,
                 key.size as i64,
                 key.mtime_ns,
@@ -128,8 +133,7 @@ impl StateDb {
                 merged.chunks.as_ref().map(|c| c.chunk_size as i64),
                 chunk_blob,
                 now_secs()
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 

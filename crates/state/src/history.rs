@@ -64,22 +64,22 @@ impl StateDb {
     /// Records the start of a transfer; returns its id.
     pub fn begin_transfer(&self, t: &NewTransfer<'_>) -> Result<i64> {
         let conn = self.conn();
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO transfers
              (started_at, peer, path, direction, protocol, offset, length, size, priority)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                now_secs(),
-                t.peer,
-                t.path,
-                t.direction,
-                t.protocol,
-                t.offset as i64,
-                t.length as i64,
-                t.size as i64,
-                t.priority
-            ],
-        )?;
+        )?
+        .execute(params![
+            now_secs(),
+            t.peer,
+            t.path,
+            t.direction,
+            t.protocol,
+            t.offset as i64,
+            t.length as i64,
+            t.size as i64,
+            t.priority
+        ])?;
         Ok(conn.last_insert_rowid())
     }
 
@@ -92,18 +92,19 @@ impl StateDb {
         error: Option<&str>,
         duration: Duration,
     ) -> Result<()> {
-        self.conn().execute(
-            "UPDATE transfers SET finished_at = ?2, bytes = ?3, result = ?4, error = ?5,
-             duration_ms = ?6 WHERE id = ?1",
-            params![
+        self.conn()
+            .prepare_cached(
+                "UPDATE transfers SET finished_at = ?2, bytes = ?3, result = ?4, error = ?5,
+                 duration_ms = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
                 id,
                 now_secs(),
                 bytes as i64,
                 result,
                 error,
                 duration.as_millis() as i64
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 

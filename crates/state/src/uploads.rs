@@ -117,11 +117,10 @@ impl StateDb {
     pub fn find_upload(&self, root: &str, path: &str) -> Result<Option<StoredUpload>> {
         let conn = self.conn();
         let row = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM uploads WHERE root = ?1 AND path = ?2"),
-                params![root, path],
-                from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM uploads WHERE root = ?1 AND path = ?2"
+            ))?
+            .query_row(params![root, path], from_row)
             .optional()?;
         Ok(row.flatten())
     }
@@ -171,10 +170,10 @@ impl StateDb {
     /// Deletes the row of `path` under `root` if it still names the staging file `staging`
     /// (a newer upload of the same path keeps its own row). Returns whether a row went.
     pub fn delete_upload(&self, root: &str, path: &str, staging: &str) -> Result<bool> {
-        let n = self.conn().execute(
-            "DELETE FROM uploads WHERE root = ?1 AND path = ?2 AND staging = ?3",
-            params![root, path, staging],
-        )?;
+        let n = self
+            .conn()
+            .prepare_cached("DELETE FROM uploads WHERE root = ?1 AND path = ?2 AND staging = ?3")?
+            .execute(params![root, path, staging])?;
         Ok(n > 0)
     }
 
