@@ -25,6 +25,10 @@ pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 /// 64 GiB at the default 1 MiB chunk) only the whole-file digests are computed and cached.
 pub const MAX_CHUNK_DIGESTS: u64 = 65_536;
 
+/// Files up to this size are hashed on one thread: a helper thread for MD5 costs more to
+/// start than MD5 takes over 64 KiB (about 0.1 ms), and trees hold many small files.
+pub const INLINE_MD5_MAX: u64 = 64 * 1024;
+
 /// Every whole-file digest the cache holds, computed together.
 fn all() -> DigestSet {
     DigestSet::of(&Algorithm::ALL)
@@ -63,7 +67,11 @@ impl FileHasher {
             done: Vec::new(),
         });
         FileHasher {
-            md5: Md5Thread::start(),
+            md5: if size <= INLINE_MD5_MAX {
+                Md5Thread::inline()
+            } else {
+                Md5Thread::start()
+            },
             sha256: sha256(),
             chunks,
             fed: 0,
