@@ -1,6 +1,7 @@
 //! Command-line arguments and the checked [`Config`] built from them once at startup.
 
 use crate::error::ServerError;
+use crate::units::{parse_duration, parse_size};
 use clap::builder::TypedValueParser;
 use clap::Parser;
 use std::ffi::OsStr;
@@ -19,6 +20,10 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_HISTORY_DAYS: u32 = 30;
 /// The state directory's name under `$XDG_STATE_HOME` (or `~/.local/state`).
 pub const STATE_DIR_NAME: &str = "sfts-server";
+/// How long an unfinished upload is kept for its client to resume it.
+pub const DEFAULT_UPLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Most entries one `List` answer carries before it says `truncated`.
+pub const DEFAULT_MAX_LIST_ENTRIES: u64 = 1_000_000;
 
 /// Serves the files under a folder to SFTS clients and to clients of the original protocol,
 /// on the same port, one thread per client.
@@ -66,6 +71,31 @@ pub struct Args {
     #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_HISTORY_DAYS,
           value_parser = clap::value_parser!(u32).range(0..=36_500))]
     pub history_days: u32,
+
+    /// Accept uploads (put, put -r) and new directories. Without it the server is read-only
+    /// and refuses every upload with a clear error.
+    #[arg(long)]
+    pub allow_upload: bool,
+
+    /// With --allow-upload: never replace an existing file, even when the client asks with
+    /// --force (by default --force replaces files).
+    #[arg(long)]
+    pub no_overwrite: bool,
+
+    /// Largest file one upload may be, e.g. 500M, 4G, 2TiB or plain bytes; larger uploads are
+    /// refused before any data is stored [default: no limit besides the free disk space].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_upload_size: Option<u64>,
+
+    /// How long an unfinished upload is kept for its client to resume it: seconds, or a
+    /// number with s, m, h or d. Older ones are deleted at start-up and while running.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub upload_ttl: Duration,
+
+    /// Most entries one listing returns; a longer one is cut and marked as truncated.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LIST_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_list_entries: u64,
 }
 
 /// Parses a log level, accepting the original design's `warning` as well as `warn`.
@@ -120,6 +150,13 @@ impl Args {
                 0 => None,
                 days => Some(Duration::from_secs(u64::from(days) * 86_400)),
             },
+            uploads: UploadPolicy {
+                allow: self.allow_upload,
+                overwrite: !self.no_overwrite,
+                max_size: self.max_upload_size,
+                ttl: self.upload_ttl,
+            },
+            max_list_entries: self.max_list_entries,
         })
     }
 
@@ -152,6 +189,35 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// How long transfer history is kept; `None` keeps it forever.
     pub history: Option<Duration>,
+    /// Whether and how uploads are accepted.
+    pub uploads: UploadPolicy,
+    /// Most entries one listing returns (at least 1).
+    pub max_list_entries: u64,
+}
+
+/// What the server accepts from uploading clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadPolicy {
+    /// Uploads and `Mkdir` are accepted at all (`--allow-upload`).
+    pub allow: bool,
+    /// An upload with `force` may replace an existing file (not `--no-overwrite`).
+    pub overwrite: bool,
+    /// Largest upload accepted, in bytes; `None` for no limit.
+    pub max_size: Option<u64>,
+    /// How long an unfinished upload is kept after its last chunk (non-zero).
+    pub ttl: Duration,
+}
+
+impl Default for UploadPolicy {
+    /// Read-only; the other values are those `--allow-upload` alone would give.
+    fn default() -> Self {
+        UploadPolicy {
+            allow: false,
+            overwrite: true,
+            max_size: None,
+            ttl: DEFAULT_UPLOAD_TTL,
+        }
+    }
 }
 
 impl Config {
@@ -167,6 +233,8 @@ impl Config {
             history: Some(Duration::from_secs(
                 u64::from(DEFAULT_HISTORY_DAYS) * 86_400,
             )),
+            uploads: UploadPolicy::default(),
+            max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
         }
     }
 
@@ -181,6 +249,16 @@ impl Config {
         if self.timeout.is_zero() {
             return Err(ServerError::InvalidConfig(
                 "the timeout must be longer than zero".into(),
+            ));
+        }
+        if self.uploads.ttl.is_zero() {
+            return Err(ServerError::InvalidConfig(
+                "the upload time-to-live must be longer than zero".into(),
+            ));
+        }
+        if self.max_list_entries == 0 {
+            return Err(ServerError::InvalidConfig(
+                "the listing limit must be at least 1".into(),
             ));
         }
         Ok(())
@@ -214,6 +292,55 @@ mod tests {
         let forever = Args::try_parse_from(["sfts-server", "--history-days", "0"]).unwrap();
         assert_eq!(forever.history_days, 0);
         assert!(Args::try_parse_from(["sfts-server", "--history-days", "-1"]).is_err());
+        // Read-only by default; uploads kept a day.
+        assert_eq!(c.uploads, UploadPolicy::default());
+        assert!(!c.uploads.allow);
+        assert_eq!(c.uploads.ttl, Duration::from_secs(86_400));
+        assert_eq!(c.uploads.max_size, None);
+        assert_eq!(c.max_list_entries, DEFAULT_MAX_LIST_ENTRIES);
+    }
+
+    #[test]
+    fn upload_options() {
+        let a = Args::try_parse_from([
+            "sfts-server",
+            "--state-dir",
+            "st",
+            "--allow-upload",
+            "--no-overwrite",
+            "--max-upload-size",
+            "1MiB",
+            "--upload-ttl",
+            "90m",
+            "--max-list-entries",
+            "10",
+        ])
+        .unwrap();
+        let c = a.config().unwrap();
+        assert_eq!(
+            c.uploads,
+            UploadPolicy {
+                allow: true,
+                overwrite: false,
+                max_size: Some(1 << 20),
+                ttl: Duration::from_secs(5400),
+            }
+        );
+        assert_eq!(c.max_list_entries, 10);
+        let secs = Args::try_parse_from(["sfts-server", "--upload-ttl", "3600"]).unwrap();
+        assert_eq!(secs.upload_ttl, Duration::from_secs(3600));
+        for bad in [
+            &["--max-upload-size", "lots"][..],
+            &["--upload-ttl", "0"],
+            &["--upload-ttl", "1w"],
+            &["--max-list-entries", "0"],
+        ] {
+            let argv = std::iter::once("sfts-server").chain(bad.iter().copied());
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?} accepted");
+        }
+        let mut c = Config::new("x");
+        c.uploads.ttl = Duration::ZERO;
+        assert!(c.validate().is_err());
     }
 
     #[test]

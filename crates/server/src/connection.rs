@@ -7,6 +7,7 @@
 use crate::error::ServerError;
 use crate::registry::{ConnectionGuard, Registry};
 use crate::store::Store;
+use crate::uploads::Uploads;
 use crate::{legacy, native};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -32,6 +33,10 @@ pub struct ServerState {
     pub registry: Arc<Registry>,
     /// The digest cache and transfer history.
     pub store: Store,
+    /// Uploads: policy, staging directory, stored sessions, who uploads what right now.
+    pub uploads: Arc<Uploads>,
+    /// Most entries one listing returns.
+    pub max_list_entries: u64,
 }
 
 impl ServerState {

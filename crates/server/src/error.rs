@@ -80,6 +80,19 @@ pub enum ServerError {
         source: io::Error,
     },
 
+    /// The staging directory of uploads (`<root>/.sfts-upload`) could not be created.
+    #[error(
+        "cannot create the upload staging directory '{}': {source} (is the served root \
+         writable? uploads need it)",
+        dir.display()
+    )]
+    StagingDir {
+        /// The staging directory.
+        dir: PathBuf,
+        /// Why creating it failed.
+        source: io::Error,
+    },
+
     /// The state database could not be opened: unwritable, corrupt, or from a newer server.
     #[error(transparent)]
     State(#[from] sfts_state::StateError),

@@ -7,11 +7,13 @@
 //! [`paths`] confinement under the root, and a shutdown that closes every connection and joins
 //! the workers within a couple of seconds.
 //!
-//! Native clients get ranges of files (resume) and `Stat` answers; whole-file digests are
-//! computed while the bytes are sent and cached in an SQLite database (`sfts-state`, opened
-//! once and shared) beside the transfer history. It does not accept uploads, list folders or
-//! speak TLS (yet). The framing, messages and checksums come from `sfts-protocol`; this crate
-//! only adds sockets, threads and files.
+//! Native clients get ranges of files (resume), `Stat` answers and listings; whole-file digests
+//! are computed while the bytes are sent and cached in an SQLite database (`sfts-state`, opened
+//! once and shared) beside the transfer history. With `--allow-upload` they also upload files:
+//! chunked, each chunk checked on arrival, resumable from the sessions kept in the same
+//! database ([`uploads`]), published atomically once the whole file matches its SHA-256. It
+//! does not speak TLS (yet). The framing, messages and checksums come from `sfts-protocol`;
+//! this crate only adds sockets, threads and files.
 //!
 //! ```no_run
 //! let server = sfts_server::Server::bind(sfts_server::Config::new("./share"))?;
@@ -21,6 +23,7 @@
 //! # Ok::<(), sfts_server::ServerError>(())
 //! ```
 
+mod chunkset;
 pub mod config;
 mod connection;
 mod digest;
@@ -28,6 +31,7 @@ pub mod error;
 mod fileid;
 mod legacy;
 mod listener;
+mod listing;
 mod md5_thread;
 mod native;
 pub mod paths;
@@ -36,9 +40,13 @@ mod range;
 mod refuse;
 pub mod registry;
 mod store;
+mod targets;
 mod transfer;
+mod units;
+mod upload;
+pub mod uploads;
 
-pub use config::{Args, Config};
+pub use config::{Args, Config, UploadPolicy};
 pub use error::ServerError;
 pub use listener::{Server, ShutdownHandle};
 pub use registry::ConnectionInfo;

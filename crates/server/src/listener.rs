@@ -19,6 +19,7 @@ use crate::error::ServerError;
 use crate::refuse::Refusers;
 use crate::registry::{ConnectionInfo, Registry};
 use crate::store::{self, Pruner};
+use crate::uploads::{Cleaner, Uploads};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -73,6 +74,7 @@ impl Server {
         config.validate()?;
         let root = prepare_root(&config.root)?;
         let store = store::open(config.state_dir.as_deref(), &root, config.history)?;
+        let uploads = Uploads::open(&root, store.clone(), config.uploads.clone())?;
         let listener = listen(config.bind, config.port)?;
         let local_addr = listener.local_addr()?;
         let fallback = Socket::from(listener.try_clone()?);
@@ -82,6 +84,8 @@ impl Server {
             stop: Default::default(),
             registry: Arc::new(Registry::new()),
             store,
+            uploads: Arc::new(uploads),
+            max_list_entries: config.max_list_entries,
         });
         Ok(Server {
             listener,
@@ -132,6 +136,24 @@ impl Server {
         } = self;
         // Stopped (and joined) when `run` returns, however it returns.
         let _pruner = Pruner::start(&state.store, history);
+        let _cleaner = Cleaner::start(&state.uploads);
+        let policy = &state.uploads.policy;
+        if policy.allow {
+            info!(
+                "uploads allowed (up to {}; existing files {}; unfinished uploads kept {})",
+                policy
+                    .max_size
+                    .map_or("any size".into(), crate::units::bytes_text),
+                if policy.overwrite {
+                    "replaced on --force"
+                } else {
+                    "never replaced"
+                },
+                crate::units::duration_text(policy.ttl)
+            );
+        } else {
+            info!("read-only: uploads are refused (start with --allow-upload to accept them)");
+        }
         info!(
             "serving {} on {local_addr} (at most {max_connections} connections, {} s timeout)",
             state.root.display(),

@@ -1,33 +1,61 @@
-//! A native SFTS session: `Hello` / `Welcome`, then any number of `Get` and `Stat` requests on
-//! the same connection until the client closes it. The requests themselves are served in
-//! [`get`] and [`stat`].
+//! A native SFTS session: `Hello` / `Welcome`, then any number of requests on the same
+//! connection until the client closes it: `Get` ([`get`]), `Stat` ([`stat`]), `List`
+//! ([`list`]), the upload messages and `Mkdir` ([`put`]), and `SetPriority`.
 //!
 //! A refused request (not found, outside the root, ...) is answered with an `Error` frame and
 //! the session goes on; anything that is not a valid request at this point (a second `Hello`,
 //! `Data`, garbage, an oversized frame) is answered with `Error{BadRequest}` and the connection
 //! is closed, since the stream can no longer be trusted to be in step.
+//!
+//! **Replies are queued** and written out when the server is about to wait for the client
+//! (no complete frame left in the read buffer), when the queue passes [`OUT_LIMIT`], or before
+//! a reply that streams (a file, keep-alives). Pipelined requests (a tree of small uploads:
+//! `PutBegin`, `PutChunk`, `PutCommit` for several files) are thus answered with a few writes
+//! instead of one per frame. Just before the queue goes out, the uploads that stored chunks
+//! are saved to the state database in one transaction: a chunk is acknowledged only once it
+//! is recorded, so it survives a `kill -9` of the server.
 
 mod get;
+mod list;
+mod put;
 mod stat;
 
 use crate::connection::{linger_close, DeadlineReader, Session};
 use crate::error::ServerError;
-use crate::paths::Refusal;
-use sfts_protocol::io::{read_message, write_message};
+use crate::paths::{self, Refusal};
+use crate::upload::Upload;
+use sfts_protocol::io::read_message;
 use sfts_protocol::{
-    Capabilities, ErrorCode, GetRequest, Message, ProtocolError, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    Capabilities, ErrorCode, GetRequest, Message, Priority, ProtocolError, PutBegin,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Write};
+use std::net::TcpStream;
 use std::time::Instant;
 use tracing::{info, warn};
 
 /// What the server offers: downloads, ranges of files (resume), several requests per
-/// connection, `Stat`. A request needing a capability the client did not announce gets
-/// `Error{Unsupported}` and the session goes on.
-const CAPABILITIES: u64 =
-    Capabilities::GET | Capabilities::RESUME | Capabilities::MULTI_REQUEST | Capabilities::STAT;
+/// connection, `Stat`, uploads (announced even when read-only, so clients can tell "not
+/// allowed here" from "not supported"), listings and priorities. A request needing a
+/// capability the client did not announce gets `Error{Unsupported}` and the session goes on.
+const CAPABILITIES: u64 = Capabilities::GET
+    | Capabilities::RESUME
+    | Capabilities::MULTI_REQUEST
+    | Capabilities::STAT
+    | Capabilities::UPLOAD
+    | Capabilities::LIST
+    | Capabilities::PRIORITY;
 
-/// What arrived from the client, with nothing borrowed from the read buffer.
+/// Queued replies are written out once they reach this size.
+const OUT_LIMIT: usize = 64 * 1024;
+
+/// Bytes read from the socket at once; small frames pipelined by a client are taken in one
+/// read and answered together.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// What arrived from the client, with nothing borrowed from the read buffer (a chunk's bytes
+/// stay there: `start` and `len` say where).
 enum Incoming {
     /// The client closed the connection between frames.
     Closed,
@@ -41,23 +69,49 @@ enum Incoming {
     Get(GetRequest),
     /// A `Stat`.
     Stat(String),
+    /// A `List`.
+    List { path: String, recursive: bool },
+    /// A `SetPriority`.
+    Priority(Priority),
+    /// A `PutBegin`.
+    PutBegin(PutBegin),
+    /// A `PutChunk` whose bytes are `rbuf[start..start + len]`.
+    PutChunk {
+        id: u32,
+        index: u64,
+        sha256: [u8; 32],
+        start: usize,
+        len: usize,
+    },
+    /// A `PutCommit`.
+    PutCommit(u32),
+    /// A `PutAbort`.
+    PutAbort(u32),
+    /// A `Mkdir`.
+    Mkdir(String),
     /// A well-formed frame that makes no sense here.
     Unexpected(&'static str),
     /// The bytes were not a valid frame, or the stream failed.
     Broken(ProtocolError),
 }
 
-/// The buffers of one session, reused for every request.
+/// The buffers and settings of one session, reused for every request.
 struct Native<'a> {
     s: &'a Session<'a>,
     /// What both sides announced (set by the handshake).
     common: Capabilities,
+    /// The socket, read through a buffer once the handshake is done.
+    input: BufReader<&'a TcpStream>,
     /// Incoming frames.
     rbuf: Vec<u8>,
-    /// Outgoing control frames.
-    scratch: Vec<u8>,
-    /// Outgoing data: one chunk plus frame-header headroom.
+    /// Replies waiting to be written.
+    out: Vec<u8>,
+    /// Outgoing data: one chunk plus frame-header headroom; also the commit's read buffer.
     data: Vec<u8>,
+    /// The session's priority (`SetPriority`), recorded with each transfer.
+    priority: Priority,
+    /// Open uploads by the client's id.
+    uploads: BTreeMap<u32, Upload<'a>>,
 }
 
 /// Runs a native session whose magic has been read; `deadline` bounds the `Hello`.
@@ -65,9 +119,12 @@ pub fn serve(s: &Session<'_>, deadline: Instant) -> Result<(), ServerError> {
     let mut n = Native {
         s,
         common: Capabilities(Capabilities::GET),
+        input: BufReader::with_capacity(READ_BUFFER, s.stream),
         rbuf: Vec::new(),
-        scratch: Vec::new(),
+        out: Vec::new(),
         data: Vec::new(),
+        priority: Priority::Normal,
+        uploads: BTreeMap::new(),
     };
     if !n.handshake(deadline)? {
         return Ok(());
@@ -75,16 +132,19 @@ pub fn serve(s: &Session<'_>, deadline: Instant) -> Result<(), ServerError> {
     s.stream
         .set_read_timeout(Some(s.state.timeout))
         .map_err(ServerError::peer)?;
-    n.requests()
+    let result = n.requests();
+    n.end(&result);
+    result
 }
 
-impl Native<'_> {
+impl<'a> Native<'a> {
     fn next(&mut self, deadline: Option<Instant>) -> Incoming {
         let result = match deadline {
+            // The handshake reads the socket directly: nothing may sit in the buffer then.
             Some(d) => read_message(&mut DeadlineReader::new(self.s.stream, d), &mut self.rbuf),
-            None => read_message(&mut { self.s.stream }, &mut self.rbuf),
+            None => read_message(&mut self.input, &mut self.rbuf),
         };
-        match result {
+        let mut incoming = match result {
             Ok(None) => Incoming::Closed,
             Ok(Some(Message::Hello {
                 version,
@@ -97,15 +157,40 @@ impl Native<'_> {
             },
             Ok(Some(Message::Get(req))) => Incoming::Get(req),
             Ok(Some(Message::Stat { path })) => Incoming::Stat(path),
+            Ok(Some(Message::List { path, recursive })) => Incoming::List { path, recursive },
+            Ok(Some(Message::SetPriority(p))) => Incoming::Priority(p),
+            Ok(Some(Message::PutBegin(b))) => Incoming::PutBegin(b),
+            Ok(Some(Message::PutChunk(c))) => Incoming::PutChunk {
+                id: c.id,
+                index: c.index,
+                sha256: c.sha256,
+                // The bytes are a slice of `rbuf`: remember where (the address for now, made
+                // relative below, once the borrow has ended), not a copy.
+                start: c.data.as_ptr() as usize,
+                len: c.data.len(),
+            },
+            Ok(Some(Message::PutCommit { id })) => Incoming::PutCommit(id),
+            Ok(Some(Message::PutAbort { id })) => Incoming::PutAbort(id),
+            Ok(Some(Message::Mkdir { path })) => Incoming::Mkdir(path),
             Ok(Some(other)) => Incoming::Unexpected(other.name()),
             Err(e) => Incoming::Broken(e),
+        };
+        if let Incoming::PutChunk { start, .. } = &mut incoming {
+            *start -= self.rbuf.as_ptr() as usize;
         }
+        incoming
     }
 
+    /// Queues a reply.
     fn send(&mut self, msg: &Message<'_>) -> Result<(), ServerError> {
-        write_message(&mut { self.s.stream }, msg, &mut self.scratch).map_err(ServerError::peer)
+        msg.encode(&mut self.out);
+        if self.out.len() >= OUT_LIMIT {
+            self.flush()?;
+        }
+        Ok(())
     }
 
+    /// Queues an `Error` reply.
     fn send_error(
         &mut self,
         code: ErrorCode,
@@ -115,6 +200,20 @@ impl Native<'_> {
             code,
             message: message.into(),
         })
+    }
+
+    /// Saves the uploads that stored chunks, then writes the queued replies: nothing
+    /// acknowledged is ever missing from the database.
+    fn flush(&mut self) -> Result<(), ServerError> {
+        drain(self.s, &mut self.uploads, &mut self.out).map_err(ServerError::peer)
+    }
+
+    /// True when the read buffer holds a whole frame: handling it needs no wait for the
+    /// client, so the replies can stay queued a little longer.
+    fn frame_waiting(&self) -> bool {
+        let b = self.input.buffer();
+        b.len() >= 4
+            && (b.len() - 4) as u64 >= u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Reads `Hello` and answers it. `Ok(false)`: the session ended politely (client left, or
@@ -136,6 +235,7 @@ impl Native<'_> {
                              versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
                         ),
                     )?;
+                    self.flush()?;
                     linger_close(self.s.stream);
                     return Ok(false);
                 }
@@ -147,43 +247,68 @@ impl Native<'_> {
                     capabilities: self.common,
                     server: concat!("sfts-server/", env!("CARGO_PKG_VERSION")).into(),
                 })?;
+                self.flush()?;
                 Ok(true)
             }
             Incoming::Closed => Ok(false),
-            Incoming::Get(_) => self.reject("expected Hello, got Get".into()),
-            Incoming::Stat(_) => self.reject("expected Hello, got Stat".into()),
-            Incoming::Unexpected(name) => self.reject(format!("expected Hello, got {name}")),
             // The handshake deadline, not the idle timeout: say so in the log.
             Incoming::Broken(e) if e.is_timeout() => Err(e.into()),
             Incoming::Broken(e) => self.broken(e),
+            other => self.reject(format!("expected Hello, got {}", other.name())),
         }
     }
 
     fn requests(&mut self) -> Result<(), ServerError> {
         loop {
+            if !self.frame_waiting() {
+                self.flush()?;
+            }
             match self.next(None) {
                 Incoming::Get(req) => self.get(req)?,
                 Incoming::Stat(path) => self.stat(path)?,
+                Incoming::List { path, recursive } => self.list(path, recursive)?,
+                Incoming::Priority(p) => self.set_priority(p),
+                Incoming::PutBegin(req) => self.put_begin(req)?,
+                Incoming::PutChunk {
+                    id,
+                    index,
+                    sha256,
+                    start,
+                    len,
+                } => self.put_chunk(id, index, &sha256, start..start + len)?,
+                Incoming::PutCommit(id) => self.put_commit(id)?,
+                Incoming::PutAbort(id) => self.put_abort(id)?,
+                Incoming::Mkdir(path) => self.mkdir(path)?,
                 Incoming::Closed if self.s.state.stopping() => return self.goodbye(),
                 Incoming::Closed => return Ok(()),
                 Incoming::Hello { .. } => return self.reject("unexpected second Hello".into()),
                 Incoming::Unexpected(name) => {
-                    return self.reject(format!("unexpected {name} message; expected Get or Stat"))
+                    return self.reject(format!("unexpected {name} message; expected a request"))
                 }
                 Incoming::Broken(e) => return self.broken(e),
             }
         }
     }
 
+    /// `SetPriority`: applies to every later request; no reply.
+    fn set_priority(&mut self, p: Priority) {
+        if p != self.priority {
+            info!("{} sets its priority to {p}", self.s.peer);
+        }
+        self.priority = p;
+    }
+
     /// Tells the client the server is going away (best effort) and ends the session.
     fn goodbye<T>(&mut self) -> Result<T, ServerError> {
         let _ = self.send_error(ErrorCode::ShuttingDown, "server is shutting down");
+        let _ = self.flush();
         Err(ServerError::ShuttingDown)
     }
 
     /// Answers a request that makes no sense here with `BadRequest` and closes.
     fn reject<T>(&mut self, why: String) -> Result<T, ServerError> {
         let _ = self.send_error(ErrorCode::BadRequest, why.clone());
+        let _ = self.flush();
         linger_close(self.s.stream);
         Err(ServerError::BadRequest(why))
     }
@@ -199,15 +324,81 @@ impl Native<'_> {
             ProtocolError::Io(_) | ProtocolError::ConnectionClosed => Err(e.into()),
             _ => {
                 let _ = self.send_error(ErrorCode::BadRequest, e.to_string());
+                let _ = self.flush();
                 linger_close(self.s.stream);
                 Err(e.into())
             }
         }
     }
 
+    /// Refuses a request that needs capability `cap` (called `name`) if this session did not
+    /// negotiate it.
+    fn needs(&self, cap: u64, what: &str, name: &str) -> Result<(), Refusal> {
+        if self.common.has(cap) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            ErrorCode::Unsupported,
+            format!("{what} needs the {name} capability, which this session did not negotiate"),
+        ))
+    }
+
     /// Sends a refusal for one request; the session goes on.
     fn refuse(&mut self, path: &str, refusal: Refusal) -> Result<(), ServerError> {
-        warn!("refused '{path}' for {}: {refusal}", self.s.peer);
+        warn!(
+            "refused '{}' for {}: {refusal}",
+            paths::shown(path),
+            self.s.peer
+        );
         self.send_error(refusal.code, refusal.message)
+    }
+
+    /// The session is over: uploads still open are kept for resuming, and whatever replies
+    /// are queued go out (the client may still be reading).
+    fn end(&mut self, result: &Result<(), ServerError>) {
+        let why = match result {
+            Ok(()) => "the client closed the connection".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.leave_uploads(&why);
+        let _ = self.flush();
+    }
+}
+
+/// [`Native::flush`] on the parts of a session it needs, so that a keep-alive can flush the
+/// queue while the session's buffer is lent to a long read.
+fn drain(
+    s: &Session<'_>,
+    open: &mut BTreeMap<u32, Upload<'_>>,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    put::save_open(&s.state.uploads, open);
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut w = s.stream;
+    let written = w.write_all(out);
+    out.clear();
+    written
+}
+
+impl Incoming {
+    /// The message's name, for "expected X, got Y".
+    fn name(&self) -> &'static str {
+        match self {
+            Incoming::Closed => "the end of the stream",
+            Incoming::Hello { .. } => "Hello",
+            Incoming::Get(_) => "Get",
+            Incoming::Stat(_) => "Stat",
+            Incoming::List { .. } => "List",
+            Incoming::Priority(_) => "SetPriority",
+            Incoming::PutBegin(_) => "PutBegin",
+            Incoming::PutChunk { .. } => "PutChunk",
+            Incoming::PutCommit(_) => "PutCommit",
+            Incoming::PutAbort(_) => "PutAbort",
+            Incoming::Mkdir(_) => "Mkdir",
+            Incoming::Unexpected(name) => name,
+            Incoming::Broken(_) => "a broken frame",
+        }
     }
 }

@@ -10,6 +10,10 @@
 //!
 //! Messages sent back never contain absolute server paths: only the path as the client wrote it.
 //!
+//! The staging directory of uploads in progress ([`STAGING_DIR`], directly under the root) is
+//! not part of what is served: a path that leads into it, directly or through a symlink, is
+//! answered as if it did not exist, and listings leave it out.
+//!
 //! A residual race remains (someone with write access *inside* the root swapping a checked
 //! directory for a symlink between the check and the open); closing it needs `openat2` with
 //! `RESOLVE_BENEATH`, which std does not offer. Remote clients alone cannot trigger it.
@@ -19,6 +23,18 @@ use std::fmt;
 use std::fs::{self, Metadata};
 use std::io;
 use std::path::{Component, Path, PathBuf};
+
+/// The hidden directory under the root where uploads are assembled before they are published
+/// by a rename (on the same file system as their targets, so the rename is atomic).
+pub const STAGING_DIR: &str = ".sfts-upload";
+
+/// True when `path` (canonical) is the staging directory or inside it.
+pub fn in_staging(root: &Path, path: &Path) -> bool {
+    path.strip_prefix(root)
+        .ok()
+        .and_then(|rel| rel.components().next())
+        .is_some_and(|first| first.as_os_str() == STAGING_DIR)
+}
 
 /// A request the server will not serve, with the code and sentence sent back to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +181,10 @@ pub fn locate(root: &Path, requested: &str) -> Result<Resolved, Refusal> {
     if !current.starts_with(root) {
         return Err(outside());
     }
+    if in_staging(root, &current) {
+        // Uploads in progress are nobody's business: as if they did not exist.
+        return Err(not_found(requested));
+    }
     let metadata = fs::metadata(&current).map_err(io_refusal)?;
     Ok(Resolved {
         path: current,
@@ -198,6 +218,34 @@ pub fn access_error(requested: &str, e: &io::Error) -> Refusal {
         format!("the server cannot access '{requested}': {}", e.kind())
     };
     Refusal::new(ErrorCode::Internal, message)
+}
+
+/// The refusal for something the server could not write (create a directory, store a chunk,
+/// publish a file); a full disk is `no-space`.
+pub fn write_error(requested: &str, e: &io::Error) -> Refusal {
+    if is_no_space(e) {
+        return Refusal::new(
+            ErrorCode::NoSpace,
+            format!("the server's disk is full; '{requested}' could not be stored"),
+        );
+    }
+    let message = if e.kind() == io::ErrorKind::PermissionDenied {
+        format!("the server has no permission to write '{requested}'")
+    } else {
+        format!("the server cannot write '{requested}': {}", e.kind())
+    };
+    Refusal::new(ErrorCode::Internal, message)
+}
+
+/// True for "no space left on device" and "disk quota exceeded" (`ErrorKind::StorageFull` and
+/// `QuotaExceeded` need a newer Rust than ours).
+pub fn is_no_space(e: &io::Error) -> bool {
+    const ENOSPC: i32 = 28; // the same on Linux, the BSDs and macOS
+    #[cfg(target_os = "linux")]
+    const EDQUOT: i32 = 122;
+    #[cfg(not(target_os = "linux"))]
+    const EDQUOT: i32 = 69;
+    cfg!(unix) && matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
 /// "No such file" and "a component is not a directory" both mean: nothing by that name.
@@ -241,6 +289,26 @@ fn describe(meta: &Metadata) -> &'static str {
         }
     }
     "a special file"
+}
+
+/// `requested` as a log line may show it: control characters escaped (`\u{1}`), so a name
+/// cannot forge or break log lines.
+pub fn shown(requested: &str) -> std::borrow::Cow<'_, str> {
+    if requested.chars().any(char::is_control) {
+        let escaped: String = requested
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        escaped.into()
+    } else {
+        requested.into()
+    }
 }
 
 /// The base name the original protocol announces: the last component the client wrote.
@@ -367,6 +435,55 @@ mod tests {
         let e = resolve(&f.root, "link").unwrap_err();
         assert_eq!(e.message, "path 'link' leads outside the served root");
         assert!(!e.message.contains(f.root.to_str().unwrap()));
+    }
+
+    #[test]
+    fn the_staging_directory_is_not_served() {
+        let f = fixture();
+        fs::create_dir(f.root.join(STAGING_DIR)).unwrap();
+        fs::write(f.root.join(STAGING_DIR).join("x.part"), b"partial").unwrap();
+        for p in [
+            ".sfts-upload",
+            ".sfts-upload/x.part",
+            "./.sfts-upload//x.part",
+        ] {
+            assert_eq!(
+                locate(&f.root, p).unwrap_err().code,
+                ErrorCode::NotFound,
+                "{p}"
+            );
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(f.root.join(STAGING_DIR), f.root.join("peek")).unwrap();
+            assert_eq!(code(&f, "peek/x.part"), Err(ErrorCode::NotFound));
+        }
+        assert!(in_staging(&f.root, &f.root.join(".sfts-upload/a/b")));
+        assert!(!in_staging(&f.root, &f.root.join("a/.sfts-upload")));
+        assert!(!in_staging(&f.root, &f.root));
+    }
+
+    #[test]
+    fn write_errors() {
+        let full = io::Error::from_raw_os_error(28);
+        assert!(is_no_space(&full) == cfg!(unix));
+        let r = write_error("a/b", &full);
+        if cfg!(unix) {
+            assert_eq!(r.code, ErrorCode::NoSpace);
+            assert!(r.message.contains("disk is full"), "{}", r.message);
+        }
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(!is_no_space(&denied));
+        assert_eq!(
+            write_error("a/b", &denied).message,
+            "the server has no permission to write 'a/b'"
+        );
+    }
+
+    #[test]
+    fn names_in_logs_cannot_break_lines() {
+        assert_eq!(shown("a/b c.txt"), "a/b c.txt");
+        assert_eq!(shown("x\ny\u{1}"), "x\\ny\\u{1}");
     }
 
     #[test]

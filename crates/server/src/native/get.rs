@@ -188,6 +188,8 @@ impl Native<'_> {
             name: name.to_owned(),
             source,
         };
+        // The header (and any reply queued before it) goes out before the data streams.
+        self.flush()?;
         let (mut hasher, known) = match digests {
             Digests::None => (None, Vec::new()),
             Digests::Cached(d) => (None, d),
@@ -268,8 +270,7 @@ impl Native<'_> {
             offset: range.offset,
             length: range.length,
             size,
-            // Sessions have no priority yet: every request is normal.
-            priority: "normal",
+            priority: self.priority.name(),
         })
     }
 }

@@ -5,22 +5,16 @@ use super::Native;
 use crate::digest;
 use crate::error::ServerError;
 use crate::fileid::{relative_name, FileId};
-use crate::paths::{self, Refusal};
-use sfts_protocol::{Capabilities, ErrorCode, FileInfo, FileKind, Message};
+use crate::paths;
+use sfts_protocol::{Capabilities, FileInfo, FileKind, Message};
 use tracing::info;
 
 impl Native<'_> {
     /// Answers one `Stat` with `FileInfo`, or refuses it (the session goes on either way).
     pub(super) fn stat(&mut self, path: String) -> Result<(), ServerError> {
         info!("{} asks about '{path}'", self.s.peer);
-        if !self.common.has(Capabilities::STAT) {
-            return self.refuse(
-                &path,
-                Refusal::new(
-                    ErrorCode::Unsupported,
-                    "Stat needs the STAT capability, which this session did not negotiate",
-                ),
-            );
+        if let Err(refusal) = self.needs(Capabilities::STAT, "Stat", "STAT") {
+            return self.refuse(&path, refusal);
         }
         let root = &self.s.state.root;
         let found = match paths::locate(root, &path) {

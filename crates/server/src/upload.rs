@@ -1,0 +1,494 @@
+//! One upload being assembled: its staging file, the chunks it holds, the whole-file check and
+//! the atomic publication under its name.
+//!
+//! Chunks are written at their offset (`pwrite`) into `<root>/.sfts-upload/<unique>.part` as
+//! they arrive, in any order, each only once. The commit reads the assembled file back and
+//! checks its SHA-256 (and MD5), sets the modification time, flushes it to the disk (files of
+//! [`SYNC_FROM`] bytes or more), and publishes it:
+//!
+//! * replacing a file (`force`, where the server allows it): `rename`, atomic;
+//! * otherwise `link` then `unlink` of the staging name: the link fails if the name exists, so
+//!   a file that appeared meanwhile is never clobbered (`already-exists`), and a reader sees
+//!   either nothing or the whole file.
+
+use crate::chunkset::ChunkSet;
+use crate::digest::{hash_span, FileHasher, KeepAlive};
+use crate::error::ServerError;
+use crate::fileid::{relative_name, FileId};
+use crate::paths::{self, Refusal};
+use crate::store::{Outcome, Record};
+use crate::targets::{self, Found, Walk};
+use crate::uploads::{remove_quietly, Claim, Uploads};
+use sfts_protocol::{chunk_count, chunk_span, clamp_chunk_size, ErrorCode, PutBegin};
+use sfts_state::{CachedDigests, StoredUpload};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::warn;
+
+/// Files at least this large are flushed to the disk (`fsync`, and their directory) before
+/// they are published. Smaller ones are left to the kernel's writeback: an `fsync` costs a
+/// few milliseconds whatever the size, which would dominate a tree of small files, and a
+/// small file lost to a power cut shows up as missing or short to the next `put -r`.
+pub const SYNC_FROM: u64 = 1 << 20;
+
+/// How an upload was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Nothing was stored for this path.
+    New,
+    /// The stored upload of the same path, size and SHA-256 goes on.
+    Resumed,
+    /// A stored upload of the same path with another size or digest was discarded.
+    Replaced,
+    /// The client asked to discard what was stored (`restart`).
+    Restarted,
+    /// A stored upload's data was missing; it was discarded.
+    Lost,
+}
+
+/// An open upload.
+pub struct Upload<'a> {
+    /// The client's handle.
+    pub id: u32,
+    /// The target relative to the root, canonical (the key of claims and rows).
+    pub path: String,
+    /// The target as the client wrote it (for messages).
+    pub requested: String,
+    /// Whole-file size.
+    pub size: u64,
+    /// Whole-file SHA-256 announced.
+    pub sha256: [u8; 32],
+    /// Whole-file MD5 announced, if any.
+    pub md5: Option<[u8; 16]>,
+    /// Modification time of the published file.
+    pub mtime_ns: i64,
+    /// Replace an existing file.
+    pub force: bool,
+    /// The chunk size in use.
+    pub chunk_size: u32,
+    /// How many chunks the file has.
+    pub total: u64,
+    /// The chunks held.
+    pub held: ChunkSet,
+    /// Bytes stored on this connection.
+    pub received: u64,
+    /// The staging file's name.
+    pub staging: String,
+    /// Its history row.
+    pub record: Option<Record>,
+    file: File,
+    created_ms: i64,
+    /// Chunks stored since the row was last saved.
+    dirty: bool,
+    /// The next multiple of 10 % of chunks held worth a log line.
+    next_pct: u64,
+    /// A row exists in the database.
+    saved: bool,
+    uploads: &'a Uploads,
+    _claim: Claim<'a>,
+}
+
+/// What the commit's check found.
+pub enum Verified {
+    /// The file is what the client announced; its digests.
+    Match(CachedDigests),
+    /// It is not: the algorithm and the digest found (hex).
+    Mismatch(&'static str, String),
+}
+
+impl<'a> Upload<'a> {
+    /// Opens the upload of `req` to `path` (claimed): resumes the stored one if it is the same
+    /// file, otherwise starts a new staging file.
+    pub fn open(
+        uploads: &'a Uploads,
+        claim: Claim<'a>,
+        req: &PutBegin,
+        path: String,
+    ) -> Result<(Upload<'a>, Start), Refusal> {
+        let mut start = Start::New;
+        let mut resumed = None;
+        if let Some(row) = uploads.find(&path) {
+            let same = row.size == req.size && row.sha256 == req.sha256;
+            if req.restart || !same {
+                uploads.discard(&path, &row.staging);
+                start = if req.restart {
+                    Start::Restarted
+                } else {
+                    Start::Replaced
+                };
+            } else {
+                let at = uploads.staging_path(&row.staging);
+                match OpenOptions::new().read(true).write(true).open(&at) {
+                    Ok(file) => resumed = Some((row, file)),
+                    Err(e) => {
+                        warn!("the stored upload of '{path}' lost its data ({e}); starting over");
+                        uploads.discard(&path, &row.staging);
+                        start = Start::Lost;
+                    }
+                }
+            }
+        }
+        let (file, staging, chunk_size, held, created_ms, saved) = match resumed {
+            Some((row, file)) => {
+                uploads.register(&row.staging);
+                let total = chunk_count(row.size, row.chunk_size);
+                let held = ChunkSet::from_runs(&row.held, total);
+                start = Start::Resumed;
+                (
+                    file,
+                    row.staging,
+                    row.chunk_size,
+                    held,
+                    row.created_ms,
+                    true,
+                )
+            }
+            None => {
+                let staging = uploads.new_staging_name();
+                let file = create_staging(uploads, &staging).map_err(|e| {
+                    uploads.unregister(&staging);
+                    paths::write_error(&req.path, &e)
+                })?;
+                let cs = clamp_chunk_size(req.chunk_size);
+                let now = sfts_state::uploads::now_ms();
+                (file, staging, cs, ChunkSet::new(), now, false)
+            }
+        };
+        let upload = Upload {
+            id: req.id,
+            path,
+            requested: req.path.clone(),
+            size: req.size,
+            sha256: req.sha256,
+            md5: req.md5,
+            mtime_ns: req.mtime_ns,
+            force: req.force,
+            chunk_size,
+            total: chunk_count(req.size, chunk_size),
+            held,
+            received: 0,
+            staging,
+            record: None,
+            file,
+            created_ms,
+            dirty: false,
+            next_pct: 10,
+            saved,
+            uploads,
+            _claim: claim,
+        };
+        Ok((upload, start))
+    }
+
+    /// The length chunk `index` must have, or `None` past the last chunk.
+    pub fn chunk_len(&self, index: u64) -> Option<u32> {
+        chunk_span(self.size, self.chunk_size, index).map(|(_, len)| len)
+    }
+
+    /// Bytes of the chunks held.
+    pub fn held_bytes(&self) -> u64 {
+        let full = self.held.len() * u64::from(self.chunk_size);
+        let last_short = self.total > 0 && self.held.contains(self.total - 1);
+        match self.chunk_len(self.total.saturating_sub(1)) {
+            Some(len) if last_short => full - u64::from(self.chunk_size) + u64::from(len),
+            _ => full,
+        }
+    }
+
+    /// Stores chunk `index` (its length and digest already checked); `false` when it was held
+    /// already (nothing is written twice).
+    pub fn store_chunk(&mut self, index: u64, data: &[u8]) -> io::Result<bool> {
+        if self.held.contains(index) {
+            return Ok(false);
+        }
+        let offset = index * u64::from(self.chunk_size);
+        write_at(&self.file, data, offset)?;
+        self.held.insert(index);
+        self.dirty = true;
+        self.received += data.len() as u64;
+        Ok(true)
+    }
+
+    /// The percentage of chunks held (a multiple of 10) when another 10 % boundary has just
+    /// been crossed, for the log; uploads of fewer than 10 chunks have no progress lines.
+    pub fn progress(&mut self) -> Option<u64> {
+        if self.total < 10 {
+            return None;
+        }
+        let pct = self.held.len() * 100 / self.total;
+        if pct < self.next_pct {
+            return None;
+        }
+        self.next_pct = pct / 10 * 10 + 10;
+        Some(pct / 10 * 10)
+    }
+
+    /// True when chunks were stored since the row was last saved.
+    pub fn needs_saving(&self) -> bool {
+        self.dirty
+    }
+
+    /// The row to save.
+    pub fn row(&self) -> StoredUpload {
+        StoredUpload {
+            path: self.path.clone(),
+            size: self.size,
+            sha256: self.sha256,
+            md5: self.md5,
+            mtime_ns: self.mtime_ns,
+            chunk_size: self.chunk_size,
+            held: self.held.runs().to_vec(),
+            staging: self.staging.clone(),
+            created_ms: self.created_ms,
+            updated_ms: 0,
+        }
+    }
+
+    /// Records that the row was saved.
+    pub fn saved(&mut self) {
+        self.dirty = false;
+        self.saved = true;
+    }
+
+    /// Reads the assembled file back and checks it against the announced digests, with
+    /// keep-alives while it reads. `buf` is any reusable buffer (at least 64 KiB is best).
+    pub fn verify<F: FnMut() -> io::Result<()>>(
+        &mut self,
+        buf: &mut [u8],
+        stop: &AtomicBool,
+        alive: &mut KeepAlive<F>,
+    ) -> Result<Verified, ServerError> {
+        let mut hasher = FileHasher::new(self.size, self.chunk_size);
+        (&self.file)
+            .seek(SeekFrom::Start(0))
+            .map_err(|source| ServerError::FileRead {
+                name: self.requested.clone(),
+                source,
+            })?;
+        let name = self.requested.clone();
+        hash_span(
+            &mut &self.file,
+            self.size,
+            &name,
+            &mut hasher,
+            buf,
+            stop,
+            alive,
+        )?;
+        let got = hasher.finish();
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let sha = got.sha256.unwrap_or_default();
+        if sha != self.sha256 {
+            return Ok(Verified::Mismatch("SHA-256", hex(&sha)));
+        }
+        match (self.md5, got.md5) {
+            (Some(want), Some(md5)) if want != md5 => Ok(Verified::Mismatch("MD5", hex(&md5))),
+            _ => Ok(Verified::Match(got)),
+        }
+    }
+
+    /// Gives the file its modification time, flushes it if large, and publishes it under its
+    /// name (creating missing parents). Returns the published path.
+    pub fn publish(&mut self, overwrite: bool) -> Result<PathBuf, Refusal> {
+        let root = self.uploads.root();
+        let requested = self.requested.clone();
+        let write_err = |e: io::Error| paths::write_error(&requested, &e);
+        if let Err(e) = self.file.set_modified(system_time(self.mtime_ns)) {
+            warn!("cannot set the modification time of '{}': {e}", self.path);
+        }
+        let sync = self.size >= SYNC_FROM;
+        if sync {
+            self.file.sync_all().map_err(write_err)?;
+        }
+        let parts = targets::check_name(&requested)?;
+        let Some((_, parents)) = parts.split_last() else {
+            return Err(not_a_file(&requested));
+        };
+        targets::walk(root, &requested, parents, Walk::Create)?;
+        let place = targets::walk(root, &requested, &parts, Walk::Look)?;
+        let replace = match place.found {
+            Found::Nothing => false,
+            Found::Directory | Found::Other => return Err(not_a_file(&requested)),
+            Found::File | Found::Link if self.force && overwrite => true,
+            Found::File | Found::Link => return Err(already_exists(&requested, overwrite)),
+        };
+        let staged = self.uploads.staging_path(&self.staging);
+        let target = place.path;
+        if replace {
+            fs::rename(&staged, &target).map_err(|e| publish_error(&requested, e))?;
+        } else {
+            match fs::hard_link(&staged, &target) {
+                Ok(()) => remove_quietly(&staged),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(already_exists(&requested, overwrite))
+                }
+                Err(e) if paths::is_no_space(&e) => return Err(write_err(e)),
+                // File systems without hard links: rename, after one more look (a file
+                // appearing in between would be replaced; nothing better is portable).
+                Err(e) => match fs::symlink_metadata(&target) {
+                    Err(gone) if gone.kind() == io::ErrorKind::NotFound => {
+                        warn!("no hard link for '{requested}' ({e}); publishing by rename");
+                        fs::rename(&staged, &target).map_err(|e| publish_error(&requested, e))?
+                    }
+                    _ => return Err(already_exists(&requested, overwrite)),
+                },
+            }
+        }
+        if sync {
+            if let Some(dir) = target.parent() {
+                sync_dir(dir);
+            }
+        }
+        Ok(target)
+    }
+
+    /// The digest-cache key of the published file: the identity of the inode just published
+    /// (read from the open file, so a file replaced meanwhile cannot take its digests).
+    pub fn cache_key(&self, target: &Path) -> Option<sfts_state::FileKey> {
+        let meta = self.file.metadata().ok()?;
+        Some(FileId::of(&meta).key(relative_name(self.uploads.root(), target)))
+    }
+
+    /// The upload is published: its row goes.
+    pub fn finish(mut self) {
+        if self.saved {
+            self.uploads.delete_row(&self.path, &self.staging);
+        }
+        if let Some(r) = self.record.take() {
+            r.finish(self.received, Outcome::Ok);
+        }
+    }
+
+    /// The upload is over and what it held is deleted (aborted, failed its check, or the disk
+    /// is full).
+    pub fn discard(mut self, outcome: Outcome<'_>) {
+        self.uploads.discard(&self.path, &self.staging);
+        if let Some(r) = self.record.take() {
+            r.finish(self.received, outcome);
+        }
+    }
+
+    /// The upload is over on this connection but kept for resuming, if it holds anything (the
+    /// caller has saved its row).
+    pub fn leave(mut self, outcome: Outcome<'_>) {
+        if let Some(r) = self.record.take() {
+            r.finish(self.received, outcome);
+        }
+        if self.held.len() == 0 {
+            self.uploads.discard(&self.path, &self.staging);
+        }
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        self.uploads.unregister(&self.staging);
+    }
+}
+
+fn not_a_file(requested: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::NotAFile,
+        format!("'{requested}' is a directory (or another special file) on the server"),
+    )
+}
+
+/// The refusal for a target that exists.
+pub fn already_exists(requested: &str, overwrite: bool) -> Refusal {
+    let message = if overwrite {
+        format!("'{requested}' already exists on the server")
+    } else {
+        format!("'{requested}' already exists on the server, which never replaces files")
+    };
+    Refusal::new(ErrorCode::AlreadyExists, message)
+}
+
+fn publish_error(requested: &str, e: io::Error) -> Refusal {
+    // EISDIR, ENOTEMPTY: a directory took the name meanwhile.
+    if cfg!(unix) && matches!(e.raw_os_error(), Some(21 | 39)) {
+        return not_a_file(requested);
+    }
+    paths::write_error(requested, &e)
+}
+
+/// Creates staging file `name` (and the staging directory, should someone have removed it).
+fn create_staging(uploads: &Uploads, name: &str) -> io::Result<File> {
+    let path = uploads.staging_path(name);
+    let create = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+    };
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            create()
+        }
+        other => other,
+    }
+}
+
+/// Writes all of `data` at `offset`, leaving the file position alone.
+#[cfg(unix)]
+fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(data, offset)
+}
+
+/// Writes all of `data` at `offset`.
+#[cfg(not(unix))]
+fn write_at(mut file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    use std::io::Write;
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(data)
+}
+
+/// Flushes a directory's entries (the name just published) to the disk, where that exists.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        warn!("cannot flush directory '{}': {e}", dir.display());
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// `ns` since the epoch as a `SystemTime` (negative: before 1970).
+pub fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_and_after_the_epoch() {
+        assert_eq!(system_time(0), UNIX_EPOCH);
+        assert_eq!(system_time(1_500), UNIX_EPOCH + Duration::from_nanos(1_500));
+        assert_eq!(system_time(-1), UNIX_EPOCH - Duration::from_nanos(1));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_reported_as_such() {
+        // /dev/full answers every write with ENOSPC.
+        let Ok(full) = OpenOptions::new().write(true).open("/dev/full") else {
+            return;
+        };
+        let e = write_at(&full, b"x", 0).unwrap_err();
+        assert!(paths::is_no_space(&e), "{e:?}");
+        assert_eq!(paths::write_error("f", &e).code, ErrorCode::NoSpace);
+    }
+}
