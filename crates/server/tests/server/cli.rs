@@ -23,6 +23,11 @@ fn help_mentions_the_options() {
         "--log-dir",
         "--state-dir",
         "--history-days",
+        "--allow-upload",
+        "--no-overwrite",
+        "--max-upload-size",
+        "--upload-ttl",
+        "--max-list-entries",
     ] {
         assert!(help.contains(opt), "--help does not mention {opt}:\n{help}");
     }
@@ -33,6 +38,15 @@ fn usage_error_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_to_end(&["--max-connections", "zero"], dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = run_to_end(&["--upload-ttl", "1w"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("use s, m, h or d"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run_to_end(&["--max-upload-size", "big"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

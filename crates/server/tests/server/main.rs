@@ -1,10 +1,12 @@
 //! The server's integration tests, in one test binary (one link instead of one per file):
 //! the binary's command line, start-up errors and restarts ([`cli`]), the library server's
 //! sessions ([`service`]), ranges, digests and `Stat` ([`ranges`]), the digest cache and the
-//! transfer history ([`cache`]).
+//! transfer history ([`cache`]), uploads ([`uploads`]), listings and `Mkdir` ([`listing`]).
 
 mod cache;
 mod cli;
+mod listing;
 mod ranges;
 mod service;
 mod support;
+mod uploads;

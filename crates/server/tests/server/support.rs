@@ -5,8 +5,9 @@
 use md5::Md5;
 use sfts_protocol::io::{read_message, write_message};
 use sfts_protocol::{
-    legacy, Algorithm, Capabilities, Digest, DigestSet, ErrorCode, FileHeader, FileInfo,
-    GetRequest, Message, MAGIC, PROTOCOL_VERSION,
+    chunk_count, chunk_span, legacy, Algorithm, Capabilities, Digest, DigestSet, ErrorCode,
+    FileHeader, FileInfo, GetRequest, ListEntry, Message, PutBegin, PutChunk, PutReady,
+    RejectReason, MAGIC, PROTOCOL_VERSION,
 };
 use sfts_server::{Config, Server, ShutdownHandle};
 use sha2::{Digest as _, Sha256};
@@ -21,8 +22,13 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_sfts-server");
 
 /// Every capability a client can announce.
-pub const ALL_CAPS: u64 =
-    Capabilities::GET | Capabilities::RESUME | Capabilities::MULTI_REQUEST | Capabilities::STAT;
+pub const ALL_CAPS: u64 = Capabilities::GET
+    | Capabilities::RESUME
+    | Capabilities::MULTI_REQUEST
+    | Capabilities::STAT
+    | Capabilities::UPLOAD
+    | Capabilities::LIST
+    | Capabilities::PRIORITY;
 
 /// Kills the server process when dropped, whatever the test did.
 pub struct Guard(pub Child);
@@ -97,6 +103,16 @@ pub fn text(bytes: &[u8]) -> String {
 /// Starts the binary over `root` with its logs in `logs` and its state in `state`, and returns
 /// it with the address from its listening line.
 pub fn start_binary(root: &Path, logs: &Path, state: &Path) -> (Guard, SocketAddr) {
+    start_binary_with(root, logs, state, &[])
+}
+
+/// [`start_binary`] with more arguments.
+pub fn start_binary_with(
+    root: &Path,
+    logs: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> (Guard, SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["--port", "0", "--bind", "127.0.0.1", "--root"])
         .arg(root)
@@ -104,6 +120,7 @@ pub fn start_binary(root: &Path, logs: &Path, state: &Path) -> (Guard, SocketAdd
         .arg(logs)
         .arg("--state-dir")
         .arg(state)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -163,7 +180,13 @@ impl Running {
         Running::start_with(|_| {})
     }
 
-    fn start_with(adjust: impl FnOnce(&mut Config)) -> Running {
+    /// A server that accepts uploads (state in `<temp>/state`).
+    pub fn uploads() -> Running {
+        Running::start_with(|c| c.uploads.allow = true)
+    }
+
+    /// A server with its state in `<temp>/state` and the configuration `adjust` makes.
+    pub fn start_with(adjust: impl FnOnce(&mut Config)) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("share");
         let mut config = Config::new(&root);
@@ -215,6 +238,35 @@ impl Drop for Running {
 /// A refusal: code and message.
 pub type Refused = (ErrorCode, String);
 
+/// A reply to an upload, `Mkdir` or `List` request, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Up {
+    Ready(PutReady),
+    Ack(u32, u64),
+    Rejected(u32, u64, RejectReason),
+    Done(u32, Vec<Digest>),
+    Aborted(u32),
+    Info(FileInfo),
+    Entries(Vec<ListEntry>),
+    End(u64, bool),
+    Error(ErrorCode, String),
+}
+
+/// A `PutBegin` with id `id` for `data` to `path`, chunks of `chunk` bytes, both digests.
+pub fn begin(id: u32, path: &str, data: &[u8], chunk: u32) -> PutBegin {
+    PutBegin {
+        id,
+        path: path.into(),
+        size: data.len() as u64,
+        mtime_ns: 1_600_000_000_123_456_789,
+        chunk_size: chunk,
+        force: false,
+        restart: false,
+        sha256: Sha256::digest(data).into(),
+        md5: Some(Md5::digest(data).into()),
+    }
+}
+
 /// What a `Get` brought.
 #[derive(Debug)]
 pub struct Reply {
@@ -231,6 +283,8 @@ pub struct Native {
     buf: Vec<u8>,
     /// What the server's `Welcome` said.
     pub caps: Capabilities,
+    /// Empty `Data` frames skipped by [`Native::up`].
+    pub keepalives: usize,
 }
 
 impl Native {
@@ -257,7 +311,12 @@ impl Native {
             }
             other => panic!("expected Welcome, got {other:?}"),
         };
-        Native { s, buf, caps }
+        Native {
+            s,
+            buf,
+            caps,
+            keepalives: 0,
+        }
     }
 
     pub fn send(&mut self, msg: &Message<'_>) {
@@ -308,6 +367,112 @@ impl Native {
             Some(Message::FileInfo(i)) => Ok(i),
             Some(Message::Error { code, message }) => Err((code, message)),
             other => panic!("expected FileInfo, got {other:?}"),
+        }
+    }
+
+    /// The next reply to an upload, `Mkdir` or `List` request; keep-alives are counted in
+    /// `keepalives` and skipped.
+    pub fn up(&mut self) -> Up {
+        loop {
+            let m = read_message(&mut self.s, &mut self.buf).unwrap();
+            return match m {
+                Some(Message::Data([])) => {
+                    self.keepalives += 1;
+                    continue;
+                }
+                Some(Message::PutReady(r)) => Up::Ready(r),
+                Some(Message::ChunkAck { id, index }) => Up::Ack(id, index),
+                Some(Message::ChunkRejected { id, index, reason }) => {
+                    Up::Rejected(id, index, reason)
+                }
+                Some(Message::PutDone { id, digests }) => Up::Done(id, digests),
+                Some(Message::PutAborted { id }) => Up::Aborted(id),
+                Some(Message::FileInfo(i)) => Up::Info(i),
+                Some(Message::ListEntries { entries }) => Up::Entries(entries),
+                Some(Message::ListEnd { total, truncated }) => Up::End(total, truncated),
+                Some(Message::Error { code, message }) => Up::Error(code, message),
+                other => panic!("unexpected reply {other:?}"),
+            };
+        }
+    }
+
+    /// `PutBegin`, and its answer.
+    pub fn begin(&mut self, b: &PutBegin) -> Result<PutReady, Refused> {
+        self.send(&Message::PutBegin(b.clone()));
+        match self.up() {
+            Up::Ready(r) => Ok(r),
+            Up::Error(code, message) => Err((code, message)),
+            other => panic!("expected PutReady, got {other:?}"),
+        }
+    }
+
+    /// Sends chunk `index` of `data` (cut in `chunk`-byte pieces) with its digest.
+    pub fn send_chunk(&mut self, id: u32, index: u64, data: &[u8], chunk: u32) {
+        let (start, len) = chunk_span(data.len() as u64, chunk, index).expect("a chunk");
+        let bytes = &data[start as usize..(start + len as u64) as usize];
+        self.send(&Message::PutChunk(PutChunk::new(id, index, bytes)));
+    }
+
+    /// Sends chunk `index` and reads its answer.
+    pub fn chunk(&mut self, id: u32, index: u64, data: &[u8], chunk: u32) -> Up {
+        self.send_chunk(id, index, data, chunk);
+        self.up()
+    }
+
+    /// `PutCommit`, and its answer.
+    pub fn commit(&mut self, id: u32) -> Result<Vec<Digest>, Refused> {
+        self.send(&Message::PutCommit { id });
+        match self.up() {
+            Up::Done(got, digests) => {
+                assert_eq!(got, id);
+                Ok(digests)
+            }
+            Up::Error(code, message) => Err((code, message)),
+            other => panic!("expected PutDone, got {other:?}"),
+        }
+    }
+
+    /// A whole upload: begin, every chunk not held (each must be acknowledged), commit.
+    pub fn upload(&mut self, b: &PutBegin, data: &[u8]) -> Result<Vec<Digest>, Refused> {
+        let ready = self.begin(b)?;
+        let total = chunk_count(data.len() as u64, ready.chunk_size);
+        for i in ready.have.missing(total).collect::<Vec<_>>() {
+            assert_eq!(
+                self.chunk(b.id, i, data, ready.chunk_size),
+                Up::Ack(b.id, i)
+            );
+        }
+        self.commit(b.id)
+    }
+
+    /// `Mkdir`, and its answer.
+    pub fn mkdir(&mut self, path: &str) -> Result<FileInfo, Refused> {
+        self.send(&Message::Mkdir { path: path.into() });
+        match self.up() {
+            Up::Info(i) => Ok(i),
+            Up::Error(code, message) => Err((code, message)),
+            other => panic!("expected FileInfo, got {other:?}"),
+        }
+    }
+
+    /// `List`, and the whole answer: the entries and `ListEnd`'s `truncated` (its total is
+    /// checked against the entries).
+    pub fn list(&mut self, path: &str, recursive: bool) -> Result<(Vec<ListEntry>, bool), Refused> {
+        self.send(&Message::List {
+            path: path.into(),
+            recursive,
+        });
+        let mut all = Vec::new();
+        loop {
+            match self.up() {
+                Up::Entries(e) => all.extend(e),
+                Up::End(total, truncated) => {
+                    assert_eq!(total, all.len() as u64);
+                    return Ok((all, truncated));
+                }
+                Up::Error(code, message) => return Err((code, message)),
+                other => panic!("expected ListEntries, got {other:?}"),
+            }
         }
     }
 
