@@ -97,6 +97,9 @@ pub enum Verified {
     Match(CachedDigests),
     /// It is not: the algorithm and the digest found (hex).
     Mismatch(&'static str, String),
+    /// The staging file is shorter than the upload: data the server acknowledged was lost
+    /// (a crash of the machine before it reached the disk, someone truncating it).
+    Short,
 }
 
 impl<'a> Upload<'a> {
@@ -269,7 +272,7 @@ impl<'a> Upload<'a> {
                 source,
             })?;
         let name = self.requested.clone();
-        hash_span(
+        let read = hash_span(
             &mut &self.file,
             self.size,
             &name,
@@ -277,7 +280,11 @@ impl<'a> Upload<'a> {
             buf,
             stop,
             alive,
-        )?;
+        );
+        match read {
+            Err(ServerError::FileChanged { .. }) => return Ok(Verified::Short),
+            other => other?,
+        }
         let got = hasher.finish();
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let sha = got.sha256.unwrap_or_default();

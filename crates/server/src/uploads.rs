@@ -9,6 +9,11 @@
 //!   digests, chunk size, chunks held, staging file). A connection saves the rows of its
 //!   uploads in one transaction before it sends acknowledgements (see `native/put.rs`), so an
 //!   acknowledged chunk is listed in the next `PutReady` even after a `kill -9`.
+//! * **What survives.** A `kill -9` of the server loses nothing acknowledged: the chunks are
+//!   in the page cache, their rows in SQLite's WAL. Chunk data is not flushed to the disk
+//!   (only published files of 1 MiB or more are, see `upload.rs`): after a power cut, a
+//!   row may claim chunks whose bytes never reached the disk; the whole-file check at commit
+//!   then fails (`checksum-mismatch`), the upload is discarded and the client starts over.
 //! * **Claims.** A target path is uploaded by one connection at a time: [`Uploads::claim`]
 //!   refuses a second one (`conflict`), after a short wait for a connection that is just
 //!   ending (a killed client's, whose last chunks the server is still storing).

@@ -346,6 +346,20 @@ impl<'a> Native<'a> {
                 u.discard(Outcome::Failed(&message));
                 return self.send_error(ErrorCode::ChecksumMismatch, message);
             }
+            Ok(Verified::Short) => {
+                error!(
+                    "upload of '{}' from {peer}: its staging file is shorter than the upload \
+                     (data lost on this machine); discarded",
+                    u.path
+                );
+                let message = format!(
+                    "the server lost part of '{}' before it was complete; the upload was \
+                     discarded, start it again",
+                    u.requested
+                );
+                u.discard(Outcome::Failed(&message));
+                return self.send_error(ErrorCode::ChecksumMismatch, message);
+            }
             Err(e @ (ServerError::ShuttingDown | ServerError::Peer(_))) => {
                 self.keep(u, Outcome::Aborted(&e.to_string()));
                 return match e {

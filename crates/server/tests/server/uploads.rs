@@ -538,3 +538,30 @@ fn a_large_commit_keeps_the_client_alive_and_mkdir_answers_file_info() {
     let sha = c.stat("big/b.bin").unwrap().digests;
     assert!(sha.iter().any(|d| d.algorithm == Algorithm::Sha256));
 }
+
+#[test]
+fn a_stored_upload_that_lost_its_data_is_discarded_at_the_commit() {
+    let server = Running::uploads();
+    let bytes = data(12_288, 17); // three full chunks
+    let mut c = Native::connect(server.addr, ALL_CAPS);
+    c.begin(&begin(1, "lost.bin", &bytes, CHUNK)).unwrap();
+    for i in 0..3 {
+        c.chunk(1, i, &bytes, CHUNK);
+    }
+    drop(c);
+    // As after a power cut: the row says held, the bytes never reached the disk.
+    let name = staged(&server.root).pop().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(server.root.join(STAGING_DIR).join(name))
+        .unwrap();
+    file.set_len(5000).unwrap();
+    let mut c = Native::connect(server.addr, ALL_CAPS);
+    let ready = c.begin(&begin(1, "lost.bin", &bytes, CHUNK)).unwrap();
+    assert_eq!(ready.have, ChunkRanges::prefix(3));
+    let (code, message) = c.commit(1).unwrap_err();
+    assert_eq!(code, ErrorCode::ChecksumMismatch);
+    assert!(message.contains("lost part of 'lost.bin'"), "{message}");
+    assert!(staged(&server.root).is_empty() && rows(&server).is_empty());
+    assert!(c.upload(&begin(1, "lost.bin", &bytes, CHUNK), &bytes).is_ok());
+}
