@@ -110,8 +110,12 @@ impl ChunkRanges {
 
     /// Records chunk `index`, which must be above every index recorded so far (an index
     /// already covered or lower is ignored). Returns `false` when a new run would exceed
-    /// [`MAX_HAVE_RANGES`]; the index is then not recorded.
+    /// [`MAX_HAVE_RANGES`], or for index `u64::MAX`, which no file has (a run's end must fit a
+    /// `u64`); the index is then not recorded.
     pub fn push(&mut self, index: u64) -> bool {
+        if index == u64::MAX {
+            return false;
+        }
         let runs = self.0.len();
         match self.0.last_mut() {
             Some(last) if index < last.end() => true,
@@ -193,6 +197,90 @@ mod tests {
         assert_eq!(chunk_span(4097, 4096, 2), None);
         assert_eq!(chunk_span(0, 4096, 0), None);
         assert_eq!(chunk_count(10, 0), 10);
+    }
+
+    /// Found by the `chunk_ranges` fuzz target (`fuzz/regressions/chunk_ranges/`): pushing
+    /// index `u64::MAX` made a run whose end overflows, and the next query on it panicked
+    /// ("attempt to add with overflow") in builds with overflow checks.
+    #[test]
+    fn the_last_u64_is_never_a_chunk_index() {
+        for (indexes, held) in [
+            (vec![u64::MAX], 0),
+            (vec![u64::MAX, u64::MAX], 0),
+            (vec![u64::MAX - 1, u64::MAX], 1),
+            (vec![3, u64::MAX - 2, u64::MAX - 1, u64::MAX, u64::MAX], 3),
+        ] {
+            let r = ChunkRanges::from_sorted(indexes);
+            assert!(!r.contains(u64::MAX));
+            assert_eq!(r.held(), held);
+            // What was built passes the checks a peer's runs get.
+            assert_eq!(ChunkRanges::from_ranges(r.ranges().to_vec()).unwrap(), r);
+        }
+        let mut r = ChunkRanges::prefix(2);
+        assert!(!r.push(u64::MAX));
+        assert!(r.push(u64::MAX - 1));
+        assert!(r.contains(u64::MAX - 1) && !r.contains(u64::MAX));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// Numbers that reach both ends of `u64`.
+        fn number() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                0u64..64,
+                any::<u64>(),
+                (0u64..64).prop_map(|d| u64::MAX - d)
+            ]
+        }
+
+        proptest! {
+            /// A peer's runs are accepted exactly when they are valid, and what is accepted
+            /// answers `contains` and `held` consistently.
+            #[test]
+            fn from_ranges_accepts_exactly_the_valid_runs(
+                runs in vec((number(), number()), 0..12),
+            ) {
+                let runs: Vec<ChunkRange> =
+                    runs.into_iter().map(|(first, count)| ChunkRange { first, count }).collect();
+                let mut next_free = 0u64;
+                let mut valid = true;
+                for (i, r) in runs.iter().enumerate() {
+                    match r.first.checked_add(r.count) {
+                        Some(end) if r.count > 0 && (i == 0 || r.first >= next_free) => {
+                            next_free = end
+                        }
+                        _ => valid = false,
+                    }
+                }
+                match ChunkRanges::from_ranges(runs.clone()) {
+                    Ok(have) => {
+                        prop_assert!(valid);
+                        let sum = runs.iter().try_fold(0u64, |s, r| s.checked_add(r.count));
+                        prop_assert_eq!(Some(have.held()), sum);
+                        for r in &runs {
+                            prop_assert!(have.contains(r.first) && have.contains(r.end() - 1));
+                        }
+                    }
+                    Err(_) => prop_assert!(!valid),
+                }
+            }
+
+            /// Whatever indexes a server records, the runs it builds are valid ones (a peer
+            /// accepts them) and hold every index it recorded.
+            #[test]
+            fn from_sorted_builds_valid_runs(mut indexes in vec(number(), 0..40)) {
+                indexes.sort_unstable();
+                let built = ChunkRanges::from_sorted(indexes.iter().copied());
+                prop_assert_eq!(&ChunkRanges::from_ranges(built.ranges().to_vec()).unwrap(), &built);
+                for i in indexes.iter().filter(|i| **i != u64::MAX) {
+                    prop_assert!(built.contains(*i), "{} not recorded", i);
+                }
+                prop_assert!(!built.contains(u64::MAX));
+            }
+        }
     }
 
     #[test]

@@ -53,9 +53,14 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> Result<bool> {
     Ok(true)
 }
 
+/// How far `read_message`'s buffer may grow ahead of the bytes that have actually arrived.
+const GROW_AHEAD: usize = 64 * 1024;
+
 /// Reads one frame into `buf` (reused across calls: it only ever grows, up to the largest
 /// frame allowed) and decodes it. `Ok(None)`: the peer closed the stream cleanly between
-/// frames. The declared length is checked before `buf` grows.
+/// frames. The declared length is checked before `buf` grows, and `buf` then grows with the
+/// bytes that actually arrive (doubling, at most [`GROW_AHEAD`] ahead of them), so a peer that
+/// declares a 16 MiB frame and sends five bytes costs 64 KiB, not 16 MiB.
 pub fn read_message<'b, R: Read + ?Sized>(
     r: &mut R,
     buf: &'b mut Vec<u8>,
@@ -66,11 +71,16 @@ pub fn read_message<'b, R: Read + ?Sized>(
     }
     let header = Header::parse(&head)?;
     let n = header.payload_len;
-    if buf.len() < n {
-        buf.resize(n, 0);
-    }
-    if n > 0 && !read_full(r, &mut buf[..n])? {
-        return Err(ProtocolError::ConnectionClosed);
+    let mut got = 0;
+    while got < n {
+        let end = n.min(got.saturating_mul(2).max(GROW_AHEAD));
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        if !read_full(r, &mut buf[got..end])? {
+            return Err(ProtocolError::ConnectionClosed);
+        }
+        got = end;
     }
     Message::decode_payload(header.tag, &buf[..n]).map(Some)
 }
@@ -142,6 +152,85 @@ mod tests {
                 read_message(&mut r, &mut buf),
                 Err(ProtocolError::ConnectionClosed)
             ));
+        }
+    }
+
+    /// Found by the `message` fuzz target (`fuzz/regressions/message/`): a `Data` header
+    /// declaring 262,269 bytes and nothing after it made `read_message` allocate (and zero)
+    /// all of them before reading a byte. A hostile client could hold 16 MiB of server memory
+    /// per connection with five bytes. The buffer now follows the bytes that arrive.
+    #[test]
+    fn declared_length_is_not_allocated_before_the_bytes_arrive() {
+        for head in [
+            [0, 4, 0, 125, crate::frame::tag::DATA],
+            [0x01, 0x00, 0x00, 0x01, crate::frame::tag::DATA],
+            [0x01, 0x00, 0x00, 0x2d, crate::frame::tag::PUT_CHUNK],
+        ] {
+            let mut r = &head[..];
+            let mut buf = Vec::new();
+            assert!(matches!(
+                read_message(&mut r, &mut buf),
+                Err(ProtocolError::ConnectionClosed)
+            ));
+            assert!(buf.capacity() <= GROW_AHEAD, "{}", buf.capacity());
+        }
+        // 100 KiB of a declared 16 MiB: the buffer stays within twice what arrived.
+        let mut wire = crate::frame::data_header(crate::MAX_CHUNK_SIZE as usize).to_vec();
+        wire.extend(std::iter::repeat_n(7u8, 100 * 1024));
+        let mut buf = Vec::new();
+        assert!(read_message(&mut &wire[..], &mut buf).is_err());
+        assert!(buf.capacity() <= 2 * GROW_AHEAD, "{}", buf.capacity());
+    }
+
+    #[test]
+    fn large_frames_read_whole_and_the_buffer_is_reused() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        write_data(&mut wire, &data).unwrap();
+        write_data(&mut wire, b"xyz").unwrap();
+        write_data(&mut wire, &data[..GROW_AHEAD + 1]).unwrap();
+        let mut r = &wire[..];
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_message(&mut r, &mut buf).unwrap(),
+            Some(Message::Data(&data))
+        );
+        let grown = buf.capacity();
+        assert_eq!(
+            read_message(&mut r, &mut buf).unwrap(),
+            Some(Message::Data(b"xyz"))
+        );
+        assert_eq!(
+            read_message(&mut r, &mut buf).unwrap(),
+            Some(Message::Data(&data[..GROW_AHEAD + 1]))
+        );
+        assert_eq!(buf.capacity(), grown, "a reused buffer does not grow again");
+    }
+
+    mod properties {
+        use super::*;
+        use crate::frame::{max_len, tag};
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A frame declared at any allowed length but cut short costs memory in proportion
+            /// to the bytes that arrived, never to the declared length.
+            #[test]
+            fn memory_follows_the_bytes_that_arrive(
+                t in proptest::sample::select(&tag::ALL[..]),
+                declared in any::<u32>(),
+                present in 0usize..200_000,
+            ) {
+                let len = declared % max_len(t).unwrap() + 1;
+                let payload = len as usize - 1;
+                prop_assume!(present < payload);
+                let mut wire = crate::frame::Header::encode(t, payload).to_vec();
+                wire.resize(HEADER_LEN + present, 0x5a);
+                let mut buf = Vec::new();
+                let result = read_message(&mut &wire[..], &mut buf);
+                prop_assert!(matches!(result, Err(ProtocolError::ConnectionClosed)));
+                prop_assert!(buf.capacity() <= GROW_AHEAD.max(2 * present));
+            }
         }
     }
 

@@ -218,6 +218,104 @@ mod tests {
         assert!(decode_status(b"OX").is_err());
     }
 
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn md5() -> impl Strategy<Value = Digest> {
+            any::<[u8; 16]>().prop_map(|b| Digest::new(Algorithm::Md5, b.to_vec()).unwrap())
+        }
+
+        proptest! {
+            /// Any name the protocol allows survives encode → decode, and every strict prefix
+            /// of the request asks for more bytes.
+            #[test]
+            fn requests_round_trip(name in "\\PC{1,64}", tail in vec(any::<u8>(), 0..8)) {
+                let mut out = Vec::new();
+                encode_request(&name, &mut out);
+                let len = out.len();
+                for cut in 0..len {
+                    prop_assert_eq!(decode_request(&out[..cut]).unwrap(), None);
+                }
+                out.extend_from_slice(&tail);
+                prop_assert_eq!(decode_request(&out).unwrap(), Some((name, len)));
+            }
+
+            /// Arbitrary bytes: no panic; what is accepted is canonical; a refusal is for a
+            /// length out of range or text that is not UTF-8.
+            #[test]
+            fn arbitrary_requests(bytes in vec(any::<u8>(), 0..64), len in 0u32..5000) {
+                let mut framed = len.to_be_bytes().to_vec();
+                framed.extend_from_slice(&bytes);
+                for input in [&bytes[..], &framed[..]] {
+                    match decode_request(input) {
+                        Ok(Some((name, used))) => {
+                            let mut again = Vec::new();
+                            encode_request(&name, &mut again);
+                            prop_assert_eq!(&again[..], &input[..used]);
+                        }
+                        Ok(None) => prop_assert!(
+                            input.len() < 4
+                                || input.len() < 4 + u32::from_be_bytes(
+                                    input[..4].try_into().unwrap()) as usize
+                        ),
+                        Err(ProtocolError::InvalidUtf8(_)) => {}
+                        Err(_) => {
+                            let l = u32::from_be_bytes(input[..4].try_into().unwrap());
+                            prop_assert!(l == 0 || l as usize > MAX_PATH_LEN);
+                        }
+                    }
+                }
+            }
+
+            /// Metadata survives encode → decode (also with the hex in upper case), and every
+            /// strict prefix asks for more bytes.
+            #[test]
+            fn metadata_round_trips(
+                name in "\\PC{0,64}",
+                size in any::<u64>(),
+                md5 in md5(),
+                tail in vec(any::<u8>(), 0..8),
+            ) {
+                let m = Metadata { name, size, md5 };
+                let mut out = Vec::new();
+                m.encode(&mut out);
+                let len = out.len();
+                for cut in 0..len {
+                    prop_assert_eq!(Metadata::decode(&out[..cut]).unwrap(), None);
+                }
+                out.extend_from_slice(&tail);
+                prop_assert_eq!(Metadata::decode(&out).unwrap(), Some((m.clone(), len)));
+                out[len - MD5_HEX_LEN..len].make_ascii_uppercase();
+                prop_assert_eq!(Metadata::decode(&out).unwrap(), Some((m, len)));
+            }
+
+            /// Arbitrary bytes as a status and as metadata: no panic, and the status decoder
+            /// says "need more" exactly for the strict prefixes of `OK` and `ERROR`.
+            #[test]
+            fn arbitrary_replies(bytes in vec(any::<u8>(), 0..80)) {
+                match decode_status(&bytes) {
+                    Ok(Some((Status::Ok, 2))) => prop_assert!(bytes.starts_with(STATUS_OK)),
+                    Ok(Some((Status::Error, 5))) => prop_assert!(bytes.starts_with(STATUS_ERROR)),
+                    Ok(Some(other)) => prop_assert!(false, "{:?}", other),
+                    Ok(None) => prop_assert!(
+                        STATUS_OK.starts_with(&bytes) || STATUS_ERROR.starts_with(&bytes)
+                    ),
+                    Err(_) => prop_assert!(
+                        !STATUS_OK.starts_with(&bytes)
+                            && !STATUS_ERROR.starts_with(&bytes)
+                            && !bytes.starts_with(STATUS_OK)
+                            && !bytes.starts_with(STATUS_ERROR)
+                    ),
+                }
+                if let Ok(Some((m, used))) = Metadata::decode(&bytes) {
+                    prop_assert_eq!(used, 4 + m.name.len() + 8 + MD5_HEX_LEN);
+                }
+            }
+        }
+    }
+
     #[test]
     fn error_reply() {
         let mut out = Vec::new();
