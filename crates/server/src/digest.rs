@@ -78,6 +78,15 @@ impl FileHasher {
         }
     }
 
+    /// A hasher of the whole-file digests only (MD5 and SHA-256): for an upload's commit,
+    /// whose chunks were checked one by one on arrival already.
+    pub fn whole_file(size: u64) -> FileHasher {
+        FileHasher {
+            chunks: None,
+            ..FileHasher::new(size, u32::MAX)
+        }
+    }
+
     /// Feeds the next bytes of the file.
     pub fn update(&mut self, bytes: &[u8]) {
         self.md5.update(bytes);
@@ -282,6 +291,12 @@ mod tests {
 
         let huge = FileHasher::new(MAX_CHUNK_DIGESTS * 4096 + 1, 4096);
         assert!(huge.finish().chunks.is_none());
+
+        let mut whole = FileHasher::whole_file(3);
+        whole.update(b"abc");
+        let whole = whole.finish();
+        assert!(whole.chunks.is_none() && whole.md5.is_some());
+        assert_eq!(whole.sha256, Some(sha256(b"abc")));
     }
 
     #[test]

@@ -264,7 +264,7 @@ impl<'a> Upload<'a> {
         stop: &AtomicBool,
         alive: &mut KeepAlive<F>,
     ) -> Result<Verified, ServerError> {
-        let mut hasher = FileHasher::new(self.size, self.chunk_size);
+        let mut hasher = FileHasher::whole_file(self.size);
         (&self.file)
             .seek(SeekFrom::Start(0))
             .map_err(|source| ServerError::FileRead {
