@@ -563,5 +563,7 @@ fn a_stored_upload_that_lost_its_data_is_discarded_at_the_commit() {
     assert_eq!(code, ErrorCode::ChecksumMismatch);
     assert!(message.contains("lost part of 'lost.bin'"), "{message}");
     assert!(staged(&server.root).is_empty() && rows(&server).is_empty());
-    assert!(c.upload(&begin(1, "lost.bin", &bytes, CHUNK), &bytes).is_ok());
+    assert!(c
+        .upload(&begin(1, "lost.bin", &bytes, CHUNK), &bytes)
+        .is_ok());
 }
