@@ -98,10 +98,10 @@ impl<'a> Native<'a> {
             return Err(Refusal::new(
                 ErrorCode::TooLarge,
                 format!(
-                    "'{}' ({}) is larger than this server's upload limit of {}",
+                    "'{}' is larger than this server's upload limit of {}: it has {}",
                     req.path,
-                    bytes_text(req.size),
-                    bytes_text(limit)
+                    bytes_text(limit),
+                    bytes_text(req.size)
                 ),
             ));
         }
