@@ -9,9 +9,12 @@ mod support;
 
 mod fakes;
 mod get;
+mod hostile;
 mod inspect;
 mod legacy;
 mod paths;
 mod proxy;
 mod resume;
 mod robustness;
+mod trees;
+mod upload;

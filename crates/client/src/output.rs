@@ -124,17 +124,27 @@ impl Destination {
     /// (or flush standard output). Without `force` an existing target that appeared during the
     /// download is still not overwritten.
     pub fn publish(&self, sink: Sink, force: bool) -> Result<(), ClientError> {
+        self.publish_with(sink, force, true)
+    }
+
+    /// [`publish`](Self::publish), with the fsync of the file and its directory only when
+    /// `durable` (a tree of small files syncs the whole file system once at the end instead).
+    pub fn publish_with(&self, sink: Sink, force: bool, durable: bool) -> Result<(), ClientError> {
         match (self, sink) {
             (Destination::File { target, part }, Sink::File(file)) => {
-                file.sync_all()
-                    .map_err(|e| ClientError::local("cannot flush", part, e))?;
+                if durable {
+                    file.sync_all()
+                        .map_err(|e| ClientError::local("cannot flush", part, e))?;
+                }
                 drop(file);
                 if !force && fs::symlink_metadata(target).is_ok() {
                     return Err(ClientError::TargetExists(target.clone()));
                 }
                 fs::rename(part, target)
                     .map_err(|e| ClientError::local("cannot rename the download to", target, e))?;
-                sync_parent(target);
+                if durable {
+                    sync_parent(target);
+                }
                 Ok(())
             }
             (_, mut sink) => sink.flush().map_err(|e| stdout_error(e, "flush")),
@@ -166,6 +176,22 @@ fn sync_parent(target: &Path) {
     };
     if let Err(e) = File::open(parent).and_then(|d| d.sync_all()) {
         tracing::info!("could not sync directory '{}': {e}", parent.display());
+    }
+}
+
+/// Flushes everything written to the file system holding `dir` to stable storage, once (after
+/// a tree of small files, instead of an fsync per file). Failing costs a log line.
+pub fn sync_file_system(dir: &Path) {
+    let synced = File::open(dir).and_then(|d| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs only reads the descriptor, which `d` keeps open for the call.
+        match unsafe { libc::syncfs(d.as_raw_fd()) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    });
+    if let Err(e) = synced {
+        tracing::warn!("could not flush '{}' to disk: {e}", dir.display());
     }
 }
 

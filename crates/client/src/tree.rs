@@ -272,6 +272,8 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
             set_mtime(&d, dir, *mtime);
         }
     }
+    // The small files were published without an fsync each: one for all of them.
+    crate::output::sync_file_system(&out_dir);
     f.progress.finish();
     out.retries += f.stats.retries;
     out.elapsed = started.elapsed();
@@ -374,7 +376,7 @@ fn get_small_files(
                 target: local.clone(),
                 part,
             };
-            match dest.publish(Sink::File(file), true) {
+            match dest.publish_with(Sink::File(file), true, false) {
                 Ok(()) => out.files += 1,
                 Err(e) => out.failed.push((entry.name.clone(), e.to_string())),
             }
@@ -564,9 +566,11 @@ fn mkdir(f: &mut Fetcher<'_>, opts: &PutOptions, path: &str) -> Result<(), Clien
     }
 }
 
-/// A small file being uploaded in the pipeline.
+/// A small file being uploaded in the pipeline, or (`entry` = `None`) the `PutAbort` of one
+/// whose chunk was rejected: its upload stays open on the server until aborted, and its id
+/// must not be reused before.
 struct SmallUpload {
-    entry: LocalEntry,
+    entry: Option<LocalEntry>,
     remote: String,
     id: u32,
     sha256: [u8; 32],
@@ -645,7 +649,7 @@ fn put_small_files(
                     .and_then(|()| session.send(&Message::PutCommit { id }));
                 sent.map_err(|e| disconnected("sending a file", e))?;
                 in_flight.push_back(SmallUpload {
-                    entry,
+                    entry: Some(entry),
                     remote,
                     id,
                     sha256: begin_sha(&digests),
@@ -653,6 +657,15 @@ fn put_small_files(
             }
             let u = in_flight.front().expect("an upload is in flight");
             let session = f.session()?;
+            let Some(entry) = &u.entry else {
+                match session.recv("waiting for an upload to be aborted", timeout)? {
+                    Message::PutAborted { .. } => {}
+                    other => return Err(unexpected("PutAborted", other.name())),
+                }
+                in_flight.pop_front();
+                return Ok(());
+            };
+            let entry_size = entry.size;
             // PutReady (or a refusal), the chunk's answer, PutDone (or a refusal).
             let mut refused: Option<String> = None;
             let mut redo = false;
@@ -663,7 +676,7 @@ fn put_small_files(
                 }
                 other => return Err(unexpected("PutReady", other.name())),
             }
-            if u.entry.size > 0 {
+            if entry_size > 0 {
                 match session.recv("waiting for a chunk acknowledgement", timeout)? {
                     Message::ChunkAck { .. } => {}
                     Message::ChunkRejected { reason, .. } if refused.is_none() => {
@@ -693,22 +706,29 @@ fn put_small_files(
                 }
                 other => return Err(unexpected("PutDone", other.name())),
             };
-            let u = in_flight.pop_front().expect("in flight");
-            f.progress.advance(u.entry.size as usize);
+            let mut u = in_flight.pop_front().expect("in flight");
+            let entry = u.entry.take().expect("an upload, not an abort");
+            f.progress.advance(entry.size as usize);
             if let Some(why) = refused {
-                out.failed.push((u.entry.rel.clone(), why));
+                out.failed.push((entry.rel.clone(), why));
             } else if redo {
-                retry_alone.push(u.entry);
+                // Close the upload left open by the rejected chunk before its id is reused;
+                // the file is sent again alone at the end.
+                f.session()?
+                    .send(&Message::PutAbort { id: u.id })
+                    .map_err(|e| disconnected("aborting an upload", e))?;
+                in_flight.push_back(u);
+                retry_alone.push(entry);
             } else if let Some(digests) = done {
                 let matches = digests
                     .iter()
                     .any(|d| d.algorithm == Algorithm::Sha256 && d.bytes == u.sha256);
                 if matches {
                     out.files += 1;
-                    out.bytes += u.entry.size;
+                    out.bytes += entry.size;
                 } else {
                     out.failed.push((
-                        u.entry.rel.clone(),
+                        entry.rel.clone(),
                         "the server's SHA-256 of the published file differs".into(),
                     ));
                 }
@@ -719,7 +739,9 @@ fn put_small_files(
             Ok(()) => failed_in_a_row = 0,
             Err(e @ ClientError::Disconnected { .. }) => {
                 while let Some(u) = in_flight.pop_back() {
-                    queue.push_front(u.entry);
+                    if let Some(entry) = u.entry {
+                        queue.push_front(entry);
+                    }
                 }
                 f.reconnect(&e.to_string(), &mut failed_in_a_row, &Kept::Nothing)?;
             }

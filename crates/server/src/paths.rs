@@ -212,6 +212,17 @@ pub fn not_found(requested: &str) -> Refusal {
 
 /// The refusal for a file the server may not read; the io error's text carries no path.
 pub fn access_error(requested: &str, e: &io::Error) -> Refusal {
+    // ENAMETOOLONG (36 on Linux): a component longer than the file system allows. The
+    // client's path is at fault, not the server.
+    if cfg!(target_os = "linux") && e.raw_os_error() == Some(36) {
+        return Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "'{}…' has a path component longer than the file system allows (255 bytes)",
+                requested.chars().take(40).collect::<String>()
+            ),
+        );
+    }
     let message = if e.kind() == io::ErrorKind::PermissionDenied {
         format!("the server has no permission to read '{requested}'")
     } else {

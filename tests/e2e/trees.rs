@@ -1,0 +1,147 @@
+//! Whole trees: `put -r` then `get -r` of 2,000 small files with nested empty directories,
+//! mtimes kept, and reruns that move only what is missing.
+
+use crate::support::*;
+use std::path::Path;
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    let text = stdout(out);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("JSON {text:?}: {e}"))
+}
+
+/// Builds a tree: `files` small files spread over nested directories, plus empty ones.
+fn build_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = root.join(format!("d{}/e{}", i % 10, i % 7));
+        std::fs::create_dir_all(&dir).unwrap();
+        let len = (i * 37) % 5000;
+        let content: Vec<u8> = (0..len).map(|j| ((i * 31 + j * 7) % 251) as u8).collect();
+        std::fs::write(dir.join(format!("f{i}.dat")), content).unwrap();
+    }
+    std::fs::create_dir_all(root.join("empty/deeper/deepest")).unwrap();
+    std::fs::create_dir_all(root.join("d3/also-empty")).unwrap();
+    // One file larger than a chunk, to take the single-file path inside a tree.
+    write_random(&root.join("d0"), "large.bin", 3 << 20, 71);
+}
+
+/// A file's content and modification time (`None` for a directory).
+type FileState = Option<(Vec<u8>, std::time::SystemTime)>;
+
+/// Every file and directory under `root`, with sizes, mtimes (files) and contents.
+fn snapshot(root: &Path) -> Vec<(String, FileState)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                out.push((rel, None));
+                stack.push(p);
+            } else {
+                let m = std::fs::metadata(&p).unwrap().modified().unwrap();
+                out.push((rel, Some((std::fs::read(&p).unwrap(), m))));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn tree_of_2000_small_files_round_trips_with_mtimes_and_empty_dirs() {
+    let server = Server::start_with(ServerOpts {
+        extra: vec!["--allow-upload".into()],
+        ..ServerOpts::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    build_tree(&src, 2000);
+
+    let out =
+        run(client(work.path()).args(["put", "-r", &server.target(), "src", "tree", "--json"]));
+    assert_ok(&out);
+    let v = json(&out);
+    assert_eq!(v["files"], 2001, "{v}");
+    assert_eq!(
+        snapshot(&src),
+        snapshot(&server.root.join("tree")),
+        "server copy differs"
+    );
+
+    let out = run(client(work.path()).args([
+        "get",
+        "-r",
+        &server.target(),
+        "tree",
+        "-o",
+        "copy",
+        "--json",
+    ]));
+    assert_ok(&out);
+    assert_eq!(json(&out)["files"], 2001);
+    assert_eq!(
+        snapshot(&src),
+        snapshot(&work.path().join("copy")),
+        "local copy differs"
+    );
+
+    // Reruns move nothing.
+    let out = run(client(work.path()).args([
+        "get",
+        "-r",
+        &server.target(),
+        "tree",
+        "-o",
+        "copy",
+        "--json",
+    ]));
+    assert_ok(&out);
+    let v = json(&out);
+    assert_eq!(
+        (v["files"].as_u64(), v["unchanged"].as_u64()),
+        (Some(0), Some(2001)),
+        "{v}"
+    );
+    let out =
+        run(client(work.path()).args(["put", "-r", &server.target(), "src", "tree", "--json"]));
+    assert_ok(&out);
+    assert_eq!(json(&out)["files"], 0);
+
+    // Remove some local files: only those come back.
+    std::fs::remove_file(work.path().join("copy/d1/e1/f1.dat")).unwrap();
+    std::fs::remove_file(work.path().join("copy/d0/large.bin")).unwrap();
+    let out = run(client(work.path()).args([
+        "get",
+        "-r",
+        &server.target(),
+        "tree",
+        "-o",
+        "copy",
+        "--json",
+    ]));
+    assert_ok(&out);
+    assert_eq!(json(&out)["files"], 2);
+    assert_eq!(snapshot(&src), snapshot(&work.path().join("copy")));
+}
+
+#[test]
+fn get_r_skips_symlinks_leading_out_of_the_root() {
+    let server = Server::start();
+    std::fs::create_dir_all(server.root.join("t/sub")).unwrap();
+    std::fs::write(server.root.join("t/sub/a.txt"), b"a").unwrap();
+    let outside = server.root.parent().unwrap().join("secret.txt");
+    std::fs::write(&outside, b"secret").unwrap();
+    std::os::unix::fs::symlink(&outside, server.root.join("t/leak")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = run(client(work.path()).args(["get", "-r", &server.target(), "t", "--json"]));
+    assert_ok(&out);
+    let v = json(&out);
+    assert_eq!(v["files"], 1);
+    assert_eq!(v["skipped"], 1);
+    assert!(!work.path().join("t/leak").exists());
+    assert_eq!(
+        std::fs::read(work.path().join("t/sub/a.txt")).unwrap(),
+        b"a"
+    );
+}
