@@ -1,9 +1,11 @@
 //! Command-line arguments and the checked [`Config`] built from them once at startup.
 
+use crate::auth::AccessList;
 use crate::error::ServerError;
+use crate::tls::TlsConfig;
 use crate::units::{parse_duration, parse_size};
 use clap::builder::TypedValueParser;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -24,12 +26,25 @@ pub const STATE_DIR_NAME: &str = "sfts-server";
 pub const DEFAULT_UPLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Most entries one `List` answer carries before it says `truncated`.
 pub const DEFAULT_MAX_LIST_ENTRIES: u64 = 1_000_000;
+/// Concurrent connections from one address (an IPv6 /64) when no other limit is given.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 16;
+/// Requests per second one address may make (bursts of twice as many).
+pub const DEFAULT_RATE_LIMIT: u32 = 1000;
+/// Seconds a client has for its opening (TLS handshake, magic, `Hello`, `Auth`).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Bytes per second a transfer must at least move, averaged over `--timeout` of waiting.
+pub const DEFAULT_MIN_RATE: u64 = 1024;
 
 /// Serves the files under a folder to SFTS clients and to clients of the original protocol,
 /// on the same port, one thread per client.
 #[derive(Debug, Parser)]
-#[command(name = "sfts-server", version, about, long_about = None)]
+#[command(name = "sfts-server", version, about, long_about = None,
+          args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// Without a command: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TCP port to listen on (0 picks any free port; the chosen one is printed).
     #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
@@ -96,6 +111,78 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LIST_ENTRIES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_list_entries: u64,
+
+    /// TLS certificate chain (PEM), with --tls-key. The main port then serves native clients
+    /// over TLS only (plain clients are told to use --tls).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The TLS certificate's private key (PEM), with --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With TLS: also listen on this port in plain TCP, for native and original-protocol
+    /// clients on a trusted network (0 picks a free port). Same root, limits and tokens.
+    #[arg(long, value_name = "PORT", requires = "tls_cert")]
+    pub plain_port: Option<u16>,
+
+    /// Access file (TOML) of hashed tokens and their read/write path prefixes: every native
+    /// client must then present a token (sfts-client --token); the original protocol is
+    /// refused. Make entries with `sfts-server token add`.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Most connections from one client address (IPv6: one /64) at once; more are told so.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP,
+          value_parser = clap::value_parser!(u32).range(1..=100_000).map(|n| n as usize))]
+    pub max_connections_per_ip: usize,
+
+    /// Requests per second one client address may make, in bursts of twice as many; requests
+    /// over it wait for their turn (up to a second, then they are refused as busy). 0: no
+    /// limit.
+    #[arg(long, value_name = "REQ_PER_SEC", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+
+    /// Seconds a new client has to complete TLS, the magic and Hello (and Auth when tokens are
+    /// required), however it spaces its bytes; never more than --timeout.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub handshake_timeout: u64,
+
+    /// Slowest transfer kept, in bytes per second (e.g. 1KiB), averaged over --timeout of
+    /// waiting on the client; a client reading or sending slower is dropped. 0 drops only
+    /// clients that move nothing for --timeout.
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value = "1KiB", value_parser = parse_size)]
+    pub min_rate: u64,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `sfts-server token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Makes a new token for NAME, stores its SHA-256 (never the token) in the access file,
+    /// and prints the token once on standard output.
+    Add {
+        /// Who the token is for (shown in the server's logs and messages).
+        name: String,
+        /// A path prefix NAME may read (get, stat, list); repeat for several; "" or "."
+        /// for everything.
+        #[arg(long = "read", value_name = "PREFIX")]
+        read: Vec<String>,
+        /// A path prefix NAME may write (put, mkdir); repeat for several.
+        #[arg(long = "write", value_name = "PREFIX")]
+        write: Vec<String>,
+        /// The access file (created with mode 0600 if missing).
+        #[arg(long, value_name = "FILE")]
+        auth_file: PathBuf,
+    },
 }
 
 /// Parses a log level, accepting the original design's `warning` as well as `warn`.
@@ -157,6 +244,20 @@ impl Args {
                 ttl: self.upload_ttl,
             },
             max_list_entries: self.max_list_entries,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsConfig::load(cert, key)?),
+                _ => None,
+            },
+            plain_port: self.plain_port,
+            access: self
+                .auth_file
+                .as_deref()
+                .map(AccessList::load)
+                .transpose()?,
+            max_connections_per_ip: self.max_connections_per_ip,
+            rate_limit: self.rate_limit,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            min_rate: self.min_rate,
         })
     }
 
@@ -193,6 +294,20 @@ pub struct Config {
     pub uploads: UploadPolicy,
     /// Most entries one listing returns (at least 1).
     pub max_list_entries: u64,
+    /// TLS on the main port (`--tls-cert`, `--tls-key`).
+    pub tls: Option<TlsConfig>,
+    /// A second, plain-TCP port (`--plain-port`; only with TLS).
+    pub plain_port: Option<u16>,
+    /// The access list (`--auth-file`): tokens required when set.
+    pub access: Option<AccessList>,
+    /// Most connections from one address.
+    pub max_connections_per_ip: usize,
+    /// Requests per second per address (0: no limit).
+    pub rate_limit: u32,
+    /// Time for a client's opening (never more than `timeout`).
+    pub handshake_timeout: Duration,
+    /// Slowest transfer kept, bytes per second over `timeout` of waiting.
+    pub min_rate: u64,
 }
 
 /// What the server accepts from uploading clients.
@@ -235,7 +350,20 @@ impl Config {
             )),
             uploads: UploadPolicy::default(),
             max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
+            tls: None,
+            plain_port: None,
+            access: None,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            rate_limit: DEFAULT_RATE_LIMIT,
+            handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            min_rate: DEFAULT_MIN_RATE,
         }
+    }
+
+    /// How long a client has for its opening: `--handshake-timeout`, never more than the
+    /// idle timeout.
+    pub fn opening_time(&self) -> Duration {
+        self.handshake_timeout.min(self.timeout)
     }
 
     /// Checks the values a library caller could get wrong (the command line already
@@ -255,6 +383,29 @@ impl Config {
             return Err(ServerError::InvalidConfig(
                 "the upload time-to-live must be longer than zero".into(),
             ));
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(ServerError::InvalidConfig(
+                "the per-address connection limit must be at least 1".into(),
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(ServerError::InvalidConfig(
+                "the handshake timeout must be longer than zero".into(),
+            ));
+        }
+        if self.plain_port.is_some() && self.tls.is_none() {
+            return Err(ServerError::InvalidConfig(
+                "--plain-port is for servers with TLS (--tls-cert, --tls-key); without TLS the \
+                 main port is plain already"
+                    .into(),
+            ));
+        }
+        if self.plain_port.is_some_and(|p| p != 0 && p == self.port) {
+            return Err(ServerError::InvalidConfig(format!(
+                "--plain-port {} is the main port; choose another one",
+                self.port
+            )));
         }
         if self.max_list_entries == 0 {
             return Err(ServerError::InvalidConfig(
@@ -298,6 +449,98 @@ mod tests {
         assert_eq!(c.uploads.ttl, Duration::from_secs(86_400));
         assert_eq!(c.uploads.max_size, None);
         assert_eq!(c.max_list_entries, DEFAULT_MAX_LIST_ENTRIES);
+        // Limits.
+        assert_eq!(c.max_connections_per_ip, 16);
+        assert_eq!(c.rate_limit, 1000);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.min_rate, 1024);
+        assert!(c.tls.is_none() && c.access.is_none() && c.plain_port.is_none());
+        assert!(a.command.is_none());
+    }
+
+    #[test]
+    fn security_options_and_the_token_command() {
+        let a = Args::try_parse_from([
+            "sfts-server",
+            "--max-connections-per-ip",
+            "3",
+            "--rate-limit",
+            "0",
+            "--handshake-timeout",
+            "60",
+            "--timeout",
+            "5",
+            "--min-rate",
+            "8K",
+        ])
+        .unwrap();
+        let c = a.config().unwrap();
+        assert_eq!(c.max_connections_per_ip, 3);
+        assert_eq!(c.rate_limit, 0);
+        assert_eq!(c.min_rate, 8 * 1024);
+        assert_eq!(
+            c.opening_time(),
+            Duration::from_secs(5),
+            "never past --timeout"
+        );
+        for bad in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--plain-port", "9001"],
+            &["--max-connections-per-ip", "0"],
+            &["--handshake-timeout", "0"],
+            &["--port", "1", "token", "add", "x", "--auth-file", "f"],
+            &["token", "add", "x"],
+        ] {
+            let argv = std::iter::once("sfts-server").chain(bad.iter().copied());
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?} accepted");
+        }
+        let t = Args::try_parse_from([
+            "sfts-server",
+            "token",
+            "add",
+            "alice",
+            "--read",
+            "pub",
+            "--read",
+            "team/a",
+            "--write",
+            "in/alice",
+            "--auth-file",
+            "access.toml",
+        ])
+        .unwrap();
+        match t.command {
+            Some(Command::Token(TokenCommand::Add {
+                name,
+                read,
+                write,
+                auth_file,
+            })) => {
+                assert_eq!(name, "alice");
+                assert_eq!(read, ["pub", "team/a"]);
+                assert_eq!(write, ["in/alice"]);
+                assert_eq!(auth_file, PathBuf::from("access.toml"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unreadable TLS and access files are start-up errors that name the file.
+        let a = Args::try_parse_from([
+            "sfts-server",
+            "--state-dir",
+            "st",
+            "--tls-cert",
+            "/no/cert.pem",
+            "--tls-key",
+            "/no/key.pem",
+        ])
+        .unwrap();
+        let e = a.config().unwrap_err().to_string();
+        assert!(e.contains("/no/cert.pem"), "{e}");
+        let a = Args::try_parse_from(["sfts-server", "--state-dir", "st", "--auth-file", "/no/a"])
+            .unwrap();
+        let e = a.config().unwrap_err().to_string();
+        assert!(e.contains("/no/a"), "{e}");
     }
 
     #[test]

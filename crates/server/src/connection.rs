@@ -1,42 +1,70 @@
-//! One client connection, from its first bytes to its close: sniff the protocol, dispatch to
-//! the native or the original (legacy) session, log how it ended.
+//! One client connection, from its first bytes to its close: sniff the protocol, set up TLS,
+//! dispatch to the native or the original (legacy) session, log how it ended.
 //!
-//! Native clients open with [`sfts_protocol::MAGIC`]; anything else is taken as the original
-//! protocol, whose first four bytes are the length of the requested name.
+//! What a port accepts ([`Port`]):
+//!
+//! * a port **with TLS** (the main port when `--tls-cert` is given) serves native clients over
+//!   TLS only. The first byte tells: `0x16` opens a TLS handshake (bounded by the opening
+//!   deadline), after which the magic and `Hello` travel inside TLS. A native client that
+//!   starts in plain text gets `Error{TlsRequired}` in plain text and is closed, never served;
+//!   an original-protocol client gets the original `ERROR` sentence saying TLS is required.
+//! * a **plain** port (the main port without TLS, or `--plain-port`) serves native clients
+//!   (magic `SFTS`) and, unless tokens are required, the original protocol (anything else is
+//!   the big-endian length of its requested name).
 
+use crate::auth::AccessList;
 use crate::error::ServerError;
+use crate::limits::{AddrKey, RateLimiter};
+use crate::link::{Link, Pace};
 use crate::registry::{ConnectionGuard, Registry};
 use crate::store::Store;
+use crate::tls::{ServerStream, TlsConfig, TLS_HANDSHAKE_BYTE};
 use crate::uploads::Uploads;
 use crate::{legacy, native};
-use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use sfts_protocol::{ErrorCode, Message};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
-/// How long a new client has to send its opening bytes (the magic and `Hello`, or the whole
-/// original request) before it is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The refusal of a plain native client on a TLS port.
+pub const TLS_REQUIRED: &str = "this port requires TLS: connect with sfts-client --tls";
 
-/// State shared by the accept loop and every worker.
+/// The refusal of an original-protocol client on a TLS port.
+pub const LEGACY_TLS_REQUIRED: &str =
+    "this server requires TLS, which the original protocol cannot use";
+
+/// The refusal of an original-protocol client on a server that requires tokens.
+pub const LEGACY_AUTH_REQUIRED: &str =
+    "this server requires authentication, which the original protocol cannot provide";
+
+/// State shared by the accept loops and every worker.
 pub struct ServerState {
     /// The served root, canonical.
     pub root: PathBuf,
-    /// Read/write timeout of client sockets.
+    /// How long a client may stay idle between requests (`--timeout`); also the window of
+    /// the minimum rate.
     pub timeout: Duration,
+    /// How long a client's opening may take.
+    pub opening: Duration,
+    /// The minimum-rate rule.
+    pub pace: Pace,
     /// Set once when shutdown begins; workers check it between chunks.
     pub stop: AtomicBool,
     /// Active connections.
-    pub registry: Arc<Registry>,
+    pub registry: std::sync::Arc<Registry>,
     /// The digest cache and transfer history.
     pub store: Store,
     /// Uploads: policy, staging directory, stored sessions, who uploads what right now.
-    pub uploads: Arc<Uploads>,
+    pub uploads: std::sync::Arc<Uploads>,
     /// Most entries one listing returns.
     pub max_list_entries: u64,
+    /// Tokens and permissions; `None`: no authentication.
+    pub access: Option<AccessList>,
+    /// Requests per second per address.
+    pub limiter: RateLimiter,
 }
 
 impl ServerState {
@@ -44,12 +72,62 @@ impl ServerState {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    /// Sleeps `wait` (a rate-limit wait), or less if the server begins shutting down.
+    pub fn pause(&self, wait: Duration) {
+        debug!("rate limit: waiting {} ms", wait.as_millis());
+        let until = Instant::now() + wait;
+        while !self.stopping() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Logs and words the refusal of a request from `peer` over the rate limit.
+    pub fn rate_refusal(&self, peer: SocketAddr) -> String {
+        let rate = self.limiter.rate();
+        warn!(
+            "refused a request from {peer}: address {} is over the rate limit of {rate} \
+             requests per second",
+            AddrKey::of(peer.ip())
+        );
+        format!("too many requests from your address (limit {rate} per second); slow down and try again")
+    }
 }
 
-/// What a session needs to know about its connection.
+/// What one listening port accepts.
+#[derive(Debug)]
+pub struct Port {
+    /// TLS for native clients; `None` for a plain port.
+    pub tls: Option<TlsConfig>,
+    /// Tokens are required (the original protocol is refused).
+    pub auth: bool,
+}
+
+/// The plain-text native refusal this port gives every native client, if any.
+pub fn native_refusal(port: &Port) -> Option<Message<'static>> {
+    port.tls.as_ref().map(|_| Message::Error {
+        code: ErrorCode::TlsRequired,
+        message: TLS_REQUIRED.into(),
+    })
+}
+
+/// The original-protocol refusal this port gives every such client, if any.
+pub fn legacy_refusal(port: &Port) -> Option<&'static str> {
+    if port.tls.is_some() {
+        Some(LEGACY_TLS_REQUIRED)
+    } else if port.auth {
+        Some(LEGACY_AUTH_REQUIRED)
+    } else {
+        None
+    }
+}
+
+/// What a session needs to know about its connection (the stream itself is the session's).
 pub struct Session<'a> {
-    /// The client's socket. `&TcpStream` implements `Read` and `Write`, so no `mut` needed.
-    pub stream: &'a TcpStream,
     /// The client's address.
     pub peer: SocketAddr,
     /// The connection's registry entry.
@@ -59,16 +137,22 @@ pub struct Session<'a> {
 }
 
 /// Serves one connection to its end; runs on the connection's own `client-<n>` thread.
-pub fn handle(stream: TcpStream, peer: SocketAddr, guard: ConnectionGuard, state: &ServerState) {
+pub fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: ConnectionGuard,
+    state: &ServerState,
+    port: &Port,
+) {
     info!("connection opened from {peer}");
     let started = Instant::now();
     let session = Session {
-        stream: &stream,
         peer,
         guard: &guard,
         state,
     };
-    let result = serve(&session);
+    let link = Link::new(stream, state.timeout, state.opening, state.pace);
+    let result = serve(&session, link, port);
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok(()) => info!("connection from {peer} closed after {secs:.1} s"),
@@ -86,122 +170,120 @@ pub fn handle(stream: TcpStream, peer: SocketAddr, guard: ConnectionGuard, state
         Err(e) => error!("connection from {peer} failed after {secs:.1} s: {e}"),
     }
     // The registry holds a clone of the socket, so the connection really closes when `guard`
-    // drops, right after `stream`: the slot frees exactly when the client sees the close.
-    drop(stream);
+    // drops, right after the session's stream: the slot frees exactly when the client sees
+    // the close.
     drop(guard);
 }
 
-fn serve(s: &Session<'_>) -> Result<(), ServerError> {
+fn serve(s: &Session<'_>, mut link: Link, port: &Port) -> Result<(), ServerError> {
     // Every frame is written whole with one `write_all`, so Nagle's algorithm can only add
     // delay (a small Trailer waiting for the ACK of the last Data frame).
-    let _ = s.stream.set_nodelay(true);
-    s.stream
-        .set_write_timeout(Some(s.state.timeout))
-        .map_err(ServerError::peer)?;
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT.min(s.state.timeout);
-
-    let mut first = [0u8; 4];
-    let mut reader = DeadlineReader::new(s.stream, deadline);
-    match reader.read_exact(&mut first) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            if s.state.stopping() {
-                return Err(ServerError::ShuttingDown);
-            }
-            // Port probes and clients that changed their mind: nothing to answer.
-            debug!("{} closed the connection before sending a request", s.peer);
-            return Ok(());
+    let _ = link.tcp().set_nodelay(true);
+    let first = match link.peek_first() {
+        Ok(Some(b)) => b,
+        Ok(None) => return closed_early(s),
+        Err(e) => return Err(ServerError::peer(e)),
+    };
+    if let Some(tls) = &port.tls {
+        if first == TLS_HANDSHAKE_BYTE {
+            return serve_tls(s, tls, link);
         }
+    }
+    let mut magic = [0u8; 4];
+    match link.read_exact(&mut magic) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return closed_early(s),
         Err(e) => return Err(ServerError::peer(e)),
     }
-    if sfts_protocol::is_native(&first) {
-        native::serve(s, deadline)
-    } else {
-        legacy::serve(s, first, deadline)
-    }
-}
-
-/// A reader that gives up at a fixed instant, however the bytes trickle in: each read gets the
-/// time left as its socket timeout. Used for the opening bytes so a client sending one byte
-/// every few seconds cannot hold a thread.
-pub struct DeadlineReader<'a> {
-    stream: &'a TcpStream,
-    deadline: Instant,
-}
-
-impl<'a> DeadlineReader<'a> {
-    /// Reads from `stream` until `deadline`.
-    pub fn new(stream: &'a TcpStream, deadline: Instant) -> Self {
-        DeadlineReader { stream, deadline }
-    }
-}
-
-impl Read for DeadlineReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not send its request in time",
-            ));
+    let native = sfts_protocol::is_native(&magic);
+    if native {
+        if let Some(refusal) = native_refusal(port) {
+            warn!(
+                "refused {}: a native client in plain text on the TLS port",
+                s.peer
+            );
+            return refuse_plain(link, &refusal);
         }
-        self.stream.set_read_timeout(Some(left))?;
-        let mut stream = self.stream;
-        stream.read(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not send its request in time",
-            ),
-            _ => e,
-        })
+        return native::serve(s, ServerStream::Plain(link));
     }
-}
-
-/// Closes the sending side after a final reply and discards what the client still sends, for
-/// a short while. Closing a socket with unread input makes the kernel send a reset, which can
-/// destroy the reply before the client has read it.
-pub fn linger_close(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let mut reader = DeadlineReader::new(stream, deadline);
-    let mut sink = [0u8; 4096];
-    let mut drained = 0usize;
-    while drained < 256 * 1024 {
-        match reader.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
+    if first == TLS_HANDSHAKE_BYTE {
+        warn!(
+            "{} opened a TLS handshake, but this port is plain TCP (a client with --tls \
+             needs a server started with --tls-cert and --tls-key); closed",
+            s.peer
+        );
+        return Ok(());
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-    use std::net::TcpListener;
-
-    #[test]
-    fn deadline_reader_gives_up_on_a_trickle() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (server, _) = l.accept().unwrap();
-        let writer = std::thread::spawn(move || {
-            for _ in 0..6 {
-                if client.write_all(b"x").is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+    if let Some(sentence) = legacy_refusal(port) {
+        warn!(
+            "refused {}: a client of the original protocol ({})",
+            s.peer,
+            if port.tls.is_some() {
+                "it cannot use TLS"
+            } else {
+                "it cannot present a token"
             }
-        });
-        let started = Instant::now();
-        let mut r = DeadlineReader::new(&server, started + Duration::from_millis(250));
-        let mut buf = [0u8; 100];
-        let err = r.read_exact(&mut buf).unwrap_err();
-        assert!(matches!(
-            err.kind(),
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-        ));
-        assert!(started.elapsed() < Duration::from_secs(2));
-        writer.join().unwrap();
+        );
+        let mut out = Vec::new();
+        sfts_protocol::legacy::encode_error(sentence, &mut out);
+        return refuse_plain_bytes(link, &out);
     }
+    legacy::serve(s, link, magic)
+}
+
+/// The TLS handshake, then the magic inside TLS, then the native session.
+fn serve_tls(s: &Session<'_>, tls: &TlsConfig, link: Link) -> Result<(), ServerError> {
+    let mut stream = tls.accept(link).map_err(|e| {
+        if s.state.stopping() {
+            return ServerError::ShuttingDown;
+        }
+        match crate::link::stall_of(&e) {
+            Some(_) => ServerError::peer(e),
+            None => ServerError::BadRequest(format!("TLS handshake failed: {e}")),
+        }
+    })?;
+    debug!("TLS handshake with {} complete", s.peer);
+    let mut magic = [0u8; 4];
+    match stream.read_exact(&mut magic) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return closed_early(s),
+        Err(e) => return Err(ServerError::peer(e)),
+    }
+    if !sfts_protocol::is_native(&magic) {
+        let why = "expected the SFTS magic after the TLS handshake".to_string();
+        let mut out = Vec::new();
+        Message::Error {
+            code: ErrorCode::BadRequest,
+            message: why.clone(),
+        }
+        .encode(&mut out);
+        let _ = stream.write_all(&out);
+        stream.linger_close();
+        return Err(ServerError::BadRequest(why));
+    }
+    native::serve(s, stream)
+}
+
+/// Port probes and clients that changed their mind: nothing to answer.
+fn closed_early(s: &Session<'_>) -> Result<(), ServerError> {
+    if s.state.stopping() {
+        return Err(ServerError::ShuttingDown);
+    }
+    debug!("{} closed the connection before sending a request", s.peer);
+    Ok(())
+}
+
+/// Sends a native refusal in plain text and closes.
+fn refuse_plain(link: Link, msg: &Message<'_>) -> Result<(), ServerError> {
+    let mut out = Vec::new();
+    msg.encode(&mut out);
+    refuse_plain_bytes(link, &out)
+}
+
+fn refuse_plain_bytes(mut link: Link, out: &[u8]) -> Result<(), ServerError> {
+    if let Err(e) = link.write_all(out) {
+        return Err(ServerError::peer(e));
+    }
+    link.linger_close();
+    Ok(())
 }

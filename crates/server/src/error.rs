@@ -93,6 +93,26 @@ pub enum ServerError {
         source: io::Error,
     },
 
+    /// The access file (`--auth-file`) could not be read, is not valid, or could not be
+    /// written by `token add`.
+    #[error("access file '{}': {detail}", path.display())]
+    AuthFile {
+        /// The access file.
+        path: PathBuf,
+        /// What is wrong, in words.
+        detail: String,
+    },
+
+    /// The TLS certificate or key (`--tls-cert`, `--tls-key`) could not be read or do not
+    /// belong together.
+    #[error("TLS: '{}': {detail}", path.display())]
+    Tls {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong, in words.
+        detail: String,
+    },
+
     /// The state database could not be opened: unwritable, corrupt, or from a newer server.
     #[error(transparent)]
     State(#[from] sfts_state::StateError),
@@ -155,6 +175,10 @@ impl ServerError {
     /// ("resource temporarily unavailable") on Unix, which says nothing useful in a log, so
     /// timeouts are reworded.
     pub fn peer(e: io::Error) -> ServerError {
+        // Our own clocks (crate::link) say which one ran out.
+        if crate::link::stall_of(&e).is_some() {
+            return ServerError::Peer(e);
+        }
         if matches!(
             e.kind(),
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut

@@ -12,10 +12,12 @@
 //! to at least [`MIN_STATUS_GAP`]. A pass computes SHA-256 and the per-chunk digests too and
 //! caches them all, so native clients asking for the same file later find them.
 
-use crate::connection::{linger_close, DeadlineReader, Session};
+use crate::connection::Session;
 use crate::digest::{hash_span, FileHasher, KeepAlive};
 use crate::error::ServerError;
 use crate::fileid::{relative_name, FileId};
+use crate::limits::{AddrKey, Verdict};
+use crate::link::Link;
 use crate::paths;
 use crate::store::{Outcome, Record};
 use crate::transfer::{Framing, Transfer};
@@ -34,30 +36,48 @@ pub const MIN_STATUS_GAP: Duration = Duration::from_millis(50);
 /// Chunk size for the raw data (the original used 4 KB; larger is simply faster).
 const CHUNK: usize = sfts_protocol::DEFAULT_CHUNK_SIZE as usize;
 
-/// Runs an original-protocol session whose first four bytes (the name length) were `first`.
-pub fn serve(s: &Session<'_>, first: [u8; 4], deadline: Instant) -> Result<(), ServerError> {
+/// Runs an original-protocol session whose first four bytes (the name length) were `first`;
+/// the link's opening deadline bounds the rest of the request.
+pub fn serve(s: &Session<'_>, mut link: Link, first: [u8; 4]) -> Result<(), ServerError> {
+    let link = &mut link;
     let peer = s.peer;
     let len = match legacy::check_request_len(u32::from_be_bytes(first)) {
         Ok(len) => len,
-        Err(e) => return reject(s, format!("Invalid request: {e}")),
+        Err(e) => return reject(s, link, format!("Invalid request: {e}")),
     };
     let mut raw = vec![0u8; len];
-    if let Err(e) = DeadlineReader::new(s.stream, deadline).read_exact(&mut raw) {
+    if let Err(e) = link.read_exact(&mut raw) {
         if s.state.stopping() {
             return Err(ServerError::ShuttingDown);
         }
         if e.kind() == io::ErrorKind::UnexpectedEof {
             return Err(ProtocolError::ConnectionClosed.into());
         }
-        return reject(s, "Request timed out: the file name did not arrive".into());
+        return reject(
+            s,
+            link,
+            "Request timed out: the file name did not arrive".into(),
+        );
     }
+    link.end_opening();
     let Ok(name) = String::from_utf8(raw) else {
         return reject(
             s,
+            link,
             "Invalid request: the file name is not valid UTF-8".into(),
         );
     };
     info!("{peer} requests '{name}' (original protocol)");
+    match s.state.limiter.take(AddrKey::of(peer.ip()), Instant::now()) {
+        Verdict::Go => {}
+        Verdict::Wait(wait) => s.state.pause(wait),
+        Verdict::Refuse => {
+            s.state.rate_refusal(peer);
+            send_error(s, link, crate::refuse::LEGACY_TOO_MANY_REQUESTS);
+            link.linger_close();
+            return Ok(());
+        }
+    }
 
     let resolved = match paths::resolve(&s.state.root, &name) {
         Ok(r) => r,
@@ -66,14 +86,14 @@ pub fn serve(s: &Session<'_>, first: [u8; 4], deadline: Instant) -> Result<(), S
                 ErrorCode::NotFound => legacy::not_found_message(&name),
                 _ => refusal.message.clone(),
             };
-            return refuse(s, &name, &refusal.to_string(), &message);
+            return refuse(s, link, &name, &refusal.to_string(), &message);
         }
     };
     let mut file = match File::open(&resolved.path) {
         Ok(f) => f,
         Err(e) => {
             let refusal = paths::access_error(&name, &e);
-            return refuse(s, &name, &refusal.to_string(), &refusal.message);
+            return refuse(s, link, &name, &refusal.to_string(), &refusal.message);
         }
     };
     let meta = file.metadata().unwrap_or(resolved.metadata);
@@ -81,7 +101,7 @@ pub fn serve(s: &Session<'_>, first: [u8; 4], deadline: Instant) -> Result<(), S
     let key = id.key(relative_name(&s.state.root, &resolved.path));
     let size = id.size;
 
-    let mut out = s.stream;
+    let out = link;
     out.write_all(legacy::STATUS_OK)
         .map_err(ServerError::peer)?;
     out.flush().map_err(ServerError::peer)?;
@@ -115,7 +135,7 @@ pub fn serve(s: &Session<'_>, first: [u8; 4], deadline: Instant) -> Result<(), S
         // The size went out with the metadata, so the data is exactly what was hashed, even
         // if the file grows meanwhile; a shrinking file ends the transfer short (the original
         // protocol has no way to say so; the client notices the missing bytes).
-        transfer.run(&mut file, &mut out, &mut buf, None)
+        transfer.run(&mut file, out, &mut buf, None)
     });
     s.guard.end_file();
     record.finish_with(s.guard.bytes_sent().load(Ordering::Relaxed), &result);
@@ -190,25 +210,31 @@ fn history(s: &Session<'_>, name: &str, size: u64) -> Record {
 }
 
 /// Refuses a request for `name`: logs `why`, records it, tells the client `message`.
-fn refuse(s: &Session<'_>, name: &str, why: &str, message: &str) -> Result<(), ServerError> {
+fn refuse(
+    s: &Session<'_>,
+    link: &mut Link,
+    name: &str,
+    why: &str,
+    message: &str,
+) -> Result<(), ServerError> {
     warn!("refused '{name}' for {}: {why}", s.peer);
     history(s, name, 0).finish(0, Outcome::Refused(message));
-    send_error(s, message);
+    send_error(s, link, message);
     Ok(())
 }
 
 /// Writes `ERROR` and `message` in one write, so the client's 5-byte read gets exactly `ERROR`.
-fn send_error(s: &Session<'_>, message: &str) {
+fn send_error(s: &Session<'_>, link: &mut Link, message: &str) {
     let mut out = Vec::new();
     legacy::encode_error(message, &mut out);
-    if let Err(e) = (&mut { s.stream }).write_all(&out) {
+    if let Err(e) = link.write_all(&out) {
         warn!("could not send the refusal to {}: {e}", s.peer);
     }
 }
 
 /// Answers a malformed request and closes.
-fn reject(s: &Session<'_>, message: String) -> Result<(), ServerError> {
-    send_error(s, &message);
-    linger_close(s.stream);
+fn reject(s: &Session<'_>, link: &mut Link, message: String) -> Result<(), ServerError> {
+    send_error(s, link, &message);
+    link.linger_close();
     Err(ServerError::BadRequest(message))
 }

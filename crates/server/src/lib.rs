@@ -11,8 +11,12 @@
 //! are computed while the bytes are sent and cached in an SQLite database (`sfts-state`, opened
 //! once and shared) beside the transfer history. With `--allow-upload` they also upload files:
 //! chunked, each chunk checked on arrival, resumable from the sessions kept in the same
-//! database ([`uploads`]), published atomically once the whole file matches its SHA-256. It
-//! does not speak TLS (yet). The framing, messages and checksums come from `sfts-protocol`;
+//! database ([`uploads`]), published atomically once the whole file matches its SHA-256.
+//!
+//! Safe on a hostile network: TLS with rustls ([`tls`]), access tokens with per-prefix read
+//! and write permissions ([`auth`]), connection limits in total and per address, a request
+//! rate per address ([`limits`]), and an opening deadline, an idle timeout and a minimum
+//! transfer rate on every socket ([`link`]); see SECURITY.md. The framing, messages and checksums come from `sfts-protocol`;
 //! this crate only adds sockets, threads and files.
 //!
 //! ```no_run
@@ -23,6 +27,7 @@
 //! # Ok::<(), sfts_server::ServerError>(())
 //! ```
 
+pub mod auth;
 mod chunkset;
 pub mod config;
 mod connection;
@@ -30,6 +35,8 @@ mod digest;
 pub mod error;
 mod fileid;
 mod legacy;
+pub mod limits;
+pub mod link;
 mod listener;
 mod listing;
 mod md5_thread;
@@ -41,13 +48,29 @@ mod refuse;
 pub mod registry;
 mod store;
 mod targets;
+pub mod tls;
 mod transfer;
 mod units;
 mod upload;
 pub mod uploads;
 
-pub use config::{Args, Config, UploadPolicy};
+pub use auth::{add_token, AccessList};
+pub use config::{Args, Command, Config, TokenCommand, UploadPolicy};
 pub use error::ServerError;
 pub use listener::{Server, ShutdownHandle};
 pub use registry::ConnectionInfo;
 pub use sfts_state::StateDb;
+pub use tls::TlsConfig;
+
+#[cfg(test)]
+mod testing {
+    use std::net::{TcpListener, TcpStream};
+
+    /// A connected pair of loopback sockets: (client, server).
+    pub fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        (client, server)
+    }
+}

@@ -1,9 +1,13 @@
-//! Binding, the accept loop and the shutdown sequence.
+//! Binding, the accept loops and the shutdown sequence.
 //!
-//! The accept loop runs on the caller's thread and starts one `client-<n>` thread per
-//! connection. Shutdown, triggered from any thread through a [`ShutdownHandle`], sets a flag and
-//! wakes the blocking `accept()` by connecting to our own address (as tiny-http does); the loop
-//! then stops accepting and closes every connection:
+//! The main port's accept loop runs on the caller's thread; with `--plain-port`, a second one
+//! runs on an `accept-plain` thread. Both share one [`Acceptor`]: the registry (which checks
+//! `--max-connections` and `--max-connections-per-ip` and registers under one lock), the
+//! refuser, the list of workers and the connection numbers; each accepted connection gets a
+//! `client-<n>` thread and its port's rules ([`Port`]: TLS or plain). Shutdown, triggered from
+//! any thread through a [`ShutdownHandle`], sets a flag and wakes every blocking `accept()` by
+//! connecting to our own addresses (as tiny-http does); the loops then stop accepting and
+//! every connection is closed:
 //!
 //! 1. shut down the *reading* side of every client socket: idle workers blocked in a read wake
 //!    up, and they (and workers between chunks, which see the flag) still can write a
@@ -14,17 +18,19 @@
 //!    dead network mount must not keep the server from exiting.
 
 use crate::config::Config;
-use crate::connection::{self, ServerState};
+use crate::connection::{self, Port, ServerState};
 use crate::error::ServerError;
-use crate::refuse::Refusers;
-use crate::registry::{ConnectionInfo, Registry};
+use crate::limits::RateLimiter;
+use crate::link::Pace;
+use crate::refuse::{LogThrottle, Reason, Refusal, Refuser};
+use crate::registry::{ConnectionInfo, Limits, Registry};
 use crate::store::{self, Pruner};
 use crate::uploads::{Cleaner, Uploads};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -43,7 +49,11 @@ const BACKLOG: i32 = 1024;
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
-    max_connections: usize,
+    /// The `--plain-port` listener, if any.
+    plain: Option<(TcpListener, SocketAddr)>,
+    /// The main port's rules.
+    port: Arc<Port>,
+    limits: Limits,
     /// How long transfer history is kept (`None`: forever).
     history: Option<Duration>,
     state: Arc<ServerState>,
@@ -58,13 +68,14 @@ pub struct ShutdownHandle {
     waker: Arc<Waker>,
 }
 
-/// What it takes to wake a blocking `accept()`.
+/// What it takes to wake the blocking `accept()`s.
 struct Waker {
-    /// Where to connect to wake it.
-    addr: SocketAddr,
-    /// A clone of the listening socket, as a fallback: on Linux, shutting it down makes a
-    /// blocked `accept()` return. `None` once the server has stopped, so the port is released.
-    listener: Mutex<Option<Socket>>,
+    /// Where to connect to wake them.
+    addrs: Vec<SocketAddr>,
+    /// Clones of the listening sockets, as a fallback: on Linux, shutting one down makes a
+    /// blocked `accept()` return. Emptied once the server has stopped, so the ports are
+    /// released.
+    listeners: Mutex<Vec<Socket>>,
 }
 
 impl Server {
@@ -77,27 +88,59 @@ impl Server {
         let uploads = Uploads::open(&root, store.clone(), config.uploads.clone())?;
         let listener = listen(config.bind, config.port)?;
         let local_addr = listener.local_addr()?;
-        let fallback = Socket::from(listener.try_clone()?);
+        let mut fallbacks = vec![Socket::from(listener.try_clone()?)];
+        let mut addrs = vec![wake_addr(local_addr)];
+        let plain = match config.plain_port {
+            Some(port) => {
+                let l = listen(config.bind, port)?;
+                let addr = l.local_addr()?;
+                fallbacks.push(Socket::from(l.try_clone()?));
+                addrs.push(wake_addr(addr));
+                Some((l, addr))
+            }
+            None => None,
+        };
+        let auth = config.access.is_some();
         let state = Arc::new(ServerState {
             root,
             timeout: config.timeout,
+            opening: config.opening_time(),
+            pace: Pace {
+                window: config.timeout,
+                min_rate: config.min_rate,
+            },
             stop: Default::default(),
             registry: Arc::new(Registry::new()),
             store,
             uploads: Arc::new(uploads),
             max_list_entries: config.max_list_entries,
+            access: config.access,
+            limiter: RateLimiter::new(config.rate_limit),
         });
         Ok(Server {
             listener,
             local_addr,
-            max_connections: config.max_connections,
+            plain,
+            port: Arc::new(Port {
+                tls: config.tls,
+                auth,
+            }),
+            limits: Limits {
+                total: config.max_connections,
+                per_address: config.max_connections_per_ip,
+            },
             history: config.history,
             state,
             waker: Arc::new(Waker {
-                addr: wake_addr(local_addr),
-                listener: Mutex::new(Some(fallback)),
+                addrs,
+                listeners: Mutex::new(fallbacks),
             }),
         })
+    }
+
+    /// The address of the `--plain-port` listener, if there is one.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain.as_ref().map(|(_, a)| *a)
     }
 
     /// The address actually listened on (with the real port when 0 was asked for).
@@ -129,7 +172,9 @@ impl Server {
         let Server {
             listener,
             local_addr,
-            max_connections,
+            plain,
+            port,
+            limits,
             history,
             state,
             waker,
@@ -137,31 +182,120 @@ impl Server {
         // Stopped (and joined) when `run` returns, however it returns.
         let _pruner = Pruner::start(&state.store, history);
         let _cleaner = Cleaner::start(&state.uploads);
-        let policy = &state.uploads.policy;
-        if policy.allow {
-            info!(
-                "uploads allowed (up to {}; existing files {}; unfinished uploads kept {})",
-                policy
-                    .max_size
-                    .map_or("any size".into(), crate::units::bytes_text),
-                if policy.overwrite {
-                    "replaced on --force"
-                } else {
-                    "never replaced"
-                },
-                crate::units::duration_text(policy.ttl)
-            );
-        } else {
-            info!("read-only: uploads are refused (start with --allow-upload to accept them)");
-        }
-        info!(
-            "serving {} on {local_addr} (at most {max_connections} connections, {} s timeout)",
-            state.root.display(),
-            state.timeout.as_secs()
+        log_setup(
+            &state,
+            &port,
+            local_addr,
+            plain.as_ref().map(|p| p.1),
+            limits,
         );
-        let mut workers: Vec<(u64, JoinHandle<()>)> = Vec::new();
-        let mut refusers = Refusers::default();
-        let mut next_id = 1u64;
+        let acceptor = Arc::new(Acceptor {
+            state: Arc::clone(&state),
+            limits,
+            refuser: Mutex::new(Refuser::start()),
+            workers: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            log: Mutex::new(LogThrottle::default()),
+        });
+        let plain_loop = plain.and_then(|(l, _)| {
+            let acceptor = Arc::clone(&acceptor);
+            let plain_port = Arc::new(Port {
+                tls: None,
+                auth: port.auth,
+            });
+            thread::Builder::new()
+                .name("accept-plain".into())
+                .spawn(move || acceptor.accept_loop(&l, &plain_port))
+                .map_err(|e| error!("cannot start the accept loop of --plain-port: {e}"))
+                .ok()
+        });
+        acceptor.accept_loop(&listener, &port);
+        drop(listener);
+        if let Some(h) = plain_loop {
+            // The loop has seen the flag (the waker woke it too); it ends and drops its socket.
+            let _ = h.join();
+        }
+        if let Ok(mut l) = waker.listeners.lock() {
+            l.clear();
+        }
+        acceptor.close_all();
+        Ok(())
+    }
+}
+
+/// Logs what the server is about to serve, and how.
+fn log_setup(
+    state: &ServerState,
+    port: &Port,
+    local_addr: SocketAddr,
+    plain: Option<SocketAddr>,
+    limits: Limits,
+) {
+    let policy = &state.uploads.policy;
+    if policy.allow {
+        info!(
+            "uploads allowed (up to {}; existing files {}; unfinished uploads kept {})",
+            policy
+                .max_size
+                .map_or("any size".into(), crate::units::bytes_text),
+            if policy.overwrite {
+                "replaced on --force"
+            } else {
+                "never replaced"
+            },
+            crate::units::duration_text(policy.ttl)
+        );
+    } else {
+        info!("read-only: uploads are refused (start with --allow-upload to accept them)");
+    }
+    match &state.access {
+        Some(access) => info!(
+            "access tokens required: {} token(s) in the access file; the original protocol is \
+             refused",
+            access.len()
+        ),
+        None => info!("no access tokens required (start with --auth-file to require them)"),
+    }
+    if port.tls.is_some() {
+        info!("TLS on {local_addr}: native clients must use TLS (sfts-client --tls)");
+    }
+    if let Some(plain) = plain {
+        warn!(
+            "plain TCP on {plain} (--plain-port): traffic there, tokens included, is not \
+             encrypted"
+        );
+    }
+    info!(
+        "serving {} on {local_addr} (at most {} connections, {} per address; {} s idle \
+         timeout, {} s to open a session, at least {} bytes/s per transfer, {})",
+        state.root.display(),
+        limits.total,
+        limits.per_address,
+        state.timeout.as_secs(),
+        state.opening.as_secs(),
+        state.pace.min_rate,
+        match state.limiter.rate() {
+            0 => "no request rate limit".to_string(),
+            r => format!("{r} requests/s per address"),
+        }
+    );
+}
+
+/// What the accept loops share.
+struct Acceptor {
+    state: Arc<ServerState>,
+    limits: Limits,
+    refuser: Mutex<Refuser>,
+    workers: Mutex<Vec<(u64, JoinHandle<()>)>>,
+    next_id: AtomicU64,
+    /// Refusals are logged, but not a flood of them.
+    log: Mutex<LogThrottle>,
+}
+
+impl Acceptor {
+    /// Accepts on `listener` until shutdown; each connection is served with `port`'s rules.
+    fn accept_loop(&self, listener: &TcpListener, port: &Arc<Port>) {
+        let state = &self.state;
         loop {
             let accepted = listener.accept();
             if state.stopping() {
@@ -176,25 +310,88 @@ impl Server {
                     continue;
                 }
             };
-            reap(&mut workers);
-            let active = state.registry.len();
-            if active >= max_connections {
-                refusers.refuse(stream, peer, active, max_connections);
-                continue;
-            }
-            let id = next_id;
-            next_id += 1;
-            if let Some(handle) = spawn_worker(&state, id, stream, peer) {
-                workers.push((id, handle));
+            self.reap();
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let clone = match stream.try_clone() {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("dropping connection from {peer}: {e}");
+                    continue;
+                }
+            };
+            match state.registry.admit(id, peer, clone, self.limits) {
+                Ok(guard) => {
+                    if let Some(handle) = spawn_worker(state, port, id, stream, peer, guard) {
+                        lock(&self.workers).push((id, handle));
+                    }
+                }
+                Err(reason) => {
+                    lock(&self.log).warn(|| match reason {
+                        Reason::Full { active, limit } => format!(
+                            "refused {peer}: server busy ({active} connections active, limit \
+                             {limit})"
+                        ),
+                        Reason::Address { limit } => format!(
+                            "refused {peer}: too many connections from its address (limit \
+                             {limit}, --max-connections-per-ip)"
+                        ),
+                    });
+                    lock(&self.refuser).refuse(Refusal {
+                        stream,
+                        peer,
+                        reason,
+                        port: Arc::clone(port),
+                    });
+                }
             }
         }
-        drop(listener);
-        if let Ok(mut l) = waker.listener.lock() {
-            *l = None;
-        }
-        close_all(&state, workers, refusers);
-        Ok(())
     }
+
+    /// Joins the workers that have finished, so the list only holds live ones.
+    fn reap(&self) {
+        let done: Vec<_> = {
+            let mut workers = lock(&self.workers);
+            let (done, live): (Vec<_>, Vec<_>) =
+                workers.drain(..).partition(|(_, h)| h.is_finished());
+            *workers = live;
+            done
+        };
+        for (id, h) in done {
+            if h.join().is_err() {
+                error!("worker client-{id} panicked");
+            }
+        }
+    }
+
+    /// The shutdown sequence described in the module documentation.
+    fn close_all(&self) {
+        let state = &self.state;
+        let open = state.registry.shutdown_all(Shutdown::Read);
+        info!("shutting down: closing {open} active connection(s)");
+        let grace_end = Instant::now() + GRACE;
+        while !state.registry.is_empty() && Instant::now() < grace_end {
+            thread::sleep(Duration::from_millis(10));
+        }
+        state.registry.shutdown_all(Shutdown::Both);
+        let deadline = Instant::now() + JOIN_LIMIT;
+        lock(&self.refuser).shutdown(deadline);
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        for (id, h) in workers {
+            while !h.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if !h.is_finished() {
+                warn!("worker client-{id} did not stop in time; not waiting for it");
+            } else if h.join().is_err() {
+                error!("worker client-{id} panicked");
+            }
+        }
+        info!("shutdown complete");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ShutdownHandle {
@@ -221,21 +418,23 @@ impl ShutdownHandle {
 
 impl Waker {
     fn wake(&self) {
-        let mut targets = vec![self.addr];
-        if self.addr.is_ipv6() {
-            // A dual-stack socket also answers on IPv4, should IPv6 loopback be unavailable.
-            targets.push(SocketAddr::new(
-                Ipv4Addr::LOCALHOST.into(),
-                self.addr.port(),
-            ));
-        }
-        for t in targets {
-            if TcpStream::connect_timeout(&t, Duration::from_secs(1)).is_ok() {
-                return;
+        let mut all_woken = true;
+        for addr in &self.addrs {
+            let mut targets = vec![*addr];
+            if addr.is_ipv6() {
+                // A dual-stack socket also answers on IPv4, should IPv6 loopback be
+                // unavailable.
+                targets.push(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()));
             }
+            all_woken &= targets
+                .iter()
+                .any(|t| TcpStream::connect_timeout(t, Duration::from_secs(1)).is_ok());
         }
-        if let Ok(guard) = self.listener.lock() {
-            if let Some(sock) = guard.as_ref() {
+        if all_woken {
+            return;
+        }
+        if let Ok(guard) = self.listeners.lock() {
+            for sock in guard.iter() {
                 let _ = sock.shutdown(Shutdown::Both);
             }
         }
@@ -319,62 +518,22 @@ fn listen_on(addr: SocketAddr, dual_stack: bool) -> Result<TcpListener, ServerEr
     Ok(socket.into())
 }
 
-/// Registers the connection and starts its `client-<id>` thread.
+/// Starts the `client-<id>` thread of a registered connection.
 fn spawn_worker(
     state: &Arc<ServerState>,
+    port: &Arc<Port>,
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
+    guard: crate::registry::ConnectionGuard,
 ) -> Option<JoinHandle<()>> {
-    let clone = match stream.try_clone() {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("dropping connection from {peer}: {e}");
-            return None;
-        }
-    };
-    let guard = state.registry.register(id, peer, clone);
     let st = Arc::clone(state);
+    let port = Arc::clone(port);
     // If the thread cannot start, the closure (and with it the guard) is dropped, which
     // unregisters the connection.
     thread::Builder::new()
         .name(format!("client-{id}"))
-        .spawn(move || connection::handle(stream, peer, guard, &st))
+        .spawn(move || connection::handle(stream, peer, guard, &st, &port))
         .map_err(|e| error!("cannot start a thread for {peer}: {e}"))
         .ok()
-}
-
-/// Joins the workers that have finished, so the list only holds live ones.
-fn reap(workers: &mut Vec<(u64, JoinHandle<()>)>) {
-    let (done, live): (Vec<_>, Vec<_>) = workers.drain(..).partition(|(_, h)| h.is_finished());
-    *workers = live;
-    for (id, h) in done {
-        if h.join().is_err() {
-            error!("worker client-{id} panicked");
-        }
-    }
-}
-
-/// The shutdown sequence described in the module documentation.
-fn close_all(state: &ServerState, workers: Vec<(u64, JoinHandle<()>)>, mut refusers: Refusers) {
-    let open = state.registry.shutdown_all(Shutdown::Read);
-    info!("shutting down: closing {open} active connection(s)");
-    let grace_end = Instant::now() + GRACE;
-    while !state.registry.is_empty() && Instant::now() < grace_end {
-        thread::sleep(Duration::from_millis(10));
-    }
-    state.registry.shutdown_all(Shutdown::Both);
-    let deadline = Instant::now() + JOIN_LIMIT;
-    refusers.shutdown(deadline);
-    for (id, h) in workers {
-        while !h.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        if !h.is_finished() {
-            warn!("worker client-{id} did not stop in time; not waiting for it");
-        } else if h.join().is_err() {
-            error!("worker client-{id} panicked");
-        }
-    }
-    info!("shutdown complete");
 }

@@ -27,6 +27,11 @@ use tracing::warn;
 /// A sink for entries (`Some`) and keep-alive ticks (`None`).
 pub type Sink<'s> = dyn FnMut(Option<ListEntry>) -> Result<(), ServerError> + 's;
 
+/// Which entries may be listed (servers with tokens): called with the entry's name relative to
+/// the listed directory and, for one reached through a symlink, the root-relative path it
+/// leads to. Entries it refuses are left out (and not recursed into, nor counted).
+pub type Visible<'v> = dyn Fn(&str, Option<&str>) -> bool + 'v;
+
 /// How a walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Walked {
@@ -57,6 +62,7 @@ pub struct Walker<'a, 's> {
     /// The directories from the root down to the one being read (a link back into one of them
     /// would loop).
     ancestors: Vec<DirId>,
+    visible: Option<&'a Visible<'a>>,
     sink: &'a mut Sink<'s>,
 }
 
@@ -67,6 +73,7 @@ impl<'a, 's> Walker<'a, 's> {
         dir: &Path,
         recursive: bool,
         limit: u64,
+        visible: Option<&'a Visible<'a>>,
         sink: &'a mut Sink<'s>,
     ) -> Result<Walked, ServerError> {
         let ancestors = dir
@@ -85,6 +92,7 @@ impl<'a, 's> Walker<'a, 's> {
             sent: 0,
             truncated: false,
             ancestors,
+            visible,
             sink,
         };
         w.directory(dir, "")?;
@@ -129,6 +137,24 @@ impl<'a, 's> Walker<'a, 's> {
             let Some((entry, follow)) = self.describe(&path, rel) else {
                 continue;
             };
+            if let Some(visible) = self.visible {
+                // Where it leads, if that is not simply `path` (canonical, since `dir` is).
+                let real = match (&follow, entry.kind) {
+                    (Some((target, _)), _) => Some(target.clone()),
+                    (None, EntryKind::Symlink) => None,
+                    (None, _)
+                        if fs::symlink_metadata(&path)
+                            .is_ok_and(|m| m.file_type().is_symlink()) =>
+                    {
+                        fs::canonicalize(&path).ok()
+                    }
+                    (None, _) => Some(path.clone()),
+                };
+                let real = real.map(|r| crate::fileid::relative_name(self.root, &r));
+                if !visible(&entry.name, real.as_deref()) {
+                    continue;
+                }
+            }
             if self.sent >= self.limit {
                 self.truncated = true;
                 return Ok(());
@@ -214,7 +240,7 @@ mod tests {
             }
             Ok(())
         };
-        let walked = Walker::run(root, &root.join(dir), recursive, limit, &mut sink).unwrap();
+        let walked = Walker::run(root, &root.join(dir), recursive, limit, None, &mut sink).unwrap();
         (got, walked)
     }
 

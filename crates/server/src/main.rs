@@ -1,22 +1,52 @@
 //! `sfts-server`: parse the arguments, set up logging, bind, print the listening line, serve
-//! until Ctrl-C or SIGTERM. Everything else lives in the library.
+//! until Ctrl-C or SIGTERM; or `sfts-server token add ...`. Everything else lives in the
+//! library.
 //!
 //! Exit codes: 0 after a clean shutdown, 1 for a startup error, 2 for a usage error (clap).
 
 use clap::Parser;
-use sfts_server::{Args, Server, ServerError};
+use sfts_server::{Args, Command, Server, ServerError, TokenCommand};
 use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    let result = match &args.command {
+        Some(Command::Token(command)) => token(command),
+        None => run(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sfts-server: error: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// `token add`: only the token goes to standard output (scripts read it), the note to
+/// standard error.
+fn token(command: &TokenCommand) -> Result<(), ServerError> {
+    let TokenCommand::Add {
+        name,
+        read,
+        write,
+        auth_file,
+    } = command;
+    let token = sfts_server::add_token(auth_file, name, read, write)?;
+    println!("{token}");
+    eprintln!(
+        "sfts-server: stored the SHA-256 of the token for '{name}' in {}; give the token to \
+         {name}, it is not shown again",
+        auth_file.display()
+    );
+    if read.is_empty() && write.is_empty() {
+        eprintln!(
+            "sfts-server: note: '{name}' may neither read nor write anything yet (add --read \
+             PREFIX or --write PREFIX entries to the file)"
+        );
+    }
+    Ok(())
 }
 
 fn run(args: &Args) -> Result<(), ServerError> {

@@ -14,15 +14,24 @@
 //! instead of one per frame. Just before the queue goes out, the uploads that stored chunks
 //! are saved to the state database in one transaction: a chunk is acknowledged only once it
 //! is recorded, so it survives a `kill -9` of the server.
+//!
+//! The session runs over a [`ServerStream`] (plain TCP or TLS, see [`crate::tls`]) whose
+//! [`crate::link::Link`] enforces the opening deadline, the idle timeout and the minimum
+//! rate. On a server that requires tokens ([`auth`]) nothing but `Auth` (and `SetPriority`) is
+//! accepted before `AuthOk`, and every request is checked against the user's permissions
+//! before the file system is touched. Requests are paced by the per-address rate limit.
 
+mod auth;
 mod get;
 mod list;
 mod put;
 mod stat;
 
-use crate::connection::{linger_close, DeadlineReader, Session};
+use crate::connection::Session;
 use crate::error::ServerError;
+use crate::limits::{AddrKey, Verdict};
 use crate::paths::{self, Refusal};
+use crate::tls::ServerStream;
 use crate::upload::Upload;
 use sfts_protocol::io::read_message;
 use sfts_protocol::{
@@ -31,7 +40,6 @@ use sfts_protocol::{
 };
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Write};
-use std::net::TcpStream;
 use std::time::Instant;
 use tracing::{info, warn};
 
@@ -89,6 +97,8 @@ enum Incoming {
     PutAbort(u32),
     /// A `Mkdir`.
     Mkdir(String),
+    /// An `Auth` with its token (never logged).
+    Auth(String),
     /// A well-formed frame that makes no sense here.
     Unexpected(&'static str),
     /// The bytes were not a valid frame, or the stream failed.
@@ -100,8 +110,10 @@ struct Native<'a> {
     s: &'a Session<'a>,
     /// What both sides announced (set by the handshake).
     common: Capabilities,
-    /// The socket, read through a buffer once the handshake is done.
-    input: BufReader<&'a TcpStream>,
+    /// The connection, read through a buffer (written through `get_mut`).
+    io: BufReader<ServerStream>,
+    /// Who presented a valid token (servers with `--auth-file`).
+    user: Option<&'a crate::auth::User>,
     /// Incoming frames.
     rbuf: Vec<u8>,
     /// Replies waiting to be written.
@@ -114,36 +126,34 @@ struct Native<'a> {
     uploads: BTreeMap<u32, Upload<'a>>,
 }
 
-/// Runs a native session whose magic has been read; `deadline` bounds the `Hello`.
-pub fn serve(s: &Session<'_>, deadline: Instant) -> Result<(), ServerError> {
+/// Runs a native session whose magic has been read; the stream's opening deadline bounds
+/// the `Hello` (and `Auth`).
+pub fn serve(s: &Session<'_>, stream: ServerStream) -> Result<(), ServerError> {
     let mut n = Native {
         s,
         common: Capabilities(Capabilities::GET),
-        input: BufReader::with_capacity(READ_BUFFER, s.stream),
+        io: BufReader::with_capacity(READ_BUFFER, stream),
+        user: None,
         rbuf: Vec::new(),
         out: Vec::new(),
         data: Vec::new(),
         priority: Priority::Normal,
         uploads: BTreeMap::new(),
     };
-    if !n.handshake(deadline)? {
+    if !n.handshake()? {
         return Ok(());
     }
-    s.stream
-        .set_read_timeout(Some(s.state.timeout))
-        .map_err(ServerError::peer)?;
+    if s.state.access.is_none() {
+        n.io.get_mut().link_mut().end_opening();
+    }
     let result = n.requests();
     n.end(&result);
     result
 }
 
 impl<'a> Native<'a> {
-    fn next(&mut self, deadline: Option<Instant>) -> Incoming {
-        let result = match deadline {
-            // The handshake reads the socket directly: nothing may sit in the buffer then.
-            Some(d) => read_message(&mut DeadlineReader::new(self.s.stream, d), &mut self.rbuf),
-            None => read_message(&mut self.input, &mut self.rbuf),
-        };
+    fn next(&mut self) -> Incoming {
+        let result = read_message(&mut self.io, &mut self.rbuf);
         let mut incoming = match result {
             Ok(None) => Incoming::Closed,
             Ok(Some(Message::Hello {
@@ -172,6 +182,7 @@ impl<'a> Native<'a> {
             Ok(Some(Message::PutCommit { id })) => Incoming::PutCommit(id),
             Ok(Some(Message::PutAbort { id })) => Incoming::PutAbort(id),
             Ok(Some(Message::Mkdir { path })) => Incoming::Mkdir(path),
+            Ok(Some(Message::Auth { token })) => Incoming::Auth(token),
             Ok(Some(other)) => Incoming::Unexpected(other.name()),
             Err(e) => Incoming::Broken(e),
         };
@@ -205,22 +216,23 @@ impl<'a> Native<'a> {
     /// Saves the uploads that stored chunks, then writes the queued replies: nothing
     /// acknowledged is ever missing from the database.
     fn flush(&mut self) -> Result<(), ServerError> {
-        drain(self.s, &mut self.uploads, &mut self.out).map_err(ServerError::peer)
+        drain(self.s, &mut self.uploads, &mut self.out, self.io.get_mut())
+            .map_err(ServerError::peer)
     }
 
     /// True when the read buffer holds a whole frame: handling it needs no wait for the
     /// client, so the replies can stay queued a little longer.
     fn frame_waiting(&self) -> bool {
-        let b = self.input.buffer();
+        let b = self.io.buffer();
         b.len() >= 4
             && (b.len() - 4) as u64 >= u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Reads `Hello` and answers it. `Ok(false)`: the session ended politely (client left, or
     /// its version is too old and it was told so).
-    fn handshake(&mut self, deadline: Instant) -> Result<bool, ServerError> {
+    fn handshake(&mut self) -> Result<bool, ServerError> {
         let peer = self.s.peer;
-        match self.next(Some(deadline)) {
+        match self.next() {
             Incoming::Hello {
                 version,
                 capabilities,
@@ -236,12 +248,29 @@ impl<'a> Native<'a> {
                         ),
                     )?;
                     self.flush()?;
-                    linger_close(self.s.stream);
+                    self.io.get_mut().linger_close();
+                    return Ok(false);
+                }
+                if let Err(message) = self.pace() {
+                    self.send_error(ErrorCode::Busy, message)?;
+                    self.flush()?;
+                    self.io.get_mut().linger_close();
                     return Ok(false);
                 }
                 let agreed = version.min(PROTOCOL_VERSION);
-                info!("{peer} speaks the native protocol, version {agreed} ('{agent}')");
+                let tls = if self.io.get_ref().is_tls() {
+                    " over TLS"
+                } else {
+                    ""
+                };
+                info!("{peer} speaks the native protocol{tls}, version {agreed} ('{agent}')");
                 self.common = capabilities.common(Capabilities(CAPABILITIES));
+                if self.s.state.access.is_some() {
+                    // Not a feature to intersect but a requirement: announced whatever the
+                    // client announced (a client that does not know the bit ignores it, and
+                    // its requests are refused with `auth-required`).
+                    self.common = Capabilities(self.common.0 | Capabilities::AUTH);
+                }
                 self.send(&Message::Welcome {
                     version: agreed,
                     capabilities: self.common,
@@ -262,8 +291,23 @@ impl<'a> Native<'a> {
         loop {
             if !self.frame_waiting() {
                 self.flush()?;
+                self.io.get_mut().link_mut().await_request();
             }
-            match self.next(None) {
+            let mut incoming = self.next();
+            if incoming.is_paced() {
+                if let Err(message) = self.pace() {
+                    self.refuse_paced(&incoming, message)?;
+                    continue;
+                }
+            }
+            if self.s.state.access.is_some() && self.user.is_none() {
+                match self.gate(incoming)? {
+                    auth::Gate::Pass(pass) => incoming = pass,
+                    auth::Gate::Handled => continue,
+                    auth::Gate::End => return Ok(()),
+                }
+            }
+            match incoming {
                 Incoming::Get(req) => self.get(req)?,
                 Incoming::Stat(path) => self.stat(path)?,
                 Incoming::List { path, recursive } => self.list(path, recursive)?,
@@ -279,6 +323,7 @@ impl<'a> Native<'a> {
                 Incoming::PutCommit(id) => self.put_commit(id)?,
                 Incoming::PutAbort(id) => self.put_abort(id)?,
                 Incoming::Mkdir(path) => self.mkdir(path)?,
+                Incoming::Auth(token) => self.auth_again(token)?,
                 Incoming::Closed if self.s.state.stopping() => return self.goodbye(),
                 Incoming::Closed => return Ok(()),
                 Incoming::Hello { .. } => return self.reject("unexpected second Hello".into()),
@@ -298,6 +343,33 @@ impl<'a> Native<'a> {
         self.priority = p;
     }
 
+    /// Takes the rate-limit token of one request, waiting for it if need be (the queued
+    /// replies go out first). `Err`: refuse the request as busy, with this message.
+    fn pace(&mut self) -> Result<(), String> {
+        let state = self.s.state;
+        match state
+            .limiter
+            .take(AddrKey::of(self.s.peer.ip()), Instant::now())
+        {
+            Verdict::Go => Ok(()),
+            Verdict::Wait(wait) => {
+                let _ = self.flush();
+                state.pause(wait);
+                Ok(())
+            }
+            Verdict::Refuse => Err(state.rate_refusal(self.s.peer)),
+        }
+    }
+
+    /// Refuses a request over the rate limit: `busy` as its reply (a `SetPriority`, which has
+    /// none, is ignored).
+    fn refuse_paced(&mut self, incoming: &Incoming, message: String) -> Result<(), ServerError> {
+        match incoming {
+            Incoming::Priority(_) => Ok(()),
+            _ => self.send_error(ErrorCode::Busy, message),
+        }
+    }
+
     /// Tells the client the server is going away (best effort) and ends the session.
     fn goodbye<T>(&mut self) -> Result<T, ServerError> {
         let _ = self.send_error(ErrorCode::ShuttingDown, "server is shutting down");
@@ -309,7 +381,7 @@ impl<'a> Native<'a> {
     fn reject<T>(&mut self, why: String) -> Result<T, ServerError> {
         let _ = self.send_error(ErrorCode::BadRequest, why.clone());
         let _ = self.flush();
-        linger_close(self.s.stream);
+        self.io.get_mut().linger_close();
         Err(ServerError::BadRequest(why))
     }
 
@@ -319,13 +391,16 @@ impl<'a> Native<'a> {
             return self.goodbye();
         }
         match e {
+            ProtocolError::Io(io) if crate::link::stall_of(&io).is_some() => {
+                Err(ServerError::Peer(io))
+            }
             _ if e.is_timeout() => Err(ServerError::Idle(self.s.state.timeout.as_secs())),
             // The stream itself is gone or cut mid-frame: nobody to answer.
             ProtocolError::Io(_) | ProtocolError::ConnectionClosed => Err(e.into()),
             _ => {
                 let _ = self.send_error(ErrorCode::BadRequest, e.to_string());
                 let _ = self.flush();
-                linger_close(self.s.stream);
+                self.io.get_mut().linger_close();
                 Err(e.into())
             }
         }
@@ -348,7 +423,7 @@ impl<'a> Native<'a> {
         warn!(
             "refused '{}' for {}: {refusal}",
             paths::shown(path),
-            self.s.peer
+            self.who()
         );
         self.send_error(refusal.code, refusal.message)
     }
@@ -371,12 +446,12 @@ fn drain(
     s: &Session<'_>,
     open: &mut BTreeMap<u32, Upload<'_>>,
     out: &mut Vec<u8>,
+    w: &mut ServerStream,
 ) -> io::Result<()> {
     put::save_open(&s.state.uploads, open);
     if out.is_empty() {
         return Ok(());
     }
-    let mut w = s.stream;
     let written = w.write_all(out);
     out.clear();
     written
@@ -397,8 +472,24 @@ impl Incoming {
             Incoming::PutCommit(_) => "PutCommit",
             Incoming::PutAbort(_) => "PutAbort",
             Incoming::Mkdir(_) => "Mkdir",
+            Incoming::Auth(_) => "Auth",
             Incoming::Unexpected(name) => name,
             Incoming::Broken(_) => "a broken frame",
         }
+    }
+
+    /// True for the requests that take a rate-limit token: those that start something. The
+    /// parts of an upload belong to its `PutBegin`.
+    fn is_paced(&self) -> bool {
+        matches!(
+            self,
+            Incoming::Get(_)
+                | Incoming::Stat(_)
+                | Incoming::List { .. }
+                | Incoming::Priority(_)
+                | Incoming::PutBegin(_)
+                | Incoming::Mkdir(_)
+                | Incoming::Auth(_)
+        )
     }
 }

@@ -4,7 +4,13 @@
 //! and, through [`ConnectionGuard`]'s `Drop`, unregister) and the shutdown sequence (which
 //! closes every registered stream). The lock is held only to copy or swap a few fields, never
 //! across I/O; the byte counter is an atomic so the transfer loop never locks at all.
+//!
+//! The registry also counts connections per client address ([`AddrKey`]), and
+//! [`Registry::admit`] checks both connection limits and registers under one lock, so two
+//! accept loops (the main port and `--plain-port`) can never admit one connection too many.
 
+use crate::limits::AddrKey;
+use crate::refuse::Reason;
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +20,7 @@ use std::time::{Duration, Instant};
 /// One active connection.
 struct Entry {
     peer: SocketAddr,
+    key: AddrKey,
     file: Option<String>,
     file_size: u64,
     bytes_sent: Arc<AtomicU64>,
@@ -42,7 +49,23 @@ pub struct ConnectionInfo {
 /// The registry of active connections.
 #[derive(Default)]
 pub struct Registry {
-    entries: Mutex<HashMap<u64, Entry>>,
+    table: Mutex<Table>,
+}
+
+/// The connections, and how many each address has.
+#[derive(Default)]
+struct Table {
+    entries: HashMap<u64, Entry>,
+    per_address: HashMap<AddrKey, usize>,
+}
+
+/// The connection limits [`Registry::admit`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections in all.
+    pub total: usize,
+    /// Most connections from one address.
+    pub per_address: usize,
 }
 
 impl Registry {
@@ -53,13 +76,18 @@ impl Registry {
 
     /// The map, even if a thread panicked while holding the lock: every update is a single
     /// field assignment, so the data cannot be left half-written.
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Number of active connections.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
+    }
+
+    /// Number of active connections from `key`.
+    pub fn count(&self, key: AddrKey) -> usize {
+        self.lock().per_address.get(&key).copied().unwrap_or(0)
     }
 
     /// True when no connection is active.
@@ -74,27 +102,64 @@ impl Registry {
         peer: SocketAddr,
         stream: TcpStream,
     ) -> ConnectionGuard {
+        let unlimited = Limits {
+            total: usize::MAX,
+            per_address: usize::MAX,
+        };
+        match self.admit(id, peer, stream, unlimited) {
+            Ok(guard) => guard,
+            Err(_) => unreachable!("no limit"),
+        }
+    }
+
+    /// Registers connection `id` if neither limit is reached, or says which one is.
+    pub fn admit(
+        self: &Arc<Self>,
+        id: u64,
+        peer: SocketAddr,
+        stream: TcpStream,
+        limits: Limits,
+    ) -> Result<ConnectionGuard, Reason> {
+        let key = AddrKey::of(peer.ip());
+        let mut table = self.lock();
+        let active = table.entries.len();
+        if active >= limits.total {
+            return Err(Reason::Full {
+                active,
+                limit: limits.total,
+            });
+        }
+        let mine = table.per_address.entry(key).or_default();
+        if *mine >= limits.per_address {
+            return Err(Reason::Address {
+                limit: limits.per_address,
+            });
+        }
+        *mine += 1;
         let bytes_sent = Arc::new(AtomicU64::new(0));
         let entry = Entry {
             peer,
+            key,
             file: None,
             file_size: 0,
             bytes_sent: Arc::clone(&bytes_sent),
             started: Instant::now(),
             stream: Arc::new(stream),
         };
-        self.lock().insert(id, entry);
-        ConnectionGuard {
+        table.entries.insert(id, entry);
+        drop(table);
+        Ok(ConnectionGuard {
             registry: Arc::clone(self),
             id,
             bytes_sent,
-        }
+        })
     }
 
     /// A snapshot of every active connection, ordered by id.
     pub fn snapshot(&self) -> Vec<ConnectionInfo> {
         let mut v: Vec<ConnectionInfo> = self
             .lock()
+            .entries
             .iter()
             .map(|(id, e)| ConnectionInfo {
                 id: *id,
@@ -114,6 +179,7 @@ impl Registry {
     pub fn shutdown_all(&self, how: Shutdown) -> usize {
         let streams: Vec<Arc<TcpStream>> = self
             .lock()
+            .entries
             .values()
             .map(|e| Arc::clone(&e.stream))
             .collect();
@@ -125,7 +191,7 @@ impl Registry {
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut Entry)) {
-        if let Some(e) = self.lock().get_mut(&id) {
+        if let Some(e) = self.lock().entries.get_mut(&id) {
             f(e);
         }
     }
@@ -168,22 +234,23 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
+        let mut table = self.registry.lock();
+        if let Some(e) = table.entries.remove(&self.id) {
+            if let Some(n) = table.per_address.get_mut(&e.key) {
+                *n -= 1;
+                if *n == 0 {
+                    table.per_address.remove(&e.key);
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::tcp_pair as pair;
     use std::io::Read;
-    use std::net::TcpListener;
-
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (server, _) = l.accept().unwrap();
-        (client, server)
-    }
 
     #[test]
     fn register_update_snapshot_and_drop() {
@@ -209,6 +276,45 @@ mod tests {
         assert_eq!(reg.len(), 1);
         drop(g2);
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn admit_enforces_both_limits() {
+        let reg = Arc::new(Registry::new());
+        let limits = Limits {
+            total: 3,
+            per_address: 2,
+        };
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "[::1]:1".parse().unwrap();
+        let mut held = Vec::new();
+        for id in 0..2 {
+            let (_c, s) = pair();
+            held.push(reg.admit(id, a, s, limits).unwrap());
+        }
+        let (_c, s) = pair();
+        assert!(matches!(
+            reg.admit(9, a, s, limits),
+            Err(Reason::Address { limit: 2 })
+        ));
+        let (_c, s) = pair();
+        held.push(reg.admit(3, b, s, limits).unwrap());
+        let (_c, s) = pair();
+        assert!(matches!(
+            reg.admit(4, b, s, limits),
+            Err(Reason::Full {
+                active: 3,
+                limit: 3
+            })
+        ));
+        assert_eq!(reg.count(AddrKey::of(a.ip())), 2);
+        held.remove(0);
+        assert_eq!(reg.count(AddrKey::of(a.ip())), 1);
+        let (_c, s) = pair();
+        held.push(reg.admit(5, a, s, limits).unwrap());
+        drop(held);
+        assert!(reg.is_empty());
+        assert_eq!(reg.count(AddrKey::of(a.ip())), 0);
     }
 
     #[test]

@@ -14,12 +14,14 @@
 //! file did not change meanwhile. A client that goes away ends the pass at once.
 
 use super::Native;
+use crate::auth::Access;
 use crate::digest::{self, hash_span, FileHasher, KeepAlive};
 use crate::error::ServerError;
 use crate::fileid::{relative_name, FileId};
 use crate::paths::{self, Refusal};
 use crate::range::{self, Range};
 use crate::store::Outcome;
+use crate::tls::ServerStream;
 use crate::transfer::{Framing, Transfer};
 use sfts_protocol::frame::HEADER_LEN;
 use sfts_protocol::io::write_data;
@@ -30,7 +32,6 @@ use sfts_protocol::{
 use sfts_state::{FileKey, NewTransfer};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use tracing::info;
 
@@ -60,7 +61,7 @@ impl Native<'_> {
     pub(super) fn get(&mut self, req: GetRequest) -> Result<(), ServerError> {
         info!(
             "{} requests '{}' (offset {}, length {}, chunk {}, digests {:?})",
-            self.s.peer,
+            self.who(),
             req.path,
             req.offset,
             if req.length == TO_END {
@@ -71,7 +72,8 @@ impl Native<'_> {
             req.chunk_size,
             req.digests.iter().map(|a| a.name()).collect::<Vec<_>>()
         );
-        let mut opened = match self.open(&req) {
+        let permitted = self.permit(Access::Read, &req.path);
+        let mut opened = match permitted.and_then(|()| self.open(&req)) {
             Ok(o) => o,
             Err(refusal) => {
                 self.record(&req, &Range::EMPTY, 0)
@@ -132,6 +134,7 @@ impl Native<'_> {
     fn open(&self, req: &GetRequest) -> Result<Opened, Refusal> {
         let root = &self.s.state.root;
         let resolved = paths::resolve(root, &req.path)?;
+        self.permit_resolved(Access::Read, &req.path, &resolved.path)?;
         let file = File::open(&resolved.path).map_err(|e| paths::access_error(&req.path, &e))?;
         // The open file's own metadata: the file the bytes will come from.
         let meta = file.metadata().unwrap_or(resolved.metadata);
@@ -200,7 +203,7 @@ impl Native<'_> {
             self.data.resize(need, 0);
         }
         if let Some(h) = hasher.as_deref_mut() {
-            let mut alive = keepalive(s.stream);
+            let mut alive = keepalive(self.io.get_mut());
             hash_span(
                 &mut o.file,
                 range.offset,
@@ -228,13 +231,13 @@ impl Native<'_> {
         };
         transfer.run(
             &mut o.file,
-            &mut { s.stream },
+            self.io.get_mut(),
             &mut self.data,
             hasher.as_deref_mut(),
         )?;
         if let Some(h) = hasher.as_deref_mut() {
             let rest = size - h.fed();
-            let mut alive = keepalive(s.stream);
+            let mut alive = keepalive(self.io.get_mut());
             hash_span(
                 &mut o.file,
                 rest,
@@ -277,6 +280,6 @@ impl Native<'_> {
 
 /// Sends an empty `Data` frame when one is due: the client's read timeout must not fire while
 /// the server reads the file without sending.
-fn keepalive(stream: &TcpStream) -> KeepAlive<impl FnMut() -> io::Result<()> + '_> {
-    KeepAlive::new(move || write_data(&mut { stream }, &[]))
+fn keepalive(stream: &mut ServerStream) -> KeepAlive<impl FnMut() -> io::Result<()> + '_> {
+    KeepAlive::new(move || write_data(stream, &[]))
 }

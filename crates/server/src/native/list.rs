@@ -14,14 +14,19 @@ use tracing::info;
 impl Native<'_> {
     /// Answers one `List`; refusals keep the session.
     pub(super) fn list(&mut self, path: String, recursive: bool) -> Result<(), ServerError> {
-        let peer = self.s.peer;
+        let peer = self.who();
         let how = if recursive { "recursive " } else { "" };
         info!("{peer} asks for a {how}listing of '{path}'");
-        if let Err(refusal) = self.needs(Capabilities::LIST, "List", "LIST") {
+        let allowed = self
+            .needs(Capabilities::LIST, "List", "LIST")
+            .and_then(|()| self.permit_listing(&path, None));
+        if let Err(refusal) = allowed {
             return self.refuse(&path, refusal);
         }
         let state = self.s.state;
-        let found = match paths::locate(&state.root, &path) {
+        let found = paths::locate(&state.root, &path)
+            .and_then(|f| self.permit_listing(&path, Some(&f.path)).map(|()| f));
+        let found = match found {
             Ok(f) if f.metadata.is_dir() => f,
             Ok(_) => {
                 let refusal = Refusal::new(
@@ -41,6 +46,16 @@ impl Native<'_> {
                 return self.refuse(&path, refusal);
             }
         };
+        // With tokens: only what the user may see, judged by the path as listed and by where
+        // it leads.
+        let user = self.s.state.access.as_ref().and(self.user);
+        let base = path.clone();
+        let visible = user.map(|u| {
+            move |shown: &str, real: Option<&str>| {
+                u.may_see(&format!("{base}/{shown}")) && real.is_none_or(|r| u.may_see(r))
+            }
+        });
+        let visible = visible.as_ref().map(|f| f as &crate::listing::Visible);
         let started = Instant::now();
         let mut batch = ListBatcher::new();
         let mut last_sent = Instant::now();
@@ -71,6 +86,7 @@ impl Native<'_> {
                 &found.path,
                 recursive,
                 state.max_list_entries,
+                visible,
                 &mut sink,
             )
         };

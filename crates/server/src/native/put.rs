@@ -16,6 +16,7 @@
 //! refused `PutBegin` find no open upload and get `no-such-upload`.
 
 use super::Native;
+use crate::auth::Access;
 use crate::digest::{self, KeepAlive};
 use crate::error::ServerError;
 use crate::fileid::{relative_name, FileId};
@@ -70,7 +71,7 @@ impl<'a> Native<'a> {
                 warn!(
                     "refused the upload of '{}' ({size} bytes) from {}: {refusal}",
                     paths::shown(&req.path),
-                    self.s.peer
+                    self.who()
                 );
                 self.history(&req.path, size, size)
                     .finish(0, Outcome::Refused(&refusal.message));
@@ -84,6 +85,7 @@ impl<'a> Native<'a> {
         let state = self.s.state;
         let uploads = &*state.uploads;
         self.may_write()?;
+        self.permit(Access::Write, &req.path)?;
         if self.uploads.len() >= MAX_OPEN_UPLOADS {
             return Err(Refusal::new(
                 ErrorCode::Busy,
@@ -106,6 +108,7 @@ impl<'a> Native<'a> {
             ));
         }
         let place = targets::walk(&state.root, &req.path, &parts, Walk::Look)?;
+        self.permit_resolved(Access::Write, &req.path, &place.path)?;
         match place.found {
             Found::Nothing => {}
             Found::Directory | Found::Other if parts.is_empty() || place.path == state.root => {
@@ -322,11 +325,11 @@ impl<'a> Native<'a> {
             self.data.resize(VERIFY_BUFFER, 0);
         }
         let s = self.s;
-        let (open, out) = (&mut self.uploads, &mut self.out);
+        let (open, out, io) = (&mut self.uploads, &mut self.out, self.io.get_mut());
         // A keep-alive (at most one a second) flushes what is queued before it.
         let mut alive = KeepAlive::new(move || {
-            super::drain(s, open, out)?;
-            write_data(&mut { s.stream }, &[])
+            super::drain(s, open, out, io)?;
+            write_data(io, &[])
         });
         let verified = u.verify(&mut self.data, &s.state.stop, &mut alive);
         let digests = match verified {
@@ -434,8 +437,15 @@ impl<'a> Native<'a> {
     /// `Mkdir`: creates a directory and its missing parents; answers its `FileInfo`.
     pub(super) fn mkdir(&mut self, path: String) -> Result<(), ServerError> {
         let made = self.may_write().and_then(|()| {
+            self.permit(Access::Write, &path)?;
             let parts = targets::check_name(&path)?;
-            targets::walk(&self.s.state.root, &path, &parts, Walk::Create)
+            let root = &self.s.state.root;
+            if self.user.is_some() {
+                // Where it would be made, before anything is.
+                let place = targets::walk(root, &path, &parts, Walk::Look)?;
+                self.permit_resolved(Access::Write, &path, &place.path)?;
+            }
+            targets::walk(root, &path, &parts, Walk::Create)
         });
         let place = match made {
             Ok(p) => p,

@@ -2,6 +2,7 @@
 //! digests the cache already holds for exactly that version. Never reads a file's contents.
 
 use super::Native;
+use crate::auth::Access;
 use crate::digest;
 use crate::error::ServerError;
 use crate::fileid::{relative_name, FileId};
@@ -12,12 +13,19 @@ use tracing::info;
 impl Native<'_> {
     /// Answers one `Stat` with `FileInfo`, or refuses it (the session goes on either way).
     pub(super) fn stat(&mut self, path: String) -> Result<(), ServerError> {
-        info!("{} asks about '{path}'", self.s.peer);
-        if let Err(refusal) = self.needs(Capabilities::STAT, "Stat", "STAT") {
+        info!("{} asks about '{path}'", self.who());
+        let allowed = self
+            .needs(Capabilities::STAT, "Stat", "STAT")
+            .and_then(|()| self.permit(Access::Read, &path));
+        if let Err(refusal) = allowed {
             return self.refuse(&path, refusal);
         }
         let root = &self.s.state.root;
-        let found = match paths::locate(root, &path) {
+        let found = paths::locate(root, &path).and_then(|f| {
+            self.permit_resolved(Access::Read, &path, &f.path)
+                .map(|()| f)
+        });
+        let found = match found {
             Ok(f) => f,
             Err(refusal) => return self.refuse(&path, refusal),
         };
