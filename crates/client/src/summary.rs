@@ -77,7 +77,10 @@ pub fn put_json(o: &crate::upload::PutOutcome) -> Value {
         "status": "ok",
         "path": o.remote,
         "size": o.size,
-        "digests": { "sha256": o.sha256.to_hex(), "md5": o.md5.to_hex() },
+        "digests": match &o.md5 {
+            Some(md5) => json!({ "sha256": o.sha256.to_hex(), "md5": md5.to_hex() }),
+            None => json!({ "sha256": o.sha256.to_hex() }),
+        },
         "bytes_sent": o.sent,
         "bytes_skipped": o.skipped,
         "retries": o.retries,

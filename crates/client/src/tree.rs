@@ -615,12 +615,12 @@ fn put_small_files(
                         entry.path.display()
                     )));
                 }
-                let mut hasher = sfts_protocol::MultiHasher::new(DigestSet::of(&[
-                    Algorithm::Sha256,
-                    Algorithm::Md5,
-                ]));
-                hasher.update(&data);
-                let digests = hasher.finish();
+                // One chunk: the file's SHA-256 is the chunk's.
+                let sha = sha256(&data);
+                let digests = vec![sfts_protocol::Digest {
+                    algorithm: Algorithm::Sha256,
+                    bytes: sha.to_vec(),
+                }];
                 let remote = join_remote(remote_root, &entry.rel);
                 let mut begin = PutBegin::new(
                     id,
@@ -635,7 +635,6 @@ fn put_small_files(
                     kept: Kept::Nothing,
                 })?;
                 begin.force = opts.force;
-                let sha = sha256(&data);
                 let session = f.session()?;
                 let sent = session
                     .send(&Message::PutBegin(begin))
