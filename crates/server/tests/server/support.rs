@@ -162,6 +162,8 @@ pub fn logs(dir: &Path) -> String {
 /// state directory); shut down and joined on drop.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The `--plain-port` listener, if configured.
+    pub plain: Option<SocketAddr>,
     pub handle: ShutdownHandle,
     thread: Option<JoinHandle<Result<(), sfts_server::ServerError>>>,
     pub root: PathBuf,
@@ -196,12 +198,14 @@ impl Running {
         adjust(&mut config);
         let server = Server::bind(config).unwrap();
         let addr = server.local_addr();
+        let plain = server.plain_addr();
         let handle = server.shutdown_handle();
         let db = server.state_db().clone();
         let root = server.root().to_path_buf();
         let thread = Some(std::thread::spawn(move || server.run()));
         Running {
             addr,
+            plain,
             handle,
             thread,
             root,
