@@ -16,5 +16,6 @@ mod paths;
 mod proxy;
 mod resume;
 mod robustness;
+mod security;
 mod trees;
 mod upload;
