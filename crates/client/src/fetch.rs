@@ -126,6 +126,9 @@ impl<'a> Fetcher<'a> {
         let mut session = NativeSession::new(stream);
         match session.handshake(&self.request()) {
             Ok(welcome) => {
+                if let Some(token) = &self.opts.token {
+                    self.authenticate(&mut session, &welcome, token)?;
+                }
                 // The priority is a session setting: sent on every (re)connection.
                 if let Some(p) = self.opts.priority {
                     if welcome.capabilities.has(Capabilities::PRIORITY) {
@@ -141,12 +144,23 @@ impl<'a> Fetcher<'a> {
                         tracing::info!("priority {p}");
                     }
                 }
-                if let Some(token) = &self.opts.token {
-                    self.authenticate(&mut session, &welcome, token)?;
-                }
                 Ok(Live { session, welcome })
             }
             Err(HandshakeError::Fatal(e)) => Err(Failure::fatal(e)),
+            Err(HandshakeError::Closed) => {
+                self.interrupt.release();
+                let reason = "the server closed the connection without answering (a busy \
+                              server; or not an SFTS server: for a server of the original \
+                              design use --protocol legacy)"
+                    .to_string();
+                Err(Failure::Retry {
+                    warning: format!("{} closed the connection without answering", self.server),
+                    error: Box::new(ClientError::Disconnected {
+                        stage: "waiting for the server's greeting",
+                        reason,
+                    }),
+                })
+            }
             Err(HandshakeError::Unavailable { code, message }) => {
                 // Drop our clone too, or the server keeps counting this connection while we
                 // wait to retry.

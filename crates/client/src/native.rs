@@ -50,6 +50,9 @@ pub enum HandshakeError {
         /// The server's message.
         message: String,
     },
+    /// The connection closed before any answer (a server refusing under load, or not an SFTS
+    /// server): worth another attempt.
+    Closed,
     /// Anything else.
     Fatal(ClientError),
 }
@@ -100,7 +103,8 @@ impl<S: Read + Write> NativeSession<S> {
                     | Capabilities::STAT
                     | Capabilities::UPLOAD
                     | Capabilities::LIST
-                    | Capabilities::PRIORITY,
+                    | Capabilities::PRIORITY
+                    | Capabilities::AUTH,
             ),
             agent: AGENT.into(),
         }
@@ -142,7 +146,8 @@ impl<S: Read + Write> NativeSession<S> {
                 other.name()
             ))),
             (_, Err(e)) => Err(fatal(format!("cannot send the greeting: {e}"))),
-            (Ok(None), Ok(())) => Err(fatal("it closed the connection without answering".into())),
+            // A server under a flood may close without a word; retried like a busy answer.
+            (Ok(None), Ok(())) => Err(HandshakeError::Closed),
             (Err(e), Ok(())) if e.is_timeout() => Err(fatal(format!(
                 "no answer within {}",
                 crate::connect::seconds(req.timeout)
@@ -476,6 +481,15 @@ mod tests {
             Err(HandshakeError::Fatal(e)) => return (Vec::new(), Err(e)),
             Err(HandshakeError::Unavailable { message, .. }) => {
                 return (Vec::new(), Err(ClientError::Usage(message)))
+            }
+            Err(HandshakeError::Closed) => {
+                return (
+                    Vec::new(),
+                    Err(ClientError::Disconnected {
+                        stage: "greeting",
+                        reason: "closed".into(),
+                    }),
+                )
             }
         };
         let h = match s.request(&req, &welcome) {

@@ -14,7 +14,14 @@ use std::time::{Duration, Instant};
 fn frames_declared_at_their_maximum_do_not_pin_server_memory() {
     // Before the fix in `sfts_protocol::io::read_message` (found by the `message` fuzz target),
     // each of these connections made the server allocate and zero 16 MiB for five header bytes.
-    let t = Target::start(&["--max-connections", "1000", "--timeout", "20"]);
+    let t = Target::start(&[
+        "--max-connections",
+        "1000",
+        "--max-connections-per-ip",
+        "1000",
+        "--timeout",
+        "20",
+    ]);
     let addr = t.addr();
     let mut held = Vec::new();
     for i in 0..100 {
@@ -71,7 +78,14 @@ fn five_hundred_half_open_connections_do_not_starve_a_normal_client() {
     // which is the harder case for a thread-per-client server (the flood over the limit is the
     // next test). The handshake deadline (the --timeout here) then drops them all.
     let secs = 5;
-    let t = Target::start(&["--max-connections", "1000", "--timeout", &secs.to_string()]);
+    let t = Target::start(&[
+        "--max-connections",
+        "1000",
+        "--max-connections-per-ip",
+        "1000",
+        "--timeout",
+        &secs.to_string(),
+    ]);
     let opened = Instant::now();
     let held = half_open(t.addr(), 500);
     let pid = t.pid();
