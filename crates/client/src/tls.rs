@@ -113,6 +113,17 @@ fn classify(host: &str, e: io::Error) -> TlsFailure {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .cloned();
     match tls_error {
+        Some(rustls::Error::InvalidCertificate(why))
+            if format!("{why:?}").contains("CaUsedAsEndEntity") =>
+        {
+            TlsFailure::Fatal(ClientError::Tls {
+                host: host.to_string(),
+                detail: "its certificate is a CA certificate used as the server's own, which \
+                         is refused (`openssl req -x509` makes those by default: add \
+                         -addext basicConstraints=critical,CA:FALSE, see SECURITY.md)"
+                    .into(),
+            })
+        }
         Some(rustls::Error::InvalidCertificate(why)) => TlsFailure::Fatal(ClientError::Tls {
             host: host.to_string(),
             detail: format!(
