@@ -40,6 +40,8 @@ impl Capabilities {
     /// `Auth` with an access token. A server announcing it may require `Auth` before any
     /// request.
     pub const AUTH: u64 = 1 << 7;
+    /// The BLAKE3 digest ([`crate::Algorithm::Blake3`]) may be asked for in `Get`.
+    pub const BLAKE3: u64 = 1 << 8;
 
     /// True when every bit of `bits` is set.
     pub fn has(self, bits: u64) -> bool {

@@ -619,7 +619,7 @@ pub(crate) mod tests {
 
     #[test]
     fn begin_from_hasher_output() {
-        let mut h = MultiHasher::new(DigestSet::of(&Algorithm::ALL));
+        let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256]));
         h.update(b"abc");
         let digests = h.finish();
         let b = PutBegin::new(1, "f", 3, 0, 4096, &digests).unwrap();

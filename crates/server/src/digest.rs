@@ -160,6 +160,7 @@ fn digest(known: &CachedDigests, algorithm: Algorithm) -> Option<Digest> {
     let bytes = match algorithm {
         Algorithm::Md5 => known.md5?.to_vec(),
         Algorithm::Sha256 => known.sha256?.to_vec(),
+        Algorithm::Blake3 => return None,
     };
     Some(Digest { algorithm, bytes })
 }
