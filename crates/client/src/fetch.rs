@@ -266,6 +266,16 @@ impl<'a> Fetcher<'a> {
         sink: &mut impl RangeSink,
         kept: &Kept,
     ) -> Result<Fetched, ClientError> {
+        if digests.contains(sfts_protocol::Algorithm::Blake3)
+            && !self.server_has(Capabilities::BLAKE3)
+        {
+            return Err(ClientError::Refused {
+                remote: self.opts.remote.clone(),
+                message: "the server does not compute BLAKE3 digests (it is older); use \
+                          --checksum sha256"
+                    .into(),
+            });
+        }
         let mut done = 0u64;
         // Reconnections since the last byte that arrived: the budget is per stall, not per
         // transfer, so a long transfer over a flaky link is not given up after 10 cuts.

@@ -104,7 +104,8 @@ impl<S: Read + Write> NativeSession<S> {
                     | Capabilities::UPLOAD
                     | Capabilities::LIST
                     | Capabilities::PRIORITY
-                    | Capabilities::AUTH,
+                    | Capabilities::AUTH
+                    | Capabilities::BLAKE3,
             ),
             agent: AGENT.into(),
         }
