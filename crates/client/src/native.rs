@@ -9,6 +9,7 @@ use sfts_protocol::{
     Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, TO_END,
 };
 use std::io::{Read, Write};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::time::Duration;
 
 /// How this client introduces itself.
@@ -333,7 +334,9 @@ impl<S: Read + Write> NativeSession<S> {
             Err(e) => Err(early_read_failed(STAGE, e, req.timeout)),
         }
     }
+}
 
+impl<S: Read + Write + Send> NativeSession<S> {
     /// Receives the `Data` frames of `header` into `sink` (which hashes them), then the
     /// `Trailer`. Returns the server's digest for `algorithm`; comparing it is the caller's
     /// business.
@@ -362,6 +365,9 @@ impl<S: Read + Write> NativeSession<S> {
         sink: &mut W,
         ctx: &Context<'_>,
     ) -> Result<Vec<Digest>, Stopped> {
+        if header.length >= PIPELINE_MIN {
+            return self.receive_pipelined(header, sink, ctx);
+        }
         let size = header.length;
         let mut received = 0u64;
         loop {
@@ -395,6 +401,138 @@ impl<S: Read + Write> NativeSession<S> {
             }
         }
     }
+
+    /// [`receive_all`](Self::receive_all) on two threads: one reads frames from the socket
+    /// straight into reused buffers, this one writes and hashes them, so reading the network
+    /// and hashing overlap on two cores.
+    fn receive_pipelined<W: Write>(
+        &mut self,
+        header: &FileHeader,
+        sink: &mut W,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<Digest>, Stopped> {
+        let size = header.length;
+        let stream = &mut self.stream;
+        std::thread::scope(|scope| {
+            let (tx, rx) = sync_channel::<Frame>(PIPELINE_DEPTH);
+            let (give_back, spare) = channel::<Vec<u8>>();
+            scope.spawn(move || read_frames(stream, size, &tx, &spare));
+            let mut received = 0u64;
+            for frame in &rx {
+                match frame {
+                    Frame::Data(buf) => {
+                        ctx.deliver(sink, &buf, &mut received)?;
+                        let _ = give_back.send(buf);
+                    }
+                    Frame::Trailer(digests) => return Ok(digests),
+                    Frame::Stop(cause) => return Err(ctx.stop(received, cause)),
+                    Frame::Failed(e) => return Err(ctx.read_failed(received, e)),
+                }
+            }
+            let reason = "the connection ended".to_string();
+            Err(ctx.stop(received, Stop::Lost(reason)))
+        })
+    }
+}
+
+/// Transfers at least this long are received on two threads.
+const PIPELINE_MIN: u64 = 4 << 20;
+
+/// Frames read ahead of the writing and hashing thread.
+const PIPELINE_DEPTH: usize = 4;
+
+/// What the reading thread hands over.
+enum Frame {
+    /// A `Data` payload.
+    Data(Vec<u8>),
+    /// The trailer, after exactly the announced bytes.
+    Trailer(Vec<Digest>),
+    /// The transfer stopped (server error, protocol violation, connection closed).
+    Stop(Stop),
+    /// Reading failed.
+    Failed(sfts_protocol::ProtocolError),
+}
+
+/// The reading thread: frames of a transfer of `size` bytes, until the trailer or a stop.
+/// Ends early when the receiving side hangs up.
+fn read_frames<S: Read>(
+    stream: &mut S,
+    size: u64,
+    tx: &SyncSender<Frame>,
+    spare: &Receiver<Vec<u8>>,
+) {
+    use sfts_protocol::frame::{tag, Header, HEADER_LEN};
+    let mut read = 0u64;
+    loop {
+        let mut head = [0u8; HEADER_LEN];
+        let frame = match read_exact_or_eof(stream, &mut head) {
+            Ok(false) => Frame::Stop(Stop::Lost("the server closed the connection".into())),
+            Err(e) => Frame::Failed(e),
+            Ok(true) => match Header::parse(&head) {
+                Err(e) => Frame::Failed(e),
+                Ok(h) if h.tag == tag::DATA => {
+                    let n = h.payload_len;
+                    if n as u64 > size - read {
+                        Frame::Stop(Stop::Protocol(format!(
+                            "it sent more than the {size} bytes it announced ({n} after {read})"
+                        )))
+                    } else {
+                        let mut buf = spare.try_recv().unwrap_or_default();
+                        buf.resize(n, 0);
+                        match stream.read_exact(&mut buf) {
+                            Ok(()) if n == 0 => continue, // keep-alive
+                            Ok(()) => {
+                                read += n as u64;
+                                Frame::Data(buf)
+                            }
+                            Err(e) => Frame::Failed(e.into()),
+                        }
+                    }
+                }
+                Ok(h) => {
+                    let mut payload = vec![0u8; h.payload_len];
+                    match stream.read_exact(&mut payload) {
+                        Err(e) => Frame::Failed(e.into()),
+                        Ok(()) => match Message::decode_payload(h.tag, &payload) {
+                            Err(e) => Frame::Failed(e),
+                            Ok(Message::Trailer { digests }) if read == size => {
+                                Frame::Trailer(digests)
+                            }
+                            Ok(Message::Error { code, message }) => {
+                                Frame::Stop(Stop::Aborted(format!("{message} ({})", code.name())))
+                            }
+                            Ok(other) => Frame::Stop(Stop::Protocol(format!(
+                                "it sent {} after {read} of {size} bytes",
+                                other.name()
+                            ))),
+                        },
+                    }
+                }
+            },
+        };
+        let last = !matches!(frame, Frame::Data(_));
+        if tx.send(frame).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Reads a whole frame header; `Ok(false)` when the stream ended before its first byte.
+fn read_exact_or_eof<S: Read>(
+    stream: &mut S,
+    buf: &mut [u8],
+) -> Result<bool, sfts_protocol::ProtocolError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match stream.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(sfts_protocol::ProtocolError::ConnectionClosed),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -664,5 +802,59 @@ mod tests {
         let e = session(b"OK".to_vec()).1.unwrap_err();
         assert!(matches!(e, ClientError::Handshake { .. }), "{e}");
         assert!(e.to_string().contains("--protocol legacy"));
+    }
+
+    #[test]
+    fn large_transfers_are_received_on_two_threads_with_the_same_results() {
+        let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let mut msgs = vec![header(data.len() as u64)];
+        for (i, c) in data.chunks(1 << 20).enumerate() {
+            if i == 2 {
+                msgs.push(Message::Data(&[])); // a keep-alive in the middle
+            }
+            msgs.push(Message::Data(c));
+        }
+        msgs.push(Message::Trailer {
+            digests: vec![digest(Algorithm::Sha256, &data)],
+        });
+        let Message::FileHeader(h) = msgs[0].clone() else {
+            unreachable!()
+        };
+        let run = |script_bytes: Vec<u8>| {
+            let mut s = NativeSession::new(Fake {
+                input: Cursor::new(script_bytes),
+                output: Vec::new(),
+            });
+            let interrupt = Interrupt::new();
+            let progress = Progress::hidden();
+            let ctx = Context {
+                interrupt: &interrupt,
+                progress: &progress,
+                timeout: Duration::from_secs(10),
+            };
+            let mut sink = HashingWriter::new(Vec::new(), DigestSet::of(&[Algorithm::Sha256]));
+            let r = s.receive(&h, Algorithm::Sha256, &mut sink, &ctx);
+            (r, sink.finish())
+        };
+        let (r, (bytes, ours)) = run(script(&msgs[1..]));
+        assert_eq!(r.unwrap(), ours[0]);
+        assert!(bytes == data);
+
+        // The connection ends after 2 MiB: the count is kept.
+        let cut = script(&msgs[1..3]);
+        let (r, (bytes, _)) = run(cut);
+        let stopped = r.unwrap_err();
+        assert_eq!(stopped.received, 2 << 20);
+        assert_eq!(bytes.len(), 2 << 20);
+        assert!(matches!(stopped.cause, Stop::Lost(_)));
+
+        // An error frame mid-way aborts.
+        let mut aborted = script(&msgs[1..2]);
+        aborted.extend(script(&[Message::Error {
+            code: ErrorCode::ShuttingDown,
+            message: "bye".into(),
+        }]));
+        let (r, _) = run(aborted);
+        assert!(matches!(r.unwrap_err().cause, Stop::Aborted(m) if m.contains("bye")));
     }
 }

@@ -282,7 +282,7 @@ fn malformed_fields_and_extreme_values() {
             offset,
             length,
             chunk_size,
-            digests: DigestSet::of(&Algorithm::ALL),
+            digests: DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256]),
             if_match,
         })
     };
@@ -348,7 +348,7 @@ fn malformed_fields_and_extreme_values() {
     assert_eq!(h.offset, 0, "a changed version must be sent whole");
     assert!(data == *good);
     // The trailers carry the whole file's digests.
-    let mut hasher = MultiHasher::new(DigestSet::of(&Algorithm::ALL));
+    let mut hasher = MultiHasher::new(DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256]));
     hasher.update(good);
     let want = hasher.finish();
     for (i, reply) in replies.iter().enumerate().skip(2) {
