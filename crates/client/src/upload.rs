@@ -16,7 +16,7 @@ use crate::error::{ClientError, Kept};
 use crate::fetch::Fetcher;
 use crate::interrupt::Interrupt;
 use crate::progress::Bytes;
-use sfts_protocol::checksum::{digest_reader, sha256};
+use sfts_protocol::checksum::sha256;
 use sfts_protocol::{
     chunk_count, chunk_span, Algorithm, Capabilities, Digest, DigestSet, ErrorCode, Message,
     PutBegin,
@@ -77,12 +77,16 @@ pub struct Local {
     pub size: u64,
     /// Its modification time, ns since the epoch.
     pub mtime_ns: i64,
-    /// SHA-256 and MD5 of its content.
+    /// SHA-256 of its content.
     pub digests: Vec<Digest>,
+    /// The chunk size `chunk_digests` were computed for.
+    pub chunk_size: u32,
+    /// SHA-256 of each chunk at `chunk_size`.
+    pub chunk_digests: Vec<[u8; 32]>,
 }
 
 /// Opens and hashes a local file to upload.
-pub fn open_local(path: &Path) -> Result<Local, ClientError> {
+pub fn open_local(path: &Path, chunk_size: u32) -> Result<Local, ClientError> {
     let meta = std::fs::metadata(path).map_err(|e| ClientError::local("cannot read", path, e))?;
     if meta.is_dir() {
         return Err(ClientError::Usage(format!(
@@ -98,12 +102,12 @@ pub fn open_local(path: &Path) -> Result<Local, ClientError> {
     }
     let mtime_ns = crate::tree::mtime_ns(&meta);
     let mut file = File::open(path).map_err(|e| ClientError::local("cannot open", path, e))?;
-    let mut buf = vec![0u8; 1 << 20];
     // SHA-256 only: it is the upload's identity and what the server checks; the server sends
     // the MD5 back after its own read of the assembled file, so hashing MD5 here (at a third
-    // of SHA-256's speed) would only delay the first byte.
-    let set = DigestSet::of(&[Algorithm::Sha256]);
-    let (size, digests) = digest_reader(&mut file, set, &mut buf)
+    // of SHA-256's speed) would only delay the first byte. The chunks' own SHA-256 (each
+    // `PutChunk` carries one) are computed in the same read, on a second core, so sending
+    // needs no hashing at all.
+    let (size, digests, chunk_digests) = hash_with_chunks(&mut file, chunk_size)
         .map_err(|e| ClientError::local("cannot read", path, e))?;
     if size != meta.len() {
         return Err(ClientError::Usage(format!(
@@ -116,7 +120,69 @@ pub fn open_local(path: &Path) -> Result<Local, ClientError> {
         size,
         mtime_ns,
         digests,
+        chunk_size,
+        chunk_digests,
     })
+}
+
+/// The file's SHA-256 (on this thread) and the SHA-256 of each `chunk_size` chunk (on
+/// another), in one read.
+fn hash_with_chunks(
+    file: &mut File,
+    chunk_size: u32,
+) -> std::io::Result<(u64, Vec<Digest>, Vec<[u8; 32]>)> {
+    use std::sync::mpsc::{channel, sync_channel};
+    let (tx, rx) = sync_channel::<Vec<u8>>(2);
+    let (give_back, spare) = channel::<Vec<u8>>();
+    let worker = std::thread::Builder::new()
+        .name("chunk-digests".into())
+        .spawn(move || {
+            let mut out = Vec::new();
+            for buf in rx {
+                out.push(sha256(&buf));
+                let _ = give_back.send(buf);
+            }
+            out
+        })?;
+    let mut whole = sfts_protocol::MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
+    let mut size = 0u64;
+    let result = loop {
+        let mut buf = spare.try_recv().unwrap_or_default();
+        buf.resize(chunk_size as usize, 0);
+        let mut filled = 0;
+        let read = loop {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = read {
+            break Err(e);
+        }
+        if filled == 0 {
+            break Ok(());
+        }
+        buf.truncate(filled);
+        whole.update(&buf);
+        size += filled as u64;
+        let last = filled < chunk_size as usize;
+        if tx.send(buf).is_err() || last {
+            break Ok(());
+        }
+    };
+    drop(tx);
+    let chunk_digests = worker
+        .join()
+        .map_err(|_| std::io::Error::other("the chunk digest thread panicked"))?;
+    result?;
+    Ok((size, whole.finish(), chunk_digests))
 }
 
 /// Counters of one upload.
@@ -133,7 +199,7 @@ pub fn put(opts: &PutOptions, interrupt: &Interrupt) -> Result<PutOutcome, Clien
     if !opts.conn.quiet {
         eprintln!("hashing '{}' ...", opts.local.display());
     }
-    let local = open_local(&opts.local)?;
+    let local = open_local(&opts.local, opts.conn.chunk_size)?;
     let mut f = Fetcher::connect(&opts.conn, interrupt)?;
     let outcome = upload_on(&mut f, opts, local, started);
     f.progress.finish();
@@ -238,7 +304,7 @@ pub fn put_one(
     let mut opts = base.clone();
     opts.local = local.to_path_buf();
     opts.conn.remote = remote.to_string();
-    let opened = open_local(local)?;
+    let opened = open_local(local, base.conn.chunk_size)?;
     upload_on(f, &opts, opened, started)
 }
 
@@ -360,7 +426,10 @@ fn send_chunks(
                 .seek(SeekFrom::Start(start))
                 .and_then(|_| local.file.read_exact(data))
                 .map_err(|e| ClientError::local("cannot read", &opts.local, e))?;
-            let digest = sha256(data);
+            let digest = match local.chunk_digests.get(index as usize) {
+                Some(d) if local.chunk_size == cs => *d,
+                _ => sha256(data),
+            };
             f.session()?
                 .send_chunk(1, index, &digest, data)
                 .map_err(|e| disconnected("sending a chunk", e))?;
@@ -463,7 +532,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"abc").unwrap();
-        let l = open_local(&path).unwrap();
+        let l = open_local(&path, 4096).unwrap();
+        assert_eq!(l.chunk_digests, [sha256(b"abc")]);
         assert_eq!(l.size, 3);
         let sha = l.digests.iter().find(|d| d.algorithm == Algorithm::Sha256);
         assert_eq!(
@@ -471,8 +541,15 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(l.digests.len(), 1);
-        let e = open_local(dir.path()).unwrap_err();
+        let e = open_local(dir.path(), 4096).unwrap_err();
         assert!(e.to_string().contains("put -r"), "{e}");
-        assert!(open_local(&dir.path().join("missing")).is_err());
+        assert!(open_local(&dir.path().join("missing"), 4096).is_err());
+        // Chunks: 10,000 bytes at 4 KiB are 3 chunks, the last one short.
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let l = open_local(&path, 4096).unwrap();
+        assert_eq!(l.size, 10_000);
+        let want: Vec<[u8; 32]> = data.chunks(4096).map(sha256).collect();
+        assert_eq!(l.chunk_digests, want);
     }
 }
