@@ -1,10 +1,11 @@
 //! Whole-file digests for the trailer and the cache.
 //!
-//! When the server has to hash a file it always computes MD5 *and* SHA-256 (so that a later
-//! request for either algorithm, or an original-protocol client, finds them in the cache) plus
-//! per-chunk SHA-256 at the transfer's chunk size, all in the one pass that sends the bytes
-//! (MD5, the slowest, on a helper thread: see [`crate::md5_thread`]). The bytes must arrive in
-//! file order; how they are split does not matter.
+//! When the server has to hash a file it always computes MD5, SHA-256 *and* BLAKE3 (so that a
+//! later request for any algorithm, or an original-protocol client, finds them in the cache)
+//! plus per-chunk SHA-256 at the transfer's chunk size, all in the one pass that sends the
+//! bytes (MD5, the slowest, on a helper thread: see [`crate::md5_thread`]; BLAKE3 costs the
+//! sending thread about a quarter of what its SHA-256 does). The bytes must arrive in file
+//! order; how they are split does not matter.
 //!
 //! Reading without sending (the part of a file before or after a requested range) goes through
 //! [`hash_span`], which calls a keep-alive at least every [`KEEPALIVE_EVERY`] so that a client
@@ -47,11 +48,12 @@ fn finish_sha256(h: MultiHasher) -> [u8; 32] {
         .expect("a SHA-256 hasher yields one 32-byte digest")
 }
 
-/// Hashes one file, front to back: MD5, SHA-256 and (when the file has few enough chunks)
-/// per-chunk SHA-256.
+/// Hashes one file, front to back: MD5, SHA-256, BLAKE3 and (when the file has few enough
+/// chunks) per-chunk SHA-256.
 pub struct FileHasher {
     md5: Md5Thread,
-    sha256: MultiHasher,
+    /// SHA-256 and BLAKE3, on the caller's thread.
+    whole: MultiHasher,
     chunks: Option<ChunkHasher>,
     fed: u64,
 }
@@ -72,14 +74,14 @@ impl FileHasher {
             } else {
                 Md5Thread::start()
             },
-            sha256: sha256(),
+            whole: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])),
             chunks,
             fed: 0,
         }
     }
 
-    /// A hasher of the whole-file digests only (MD5 and SHA-256): for an upload's commit,
-    /// whose chunks were checked one by one on arrival already.
+    /// A hasher of the whole-file digests only (MD5, SHA-256 and BLAKE3): for an upload,
+    /// whose chunks are checked one by one on arrival already.
     pub fn whole_file(size: u64) -> FileHasher {
         FileHasher {
             chunks: None,
@@ -87,10 +89,19 @@ impl FileHasher {
         }
     }
 
+    /// [`FileHasher::whole_file`] without SHA-256, for a file of one chunk whose SHA-256 (the
+    /// chunk's, checked on arrival) is known: its digests then have no `sha256`.
+    pub fn whole_file_but_sha256(size: u64) -> FileHasher {
+        FileHasher {
+            whole: MultiHasher::new(DigestSet::of(&[Algorithm::Blake3])),
+            ..FileHasher::whole_file(size)
+        }
+    }
+
     /// Feeds the next bytes of the file.
     pub fn update(&mut self, bytes: &[u8]) {
         self.md5.update(bytes);
-        self.sha256.update(bytes);
+        self.whole.update(bytes);
         if let Some(c) = &mut self.chunks {
             c.update(bytes);
         }
@@ -104,11 +115,20 @@ impl FileHasher {
 
     /// The digests of everything fed.
     pub fn finish(self) -> CachedDigests {
-        CachedDigests {
+        let mut out = CachedDigests {
             md5: self.md5.finish(),
-            sha256: Some(finish_sha256(self.sha256)),
             chunks: self.chunks.map(ChunkHasher::finish),
+            ..CachedDigests::default()
+        };
+        for d in self.whole.finish() {
+            let bytes = d.bytes.try_into().ok();
+            match d.algorithm {
+                Algorithm::Sha256 => out.sha256 = bytes,
+                Algorithm::Blake3 => out.blake3 = bytes,
+                Algorithm::Md5 => {}
+            }
         }
+        out
     }
 }
 
@@ -151,16 +171,21 @@ pub fn select(known: &CachedDigests, wanted: DigestSet) -> Option<Vec<Digest>> {
     wanted.iter().map(|a| digest(known, a)).collect()
 }
 
-/// Every whole-file digest in `known`, in algorithm-code order (possibly none).
-pub fn all_known(known: &CachedDigests) -> Vec<Digest> {
-    all().iter().filter_map(|a| digest(known, a)).collect()
+/// Every whole-file digest in `known` that is in `shown` (what the peer can decode), in
+/// algorithm-code order (possibly none).
+pub fn all_known(known: &CachedDigests, shown: DigestSet) -> Vec<Digest> {
+    all()
+        .iter()
+        .filter(|a| shown.contains(*a))
+        .filter_map(|a| digest(known, a))
+        .collect()
 }
 
 fn digest(known: &CachedDigests, algorithm: Algorithm) -> Option<Digest> {
     let bytes = match algorithm {
         Algorithm::Md5 => known.md5?.to_vec(),
         Algorithm::Sha256 => known.sha256?.to_vec(),
-        Algorithm::Blake3 => return None,
+        Algorithm::Blake3 => known.blake3?.to_vec(),
     };
     Some(Digest { algorithm, bytes })
 }
@@ -283,7 +308,7 @@ mod tests {
     #[test]
     fn empty_exact_and_huge_files() {
         let empty = FileHasher::new(0, 4096).finish();
-        assert_eq!(empty.chunks.unwrap().sha256, Vec::<[u8; 32]>::new());
+        assert_eq!(empty.chunks.clone().unwrap().sha256, Vec::<[u8; 32]>::new());
         assert_eq!(empty.sha256, Some(sha256(b"")));
 
         let mut exact = FileHasher::new(8192, 4096);
@@ -293,11 +318,28 @@ mod tests {
         let huge = FileHasher::new(MAX_CHUNK_DIGESTS * 4096 + 1, 4096);
         assert!(huge.finish().chunks.is_none());
 
+        let mut but = FileHasher::whole_file_but_sha256(3);
+        but.update(b"abc");
+        let but = but.finish();
         let mut whole = FileHasher::whole_file(3);
         whole.update(b"abc");
         let whole = whole.finish();
+        assert_eq!(
+            (but.sha256, but.md5, but.blake3),
+            (None, whole.md5, whole.blake3)
+        );
         assert!(whole.chunks.is_none() && whole.md5.is_some());
         assert_eq!(whole.sha256, Some(sha256(b"abc")));
+        // The reference implementation's vectors.
+        let hex = |d: Option<[u8; 32]>| sfts_protocol::checksum::to_hex(&d.unwrap());
+        assert_eq!(
+            hex(whole.blake3),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+        assert_eq!(
+            hex(empty.blake3),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
     }
 
     #[test]
@@ -311,8 +353,27 @@ mod tests {
         let got = select(&md5_only, DigestSet::of(&[Algorithm::Md5])).unwrap();
         assert_eq!(got, [Digest::new(Algorithm::Md5, vec![1; 16]).unwrap()]);
         assert_eq!(select(&md5_only, DigestSet::EMPTY), Some(vec![]));
-        assert_eq!(all_known(&md5_only).len(), 1);
-        assert!(all_known(&CachedDigests::default()).is_empty());
+        assert_eq!(all_known(&md5_only, all()).len(), 1);
+        assert!(all_known(&CachedDigests::default(), all()).is_empty());
+        let every = CachedDigests {
+            md5: Some([1; 16]),
+            sha256: Some([2; 32]),
+            blake3: Some([3; 32]),
+            chunks: None,
+        };
+        let blake3 = DigestSet::of(&[Algorithm::Blake3]);
+        assert_eq!(
+            select(&every, blake3).unwrap(),
+            [Digest::new(Algorithm::Blake3, vec![3; 32]).unwrap()]
+        );
+        assert_eq!(select(&md5_only, blake3), None);
+        // A peer that cannot decode BLAKE3 is not shown it.
+        let older: Vec<_> = all_known(&every, both)
+            .iter()
+            .map(|d| d.algorithm)
+            .collect();
+        assert_eq!(older, [Algorithm::Md5, Algorithm::Sha256]);
+        assert_eq!(all_known(&every, all()).len(), 3);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::paths;
 use crate::store::{Outcome, Record};
 use crate::transfer::{Framing, Transfer};
 use sfts_protocol::legacy::{self, Metadata};
-use sfts_protocol::{Algorithm, Digest, ErrorCode, ProtocolError};
+use sfts_protocol::{Algorithm, Digest, DigestSet, ErrorCode, ProtocolError};
 use sfts_state::{FileKey, NewTransfer};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -131,10 +131,14 @@ pub fn serve(s: &Session<'_>, mut link: Link, first: [u8; 4]) -> Result<(), Serv
             framing: Framing::Raw,
             counter: s.guard.bytes_sent(),
             stop: &s.state.stop,
+            note: "",
         };
         // The size went out with the metadata, so the data is exactly what was hashed, even
         // if the file grows meanwhile; a shrinking file ends the transfer short (the original
         // protocol has no way to say so; the client notices the missing bytes).
+        #[cfg(target_os = "linux")]
+        return transfer.run_zero_copy(&file, out, &mut buf);
+        #[cfg(not(target_os = "linux"))]
         transfer.run(&mut file, out, &mut buf, None)
     });
     s.guard.end_file();
@@ -153,7 +157,10 @@ fn md5_of(
     buf: &mut [u8],
 ) -> Result<Digest, ServerError> {
     let store = &s.state.store;
-    let md5 = match store.cached(key).and_then(|c| c.md5) {
+    let md5 = match store
+        .cached(key, DigestSet::of(&[Algorithm::Md5]))
+        .and_then(|c| c.md5)
+    {
         Some(md5) => {
             info!("digest cache hit for '{name}'");
             md5

@@ -40,6 +40,7 @@ pub mod link;
 mod listener;
 mod listing;
 mod md5_thread;
+mod memo;
 mod native;
 pub mod paths;
 mod periodic;
@@ -53,6 +54,7 @@ mod transfer;
 mod units;
 mod upload;
 pub mod uploads;
+mod writer;
 
 pub use auth::{add_token, AccessList};
 pub use config::{Args, Command, Config, TokenCommand, UploadPolicy};

@@ -179,7 +179,9 @@ impl Server {
             state,
             waker,
         } = self;
-        // Stopped (and joined) when `run` returns, however it returns.
+        // Stopped (and joined) when `run` returns, however it returns; the state writer
+        // last, after the workers, so it commits what they recorded.
+        let _writer = state.store.start_writer();
         let _pruner = Pruner::start(&state.store, history);
         let _cleaner = Cleaner::start(&state.uploads);
         log_setup(
@@ -413,6 +415,12 @@ impl ShutdownHandle {
     /// A snapshot of the active connections.
     pub fn connections(&self) -> Vec<ConnectionInfo> {
         self.state.registry.snapshot()
+    }
+
+    /// Waits until the transfer history rows and digest-cache entries recorded so far are in
+    /// the state database (a background thread writes them within 100 ms).
+    pub fn flush_state(&self) {
+        self.state.store.flush();
     }
 }
 

@@ -35,8 +35,8 @@ use crate::tls::ServerStream;
 use crate::upload::Upload;
 use sfts_protocol::io::read_message;
 use sfts_protocol::{
-    Capabilities, ErrorCode, GetRequest, Message, Priority, ProtocolError, PutBegin,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Algorithm, Capabilities, DigestSet, ErrorCode, GetRequest, Message, Priority, ProtocolError,
+    PutBegin, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Write};
@@ -45,15 +45,17 @@ use tracing::{info, warn};
 
 /// What the server offers: downloads, ranges of files (resume), several requests per
 /// connection, `Stat`, uploads (announced even when read-only, so clients can tell "not
-/// allowed here" from "not supported"), listings and priorities. A request needing a
-/// capability the client did not announce gets `Error{Unsupported}` and the session goes on.
+/// allowed here" from "not supported"), listings, priorities and BLAKE3 digests. A request
+/// needing a capability the client did not announce gets `Error{Unsupported}` and the session
+/// goes on.
 const CAPABILITIES: u64 = Capabilities::GET
     | Capabilities::RESUME
     | Capabilities::MULTI_REQUEST
     | Capabilities::STAT
     | Capabilities::UPLOAD
     | Capabilities::LIST
-    | Capabilities::PRIORITY;
+    | Capabilities::PRIORITY
+    | Capabilities::BLAKE3;
 
 /// Queued replies are written out once they reach this size.
 const OUT_LIMIT: usize = 64 * 1024;
@@ -416,6 +418,16 @@ impl<'a> Native<'a> {
             ErrorCode::Unsupported,
             format!("{what} needs the {name} capability, which this session did not negotiate"),
         ))
+    }
+
+    /// The digest algorithms this session's client can decode: MD5 and SHA-256, and BLAKE3
+    /// once both sides announced it (an older client would take algorithm 3 for garbage).
+    fn shown_digests(&self) -> DigestSet {
+        let mut set = DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256]);
+        if self.common.has(Capabilities::BLAKE3) {
+            set.insert(Algorithm::Blake3);
+        }
+        set
     }
 
     /// Sends a refusal for one request; the session goes on.

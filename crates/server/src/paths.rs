@@ -160,13 +160,18 @@ pub fn locate(root: &Path, requested: &str) -> Result<Resolved, Refusal> {
     // Invariant: `current` is canonical and under the root (the root is canonical; each step
     // appends a plain name, or replaces the path by a symlink's canonical target).
     let mut current = root.to_path_buf();
+    // The metadata of `current` when its last step was not a symlink (what
+    // `symlink_metadata` said is then what `metadata` would say): saves a look at the end.
+    let mut known = None;
     for part in parts {
         let next = current.join(part);
         let meta = fs::symlink_metadata(&next).map_err(io_refusal)?;
         if !meta.file_type().is_symlink() {
             current = next;
+            known = Some(meta);
             continue;
         }
+        known = None;
         match fs::canonicalize(&next) {
             Ok(target) if target.starts_with(root) => current = target,
             Ok(_) => return Err(outside()),
@@ -185,7 +190,10 @@ pub fn locate(root: &Path, requested: &str) -> Result<Resolved, Refusal> {
         // Uploads in progress are nobody's business: as if they did not exist.
         return Err(not_found(requested));
     }
-    let metadata = fs::metadata(&current).map_err(io_refusal)?;
+    let metadata = match known {
+        Some(meta) => meta,
+        None => fs::metadata(&current).map_err(io_refusal)?,
+    };
     Ok(Resolved {
         path: current,
         metadata,

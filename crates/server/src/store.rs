@@ -6,16 +6,23 @@
 //! * [`Store`] wraps the shared database for the workers: a failed lookup is a cache miss, a
 //!   failed write is a lost cache entry or history row, each logged as a warning; none of them
 //!   ever fails a transfer. Each call holds the database lock for one statement, never across
-//!   network I/O.
+//!   network I/O. History rows and cache entries go through the writer thread of
+//!   [`crate::writer`].
 //! * [`Pruner`] deletes old history once an hour on its own thread.
 
+use crate::digest;
 use crate::error::ServerError;
+use crate::memo::Memo;
 use crate::periodic::Periodic;
-use sfts_state::{CachedDigests, FileKey, NewTransfer, StateDb};
+use crate::writer::{Writer, RUNNING_ROW_FROM};
+use sfts_protocol::DigestSet;
+use sfts_state::{
+    CachedDigests, FileKey, HistoryWrite, NewTransfer, StateDb, TransferEnd, TransferRow,
+};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 /// How often the history is pruned while the server runs.
@@ -32,7 +39,7 @@ pub fn open(dir: Option<&Path>, root: &Path, keep: Option<Duration>) -> Result<S
         }
     };
     info!("state database: {}", db.path().display());
-    let store = Store { db: Arc::new(db) };
+    let store = Store::new(Arc::new(db));
     if let Some(keep) = keep {
         store.prune(keep);
     }
@@ -115,39 +122,97 @@ impl<'a> Outcome<'a> {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<StateDb>,
+    writer: Arc<Writer>,
+    /// The whole-file digests of the files used lately.
+    memo: Arc<Memo>,
 }
 
 impl Store {
+    /// Wraps `db`; history rows and cache entries are written at once until
+    /// [`Store::start_writer`].
+    pub fn new(db: Arc<StateDb>) -> Store {
+        Store {
+            writer: Arc::new(Writer::new(Arc::clone(&db))),
+            memo: Arc::default(),
+            db,
+        }
+    }
+
     /// The database itself (for tests and status output).
     pub fn db(&self) -> &Arc<StateDb> {
         &self.db
     }
 
-    /// The cached digests of exactly this file version; `None` on a miss or a database error.
-    pub fn cached(&self, key: &FileKey) -> Option<CachedDigests> {
-        self.db.lookup_digests(key).unwrap_or_else(|e| {
-            warn!("digest cache lookup for '{}' failed: {e}", key.path);
-            None
-        })
-    }
-
-    /// Stores the digests of this file version.
-    pub fn remember(&self, key: &FileKey, digests: &CachedDigests) {
-        if let Err(e) = self.db.store_digests(key, digests) {
-            warn!("could not cache the digests of '{}': {e}", key.path);
+    /// Starts the writer thread; it stops, having committed everything, when the returned
+    /// guard is dropped.
+    pub fn start_writer(&self) -> WriterGuard {
+        self.writer.start();
+        WriterGuard {
+            writer: Arc::clone(&self.writer),
         }
     }
 
-    /// Starts a history row; finish it with [`Record::finish`].
+    /// Waits until every history row and cache entry recorded so far is committed.
+    pub fn flush(&self) {
+        self.writer.flush();
+    }
+
+    /// The cached digests of exactly this file version; `None` on a miss or a database error.
+    /// From memory when it holds every digest in `wanted`, else from the database (and what
+    /// the writer has not written yet).
+    pub fn cached(&self, key: &FileKey, wanted: DigestSet) -> Option<CachedDigests> {
+        if let Some(d) = self.memo.get(key) {
+            if digest::select(&d, wanted).is_some() {
+                return Some(d);
+            }
+        }
+        let pending = self.writer.pending(key);
+        let stored = self.db.lookup_digests(key).unwrap_or_else(|e| {
+            warn!("digest cache lookup for '{}' failed: {e}", key.path);
+            None
+        });
+        let found = match (stored, pending) {
+            (Some(stored), Some(pending)) => Some(stored.merged_with(&pending)),
+            (stored, pending) => stored.or(pending),
+        };
+        if let Some(d) = &found {
+            self.memo.add(key, d);
+        }
+        found
+    }
+
+    /// Stores the digests of this file version (in memory at once, in the database through
+    /// the writer thread).
+    pub fn remember(&self, key: &FileKey, digests: &CachedDigests) {
+        self.memo.add(key, digests);
+        self.writer.remember(key, digests);
+    }
+
+    /// Starts the history row of a transfer; finish it with [`Record::finish`]. A transfer of
+    /// [`RUNNING_ROW_FROM`] bytes or more shows as `running` until then.
     pub fn begin(&self, t: &NewTransfer<'_>) -> Record {
-        let id = self
-            .db
-            .begin_transfer(t)
-            .map_err(|e| warn!("could not record the transfer of '{}': {e}", t.path))
-            .ok();
+        let row = TransferRow {
+            started_at: epoch_secs(SystemTime::now()),
+            peer: t.peer.to_owned(),
+            path: t.path.to_owned(),
+            direction: t.direction,
+            protocol: t.protocol,
+            offset: t.offset,
+            length: t.length,
+            size: t.size,
+            priority: t.priority,
+        };
+        let key = self.writer.key();
+        if t.length >= RUNNING_ROW_FROM {
+            self.writer.write(HistoryWrite::Begin {
+                key,
+                row: row.clone(),
+            });
+        }
         Record {
-            store: self.clone(),
-            id,
+            writer: Arc::clone(&self.writer),
+            key,
+            row: Some(row),
             started: Instant::now(),
         }
     }
@@ -165,10 +230,30 @@ impl Store {
     }
 }
 
+/// Stops the writer (committing what waits) when dropped.
+pub struct WriterGuard {
+    writer: Arc<Writer>,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.writer.close();
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn epoch_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// One history row being written.
 pub struct Record {
-    store: Store,
-    id: Option<i64>,
+    writer: Arc<Writer>,
+    key: u64,
+    /// Taken when the row is finished.
+    row: Option<TransferRow>,
     started: Instant,
 }
 
@@ -186,16 +271,20 @@ impl Record {
     }
 
     /// Completes the row: `bytes` sent, how it ended, how long it took.
-    pub fn finish(self, bytes: u64, outcome: Outcome<'_>) {
-        let Some(id) = self.id else { return };
+    pub fn finish(mut self, bytes: u64, outcome: Outcome<'_>) {
+        let Some(row) = self.row.take() else { return };
         let (result, error) = outcome.parts();
-        if let Err(e) =
-            self.store
-                .db
-                .finish_transfer(id, bytes, result, error, self.started.elapsed())
-        {
-            warn!("could not complete history row {id}: {e}");
-        }
+        self.writer.write(HistoryWrite::Finish {
+            key: self.key,
+            row,
+            end: TransferEnd {
+                finished_at: epoch_secs(SystemTime::now()),
+                bytes,
+                result,
+                error: error.map(str::to_owned),
+                duration_ms: self.started.elapsed().as_millis() as i64,
+            },
+        });
     }
 }
 
@@ -288,20 +377,34 @@ mod tests {
         );
         assert_eq!((rows[1].offset, rows[1].length, rows[1].bytes), (5, 10, 10));
         assert_eq!(rows[1].priority, "high");
-        // Finishing a row that could not be started does nothing.
-        Record {
-            store: store.clone(),
-            id: None,
-            started: Instant::now(),
-        }
-        .finish(1, Outcome::Ok);
+
+        // With the writer: a long transfer is `running` from its start, short ones appear
+        // once finished; closing the writer commits what waits.
+        let writer = store.start_writer();
+        let long = NewTransfer {
+            length: RUNNING_ROW_FROM,
+            ..t.clone()
+        };
+        let running = store.begin(&long);
+        store.begin(&t).finish(3, Outcome::Aborted("gone"));
+        store.flush();
+        let rows = store.db().recent_transfers(10).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[1].result, "running");
+        assert_eq!((rows[0].result.as_str(), rows[0].bytes), ("aborted", 3));
+        running.finish(RUNNING_ROW_FROM, Outcome::Ok);
+        drop(writer);
+        let rows = store.db().recent_transfers(10).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            (rows[1].result.as_str(), rows[1].bytes),
+            ("ok", RUNNING_ROW_FROM)
+        );
     }
 
     #[test]
     fn pruner_runs_and_stops_promptly() {
-        let store = Store {
-            db: Arc::new(StateDb::in_memory().unwrap()),
-        };
+        let store = Store::new(Arc::new(StateDb::in_memory().unwrap()));
         let pruner = Pruner::start_every(&store, Some(Duration::ZERO), Duration::from_millis(10));
         let t = NewTransfer {
             peer: "p",

@@ -174,7 +174,26 @@ pub fn walk(root: &Path, requested: &str, parts: &[&str], mode: Walk) -> Result<
             found: Found::Nothing,
         });
     }
-    // The last component is not followed: a symlink there is replaced, never written through.
+    last(root, requested, path)
+}
+
+/// Walks to the file `parts` names (from [`check_name`], not empty), creating its missing
+/// parents: [`walk`] with [`Walk::Create`] over the parents, then a look at the last
+/// component, in one pass.
+pub fn walk_to_file(root: &Path, requested: &str, parts: &[&str]) -> Result<Place, Refusal> {
+    let Some((name, parents)) = parts.split_last() else {
+        return Err(Refusal::new(
+            ErrorCode::NotAFile,
+            "the served root itself is not a file; name one",
+        ));
+    };
+    let dir = walk(root, requested, parents, Walk::Create)?;
+    last(root, requested, dir.path.join(name))
+}
+
+/// What the last component, `path`, is. It is not followed: a symlink there is replaced,
+/// never written through.
+fn last(root: &Path, requested: &str, path: PathBuf) -> Result<Place, Refusal> {
     let found = match inspect(root, requested, &path) {
         Ok((Found::Directory, _)) => Found::Directory,
         Ok((found, _)) => found,

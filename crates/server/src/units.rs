@@ -102,9 +102,25 @@ pub fn duration_text(d: Duration) -> String {
     }
 }
 
+/// How long a transfer took, for its log line: `2.35 s` from a second up, `0.42 ms` below.
+pub fn seconds_text(secs: f64) -> String {
+    if secs >= 1.0 {
+        format!("{secs:.2} s")
+    } else {
+        format!("{:.2} ms", secs * 1e3)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_times() {
+        assert_eq!(seconds_text(2.345), "2.35 s");
+        assert_eq!(seconds_text(0.000_42), "0.42 ms");
+        assert_eq!(seconds_text(0.5), "500.00 ms");
+    }
 
     #[test]
     fn sizes() {

@@ -2,9 +2,13 @@
 //! the atomic publication under its name.
 //!
 //! Chunks are written at their offset (`pwrite`) into `<root>/.sfts-upload/<unique>.part` as
-//! they arrive, in any order, each only once. The commit reads the assembled file back and
-//! checks its SHA-256 (and MD5), sets the modification time, flushes it to the disk (files of
-//! [`SYNC_FROM`] bytes or more), and publishes it:
+//! they arrive, in any order, each only once. While they arrive in order on the connection
+//! that began the upload (the common case), the whole-file digests are computed as they are
+//! stored (MD5 on a helper thread). The commit then only checks the staging file's size;
+//! otherwise (chunks out of order, an upload resumed from an earlier session) it reads the
+//! assembled file back. Either way it checks the SHA-256 (and MD5) of exactly the bytes
+//! written, sets the modification time, flushes the file to the disk (files of [`SYNC_FROM`]
+//! bytes or more), and publishes it:
 //!
 //! * replacing a file (`force`, where the server allows it): `rename`, atomic;
 //! * otherwise `link` then `unlink` of the staging name: the link fails if the name exists, so
@@ -17,7 +21,7 @@ use crate::error::ServerError;
 use crate::fileid::{relative_name, FileId};
 use crate::paths::{self, Refusal};
 use crate::store::{Outcome, Record};
-use crate::targets::{self, Found, Walk};
+use crate::targets::{self, Found};
 use crate::uploads::{remove_quietly, Claim, Uploads};
 use sfts_protocol::{chunk_count, chunk_span, clamp_chunk_size, ErrorCode, PutBegin};
 use sfts_state::{CachedDigests, StoredUpload};
@@ -87,8 +91,22 @@ pub struct Upload<'a> {
     next_pct: u64,
     /// A row exists in the database.
     saved: bool,
+    /// The whole-file digests of the chunks stored so far, while they come in order.
+    running: Option<Running>,
+    /// When it was opened on this connection.
+    pub began: std::time::Instant,
     uploads: &'a Uploads,
     _claim: Claim<'a>,
+}
+
+/// Whole-file digests computed as the chunks are stored, front to back.
+struct Running {
+    /// The chunk that must come next.
+    next: u64,
+    hasher: FileHasher,
+    /// The SHA-256 of a file of one chunk: that chunk's, checked when it arrived (its
+    /// `hasher` computes the other digests only).
+    sha256: Option<[u8; 32]>,
 }
 
 /// What the commit's check found.
@@ -160,6 +178,17 @@ impl<'a> Upload<'a> {
                 (file, staging, cs, ChunkSet::new(), now, false)
             }
         };
+        // A resumed upload holds chunks from before: they are read back at the commit.
+        let one_chunk = chunk_count(req.size, chunk_size) == 1;
+        let running = (held.len() == 0).then(|| Running {
+            next: 0,
+            hasher: if one_chunk {
+                FileHasher::whole_file_but_sha256(req.size)
+            } else {
+                FileHasher::whole_file(req.size)
+            },
+            sha256: None,
+        });
         let upload = Upload {
             id: req.id,
             path,
@@ -180,6 +209,8 @@ impl<'a> Upload<'a> {
             dirty: false,
             next_pct: 10,
             saved,
+            running,
+            began: std::time::Instant::now(),
             uploads,
             _claim: claim,
         };
@@ -201,14 +232,26 @@ impl<'a> Upload<'a> {
         }
     }
 
-    /// Stores chunk `index` (its length and digest already checked); `false` when it was held
-    /// already (nothing is written twice).
-    pub fn store_chunk(&mut self, index: u64, data: &[u8]) -> io::Result<bool> {
+    /// Stores chunk `index` (its length and its SHA-256, `sha256`, already checked); `false`
+    /// when it was held already (nothing is written twice).
+    pub fn store_chunk(&mut self, index: u64, data: &[u8], sha256: &[u8; 32]) -> io::Result<bool> {
         if self.held.contains(index) {
             return Ok(false);
         }
         let offset = index * u64::from(self.chunk_size);
         write_at(&self.file, data, offset)?;
+        match &mut self.running {
+            Some(r) if r.next == index => {
+                r.hasher.update(data);
+                r.next += 1;
+                if self.total == 1 {
+                    r.sha256 = Some(*sha256);
+                }
+            }
+            // Out of order: the commit reads the file back.
+            Some(_) => self.running = None,
+            None => {}
+        }
         self.held.insert(index);
         self.dirty = true;
         self.received += data.len() as u64;
@@ -256,36 +299,55 @@ impl<'a> Upload<'a> {
         self.saved = true;
     }
 
-    /// Reads the assembled file back and checks it against the announced digests, with
-    /// keep-alives while it reads. `buf` is any reusable buffer (at least 64 KiB is best).
+    /// True when the commit needs no read-back: every chunk was hashed as it was stored.
+    pub fn hashed_on_arrival(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| r.next == self.total)
+    }
+
+    /// Checks the assembled file against the announced digests: from the digests computed as
+    /// the chunks were stored, or by reading it back, with keep-alives while it reads. `buf`
+    /// is any reusable buffer (at least 64 KiB is best).
     pub fn verify<F: FnMut() -> io::Result<()>>(
         &mut self,
         buf: &mut [u8],
         stop: &AtomicBool,
         alive: &mut KeepAlive<F>,
     ) -> Result<Verified, ServerError> {
-        let mut hasher = FileHasher::whole_file(self.size);
-        (&self.file)
-            .seek(SeekFrom::Start(0))
-            .map_err(|source| ServerError::FileRead {
-                name: self.requested.clone(),
-                source,
-            })?;
-        let name = self.requested.clone();
-        let read = hash_span(
-            &mut &self.file,
-            self.size,
-            &name,
-            &mut hasher,
-            buf,
-            stop,
-            alive,
-        );
-        match read {
-            Err(ServerError::FileChanged { .. }) => return Ok(Verified::Short),
-            other => other?,
-        }
-        let got = hasher.finish();
+        let read_err = |source| ServerError::FileRead {
+            name: self.requested.clone(),
+            source,
+        };
+        let got = match self.running.take() {
+            Some(r) if r.next == self.total => {
+                // Every byte written was hashed on its way; only a staging file cut short
+                // meanwhile (by someone else) would not hold them all.
+                if self.file.metadata().map_err(read_err)?.len() < self.size {
+                    return Ok(Verified::Short);
+                }
+                let mut got = r.hasher.finish();
+                got.sha256 = got.sha256.or(r.sha256);
+                got
+            }
+            _ => {
+                let mut hasher = FileHasher::whole_file(self.size);
+                (&self.file).seek(SeekFrom::Start(0)).map_err(read_err)?;
+                let name = self.requested.clone();
+                let read = hash_span(
+                    &mut &self.file,
+                    self.size,
+                    &name,
+                    &mut hasher,
+                    buf,
+                    stop,
+                    alive,
+                );
+                match read {
+                    Err(ServerError::FileChanged { .. }) => return Ok(Verified::Short),
+                    other => other?,
+                }
+                hasher.finish()
+            }
+        };
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let sha = got.sha256.unwrap_or_default();
         if sha != self.sha256 {
@@ -311,11 +373,10 @@ impl<'a> Upload<'a> {
             self.file.sync_all().map_err(write_err)?;
         }
         let parts = targets::check_name(&requested)?;
-        let Some((_, parents)) = parts.split_last() else {
+        if parts.is_empty() {
             return Err(not_a_file(&requested));
-        };
-        targets::walk(root, &requested, parents, Walk::Create)?;
-        let place = targets::walk(root, &requested, &parts, Walk::Look)?;
+        }
+        let place = targets::walk_to_file(root, &requested, &parts)?;
         let replace = match place.found {
             Found::Nothing => false,
             Found::Directory | Found::Other => return Err(not_a_file(&requested)),

@@ -66,6 +66,8 @@ pub struct Uploads {
     live: Mutex<Live>,
     released: Condvar,
     names: AtomicU64,
+    /// This process's id, a part of every staging name.
+    pid: u32,
 }
 
 /// A target path held by one connection; released when dropped.
@@ -101,6 +103,7 @@ impl Uploads {
             live: Mutex::default(),
             released: Condvar::new(),
             names: AtomicU64::new(0),
+            pid: std::process::id(),
         };
         uploads.expire(true);
         Ok(uploads)
@@ -162,7 +165,7 @@ impl Uploads {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let n = self.names.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{:x}-{nanos:x}-{n:x}.part", std::process::id());
+        let name = format!("{:x}-{nanos:x}-{n:x}.part", self.pid);
         self.register(&name);
         name
     }

@@ -1,8 +1,8 @@
-//! The digest cache: whole-file MD5 / SHA-256 and optional per-chunk SHA-256, valid only for
-//! the exact file identity they were computed on.
+//! The digest cache: whole-file MD5 / SHA-256 / BLAKE3 and optional per-chunk SHA-256, valid
+//! only for the exact file identity they were computed on.
 
 use crate::{now_secs, Result, StateDb};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// What identifies one version of a file. Any difference (a rewrite, a `touch`, a replacement
 /// by rename, even one that restores the old mtime, which still moves ctime) invalidates the
@@ -39,6 +39,8 @@ pub struct CachedDigests {
     pub md5: Option<[u8; 16]>,
     /// Whole-file SHA-256.
     pub sha256: Option<[u8; 32]>,
+    /// Whole-file BLAKE3 (schema version 4; `None` for entries cached before it).
+    pub blake3: Option<[u8; 32]>,
     /// Per-chunk SHA-256.
     pub chunks: Option<ChunkDigests>,
 }
@@ -49,6 +51,7 @@ impl CachedDigests {
         CachedDigests {
             md5: newer.md5.or(self.md5),
             sha256: newer.sha256.or(self.sha256),
+            blake3: newer.blake3.or(self.blake3),
             chunks: newer.chunks.clone().or_else(|| self.chunks.clone()),
         }
     }
@@ -72,69 +75,80 @@ fn chunks_from(size: Option<i64>, blob: Option<Vec<u8>>) -> Option<ChunkDigests>
     })
 }
 
-impl StateDb {
-    /// The cached digests for exactly this file version, if any.
-    pub fn lookup_digests(&self, key: &FileKey) -> Result<Option<CachedDigests>> {
-        let conn = self.conn();
-        let row = conn
-            .prepare_cached(
-                "SELECT md5, sha256, chunk_size, chunk_sha256 FROM digests
-                 WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND ctime_ns = ?4
-                   AND inode = ?5 AND device = ?6",
-            )?
-            .query_row(
-                params![
-                    key.path,
-                    key.size as i64,
-                    key.mtime_ns,
-                    key.ctime_ns,
-                    key.inode as i64,
-                    key.device as i64
-                ],
-                |r| {
-                    Ok(CachedDigests {
-                        md5: fixed(r.get(0)?),
-                        sha256: fixed(r.get(1)?),
-                        chunks: chunks_from(r.get(2)?, r.get(3)?),
-                    })
-                },
-            )
-            .optional()?;
-        Ok(row)
-    }
-
-    /// Stores digests for this file version, merging with what is already cached for the same
-    /// version and replacing anything cached for an older version of the path.
-    pub fn store_digests(&self, key: &FileKey, digests: &CachedDigests) -> Result<()> {
-        let merged = match self.lookup_digests(key)? {
-            Some(old) => old.merged_with(digests),
-            None => digests.clone(),
-        };
-        let chunk_blob = merged
-            .chunks
-            .as_ref()
-            .map(|c| c.sha256.iter().flatten().copied().collect::<Vec<u8>>());
-        self.conn()
-            .prepare_cached(
-                "INSERT OR REPLACE INTO digests
-                 (path, size, mtime_ns, ctime_ns, inode, device, md5, sha256, chunk_size,
-                  chunk_sha256, computed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
+/// The cached digests for exactly `key`, if any.
+fn lookup(conn: &Connection, key: &FileKey) -> Result<Option<CachedDigests>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT md5, sha256, chunk_size, chunk_sha256, blake3 FROM digests
+             WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND ctime_ns = ?4
+               AND inode = ?5 AND device = ?6",
+        )?
+        .query_row(
+            params![
                 key.path,
                 key.size as i64,
                 key.mtime_ns,
                 key.ctime_ns,
                 key.inode as i64,
-                key.device as i64,
-                merged.md5.map(|d| d.to_vec()),
-                merged.sha256.map(|d| d.to_vec()),
-                merged.chunks.as_ref().map(|c| c.chunk_size as i64),
-                chunk_blob,
-                now_secs()
-            ])?;
-        Ok(())
+                key.device as i64
+            ],
+            |r| {
+                Ok(CachedDigests {
+                    md5: fixed(r.get(0)?),
+                    sha256: fixed(r.get(1)?),
+                    blake3: fixed(r.get(4)?),
+                    chunks: chunks_from(r.get(2)?, r.get(3)?),
+                })
+            },
+        )
+        .optional()?;
+    Ok(row)
+}
+
+/// Stores `digests` for `key` (see [`StateDb::store_digests`]) through `conn`, which may be
+/// inside a transaction.
+pub(crate) fn store(conn: &Connection, key: &FileKey, digests: &CachedDigests) -> Result<()> {
+    let merged = match lookup(conn, key)? {
+        Some(old) => old.merged_with(digests),
+        None => digests.clone(),
+    };
+    let chunk_blob = merged
+        .chunks
+        .as_ref()
+        .map(|c| c.sha256.iter().flatten().copied().collect::<Vec<u8>>());
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO digests
+         (path, size, mtime_ns, ctime_ns, inode, device, md5, sha256, chunk_size,
+          chunk_sha256, computed_at, blake3)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        key.path,
+        key.size as i64,
+        key.mtime_ns,
+        key.ctime_ns,
+        key.inode as i64,
+        key.device as i64,
+        merged.md5.map(|d| d.to_vec()),
+        merged.sha256.map(|d| d.to_vec()),
+        merged.chunks.as_ref().map(|c| c.chunk_size as i64),
+        chunk_blob,
+        now_secs(),
+        merged.blake3.map(|d| d.to_vec())
+    ])?;
+    Ok(())
+}
+
+impl StateDb {
+    /// The cached digests for exactly this file version, if any.
+    pub fn lookup_digests(&self, key: &FileKey) -> Result<Option<CachedDigests>> {
+        lookup(&self.conn(), key)
+    }
+
+    /// Stores digests for this file version, merging with what is already cached for the same
+    /// version and replacing anything cached for an older version of the path.
+    pub fn store_digests(&self, key: &FileKey, digests: &CachedDigests) -> Result<()> {
+        store(&self.conn(), key, digests)
     }
 
     /// Number of cached entries (for health output and tests).
@@ -167,6 +181,7 @@ mod tests {
         let d = CachedDigests {
             md5: Some([9; 16]),
             sha256: Some([8; 32]),
+            blake3: Some([7; 32]),
             chunks: Some(ChunkDigests {
                 chunk_size: 4,
                 sha256: vec![[1; 32], [2; 32], [3; 32]],
@@ -206,10 +221,18 @@ mod tests {
             sha256: Some([2; 32]),
             ..Default::default()
         };
+        let blake3_only = CachedDigests {
+            blake3: Some([3; 32]),
+            ..Default::default()
+        };
         db.store_digests(&key(), &md5_only).unwrap();
         db.store_digests(&key(), &sha_only).unwrap();
-        let both = db.lookup_digests(&key()).unwrap().unwrap();
-        assert_eq!((both.md5, both.sha256), (Some([1; 16]), Some([2; 32])));
+        db.store_digests(&key(), &blake3_only).unwrap();
+        let all = db.lookup_digests(&key()).unwrap().unwrap();
+        assert_eq!(
+            (all.md5, all.sha256, all.blake3),
+            (Some([1; 16]), Some([2; 32]), Some([3; 32]))
+        );
 
         let newer = FileKey {
             mtime_ns: 5,

@@ -4,8 +4,8 @@
 //! * [`digests`]: a cache of whole-file (and optional per-chunk) digests, keyed by the file's
 //!   identity (path, size, modification and change times, inode, device) so that a file that
 //!   changed in any way is never served with an old digest;
-//! * [`history`]: one row per transfer (peer, file, bytes, result, duration, priority), pruned
-//!   after a configurable number of days;
+//! * [`history`]: one row per transfer (peer, file, bytes, result, duration, priority), written
+//!   one at a time or in batches, pruned after a configurable number of days;
 //! * [`uploads`]: the uploads in progress (target, digests, chunk size, chunks held, staging
 //!   file), so that an interrupted upload resumes after a reconnection or a server restart.
 //!
@@ -23,13 +23,39 @@ pub mod uploads;
 
 pub use digests::{CachedDigests, ChunkDigests, FileKey};
 pub use error::StateError;
-pub use history::{NewTransfer, TransferRecord};
+pub use history::{HistoryWrite, NewTransfer, TransferEnd, TransferRecord, TransferRow};
 pub use uploads::StoredUpload;
 
 use rusqlite::Connection;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes that can wait a moment, applied together in one transaction by
+/// [`StateDb::write_batch`] (the server's writer thread collects them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// History rows begun or finished, in order.
+    pub history: Vec<HistoryWrite>,
+    /// Digests to cache (see [`StateDb::store_digests`]).
+    pub digests: Vec<(FileKey, CachedDigests)>,
+}
+
+impl Batch {
+    /// A batch of history writes only.
+    pub fn of_history(history: Vec<HistoryWrite>) -> Batch {
+        Batch {
+            history,
+            digests: Vec::new(),
+        }
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.history.is_empty() && self.digests.is_empty()
+    }
+}
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "sfts-state.sqlite3";
@@ -79,6 +105,27 @@ impl StateDb {
         &self.path
     }
 
+    /// Applies `batch` in one transaction. `running` maps the keys of history rows begun and
+    /// not finished yet to their ids; it is updated only once the transaction has committed
+    /// (a failed batch leaves it as it was).
+    pub fn write_batch(&self, batch: &Batch, running: &mut HashMap<u64, i64>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (begun, finished) = history::apply(&tx, &batch.history, running)?;
+        for (key, digests) in &batch.digests {
+            digests::store(&tx, key, digests)?;
+        }
+        tx.commit()?;
+        for key in finished {
+            running.remove(&key);
+        }
+        running.extend(begun);
+        Ok(())
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (each call is one
         // statement or one transaction), so a poisoned lock is still usable.
@@ -112,6 +159,7 @@ mod tests {
         let d = CachedDigests {
             md5: Some([1; 16]),
             sha256: None,
+            blake3: None,
             chunks: None,
         };
         {
@@ -120,6 +168,55 @@ mod tests {
         }
         let db = StateDb::open(dir.path()).unwrap();
         assert_eq!(db.lookup_digests(&key).unwrap(), Some(d));
+    }
+
+    #[test]
+    fn a_batch_writes_history_and_digests_together() {
+        let db = StateDb::in_memory().unwrap();
+        let key = FileKey {
+            path: "f".into(),
+            size: 3,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            inode: 3,
+            device: 4,
+        };
+        db.store_digests(
+            &key,
+            &CachedDigests {
+                md5: Some([1; 16]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let row = TransferRow {
+            started_at: 1,
+            peer: "p".into(),
+            path: "f".into(),
+            direction: "upload",
+            protocol: "native",
+            offset: 0,
+            length: 3,
+            size: 3,
+            priority: "normal",
+        };
+        let batch = Batch {
+            history: vec![HistoryWrite::Begin { key: 9, row }],
+            digests: vec![(
+                key.clone(),
+                CachedDigests {
+                    sha256: Some([2; 32]),
+                    ..Default::default()
+                },
+            )],
+        };
+        let mut running = HashMap::new();
+        db.write_batch(&batch, &mut running).unwrap();
+        assert_eq!(running.len(), 1);
+        assert_eq!(db.recent_transfers(5).unwrap()[0].result, "running");
+        // Merged with what was cached for the same version.
+        let got = db.lookup_digests(&key).unwrap().unwrap();
+        assert_eq!((got.md5, got.sha256), (Some([1; 16]), Some([2; 32])));
     }
 
     #[test]

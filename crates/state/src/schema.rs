@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Current schema version, stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS digests (
@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE INDEX IF NOT EXISTS uploads_updated ON uploads(updated_ms);
 ALTER TABLE transfers ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal';
 ";
+
+/// Version 4: the whole-file BLAKE3 digest in the cache (NULL for entries cached before, which
+/// a request for BLAKE3 then misses and hashes again).
+const MIGRATE_V4: &str = "ALTER TABLE digests ADD COLUMN blake3 BLOB;";
 
 /// Sets the pragmas, checks integrity and creates or migrates the schema.
 pub fn prepare(conn: &Connection) -> Result<(), Error> {
@@ -139,6 +143,9 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
     if version < 3 {
         conn.execute_batch(MIGRATE_V3)?;
     }
+    if version < 4 {
+        conn.execute_batch(MIGRATE_V4)?;
+    }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     Ok(())
 }
@@ -177,5 +184,30 @@ mod tests {
         assert_eq!(uploads, 0);
         // Preparing again is a no-op.
         prepare(&conn).unwrap();
+    }
+
+    #[test]
+    fn version_3_digests_gain_an_empty_blake3() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(MIGRATE_V2).unwrap();
+        conn.execute_batch(MIGRATE_V3).unwrap();
+        conn.execute_batch("PRAGMA user_version = 3;").unwrap();
+        conn.execute(
+            "INSERT INTO digests (path, size, mtime_ns, ctime_ns, inode, device, sha256,
+                                  computed_at)
+             VALUES ('f', 1, 2, 3, 4, 5, x'00', 6)",
+            [],
+        )
+        .unwrap();
+        prepare(&conn).unwrap();
+        let (blake3, version): (Option<Vec<u8>>, i64) = conn
+            .query_row(
+                "SELECT blake3, (SELECT user_version FROM pragma_user_version) FROM digests",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((blake3, version), (None, 4));
     }
 }

@@ -14,6 +14,7 @@
 //! file did not change meanwhile. A client that goes away ends the pass at once.
 
 use super::Native;
+use super::OUT_LIMIT;
 use crate::auth::Access;
 use crate::digest::{self, hash_span, FileHasher, KeepAlive};
 use crate::error::ServerError;
@@ -22,18 +23,18 @@ use crate::paths::{self, Refusal};
 use crate::range::{self, Range};
 use crate::store::Outcome;
 use crate::tls::ServerStream;
-use crate::transfer::{Framing, Transfer};
+use crate::transfer::{Framing, Transfer, QUEUED_MAX};
 use sfts_protocol::frame::HEADER_LEN;
 use sfts_protocol::io::write_data;
 use sfts_protocol::{
-    clamp_chunk_size, Capabilities, Digest, DigestSet, ErrorCode, FileHeader, GetRequest, Message,
-    TO_END,
+    clamp_chunk_size, Algorithm, Capabilities, Digest, DigestSet, ErrorCode, FileHeader,
+    GetRequest, Message, TO_END,
 };
 use sfts_state::{FileKey, NewTransfer};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::sync::atomic::Ordering;
-use tracing::info;
+use tracing::{debug, info};
 
 /// A file opened for one request.
 struct Opened {
@@ -59,45 +60,40 @@ enum Digests {
 impl Native<'_> {
     /// Serves one `Get`. `Ok` also for refusals (the session goes on); `Err` closes.
     pub(super) fn get(&mut self, req: GetRequest) -> Result<(), ServerError> {
-        info!(
-            "{} requests '{}' (offset {}, length {}, chunk {}, digests {:?})",
-            self.who(),
-            req.path,
-            req.offset,
-            if req.length == TO_END {
-                "to end".to_string()
-            } else {
-                req.length.to_string()
-            },
-            req.chunk_size,
-            req.digests.iter().map(|a| a.name()).collect::<Vec<_>>()
-        );
-        let permitted = self.permit(Access::Read, &req.path);
+        let permitted = self
+            .digests_allowed(req.digests)
+            .and_then(|()| self.permit(Access::Read, &req.path));
         let mut opened = match permitted.and_then(|()| self.open(&req)) {
             Ok(o) => o,
             Err(refusal) => {
+                debug!("{} {}", self.who(), requested(&req));
                 self.record(&req, &Range::EMPTY, 0)
                     .finish(0, Outcome::Refused(&refusal.message));
                 return self.refuse(&req.path, refusal);
             }
         };
         let (id, range) = (opened.id, opened.range);
+        let chunk = clamp_chunk_size(req.chunk_size);
+        // A transfer of one chunk is logged in one line, at its end.
+        let brief = range.length <= u64::from(chunk);
+        if !brief {
+            info!("{} {}", self.who(), requested(&req));
+        }
         if range.restarted {
             info!(
                 "'{}' is no longer the version the client has (size or modification time \
                  differ); sending the whole file",
                 req.path
             );
-        } else if range.offset > 0 {
+        } else if !brief && range.offset > 0 {
             info!(
                 "resume of '{}' from {} ({} bytes)",
                 req.path, range.offset, range.length
             );
-        } else if !range.is_whole(id.size) {
+        } else if !brief && !range.is_whole(id.size) {
             info!("range of '{}': first {} bytes", req.path, range.length);
         }
-        let chunk = clamp_chunk_size(req.chunk_size);
-        let digests = self.digests(&req, &opened, chunk);
+        let digests = self.digests(&req, &opened, chunk, brief);
 
         let header = FileHeader {
             size: id.size,
@@ -111,7 +107,7 @@ impl Native<'_> {
         guard.begin_file(&req.path, range.length);
         let result = self
             .send(&Message::FileHeader(header))
-            .and_then(|()| self.send_range(&req, &mut opened, digests, chunk))
+            .and_then(|()| self.send_range(&req, &mut opened, digests, chunk, brief))
             .and_then(|digests| self.send(&Message::Trailer { digests }));
         guard.end_file();
         record.finish_with(guard.bytes_sent().load(Ordering::Relaxed), &result);
@@ -128,6 +124,14 @@ impl Native<'_> {
             }
             other => other,
         }
+    }
+
+    /// Refuses digests the session did not negotiate (BLAKE3 needs its capability).
+    fn digests_allowed(&self, wanted: DigestSet) -> Result<(), Refusal> {
+        if wanted.contains(Algorithm::Blake3) {
+            self.needs(Capabilities::BLAKE3, "A BLAKE3 digest", "BLAKE3")?;
+        }
+        Ok(())
     }
 
     /// Resolves, opens and checks the file, and decides the range.
@@ -148,18 +152,23 @@ impl Native<'_> {
         })
     }
 
-    /// Decides where the trailer's digests come from, and says so in the log.
-    fn digests(&self, req: &GetRequest, opened: &Opened, chunk: u32) -> Digests {
+    /// Decides where the trailer's digests come from, and says so in the log (`brief`: in
+    /// the transfer's one line, later).
+    fn digests(&self, req: &GetRequest, opened: &Opened, chunk: u32, brief: bool) -> Digests {
         if req.digests == DigestSet::EMPTY {
             return Digests::None;
         }
-        let cached = self.s.state.store.cached(&opened.key);
+        let cached = self.s.state.store.cached(&opened.key, req.digests);
         if let Some(d) = cached.and_then(|c| digest::select(&c, req.digests)) {
-            info!("digest cache hit for '{}'", req.path);
+            if !brief {
+                info!("digest cache hit for '{}'", req.path);
+            }
             return Digests::Cached(d);
         }
         let (size, range) = (opened.id.size, opened.range);
-        if range.is_whole(size) {
+        if brief {
+            // Said in the transfer's one line.
+        } else if range.is_whole(size) {
             info!(
                 "hashing '{}' while sending (not in the digest cache)",
                 req.path
@@ -177,12 +186,17 @@ impl Native<'_> {
     }
 
     /// Sends the range (hashing around it when needed) and returns the trailer's digests.
+    ///
+    /// A small range that needs no reading around it is queued with the other replies (a
+    /// tree of small files goes out in a few large writes); a larger one streams, with
+    /// `sendfile` when nothing is hashed and the connection is plain TCP.
     fn send_range(
         &mut self,
         req: &GetRequest,
         o: &mut Opened,
         digests: Digests,
         chunk: u32,
+        brief: bool,
     ) -> Result<Vec<Digest>, ServerError> {
         let s = self.s;
         let (size, range) = (o.id.size, o.range);
@@ -191,33 +205,11 @@ impl Native<'_> {
             name: name.to_owned(),
             source,
         };
-        // The header (and any reply queued before it) goes out before the data streams.
-        self.flush()?;
-        let (mut hasher, known) = match digests {
-            Digests::None => (None, Vec::new()),
-            Digests::Cached(d) => (None, d),
-            Digests::Hash(h) => (Some(h), Vec::new()),
+        let (mut hasher, known, note) = match digests {
+            Digests::None => (None, Vec::new(), ""),
+            Digests::Cached(d) => (None, d, "; digests from the cache"),
+            Digests::Hash(h) => (Some(h), Vec::new(), "; digests computed while sending"),
         };
-        let need = HEADER_LEN + chunk as usize;
-        if self.data.len() < need {
-            self.data.resize(need, 0);
-        }
-        if let Some(h) = hasher.as_deref_mut() {
-            let mut alive = keepalive(self.io.get_mut());
-            hash_span(
-                &mut o.file,
-                range.offset,
-                name,
-                h,
-                &mut self.data,
-                &s.state.stop,
-                &mut alive,
-            )?;
-        } else if range.offset > 0 {
-            o.file
-                .seek(SeekFrom::Start(range.offset))
-                .map_err(read_err)?;
-        }
         let transfer = Transfer {
             name,
             peer: s.peer,
@@ -228,25 +220,62 @@ impl Native<'_> {
             framing: Framing::Native,
             counter: s.guard.bytes_sent(),
             stop: &s.state.stop,
+            note: if brief { note } else { "" },
         };
-        transfer.run(
-            &mut o.file,
-            self.io.get_mut(),
-            &mut self.data,
-            hasher.as_deref_mut(),
-        )?;
-        if let Some(h) = hasher.as_deref_mut() {
-            let rest = size - h.fed();
-            let mut alive = keepalive(self.io.get_mut());
-            hash_span(
-                &mut o.file,
-                rest,
-                name,
-                h,
-                &mut self.data,
-                &s.state.stop,
-                &mut alive,
-            )?;
+        let queued = range.length <= QUEUED_MAX && (hasher.is_none() || range.is_whole(size));
+        if queued {
+            if range.offset > 0 {
+                o.file
+                    .seek(SeekFrom::Start(range.offset))
+                    .map_err(read_err)?;
+            }
+            transfer.queue(&mut o.file, &mut self.out, hasher.as_deref_mut())?;
+            if self.out.len() >= OUT_LIMIT {
+                self.flush()?;
+            }
+        } else {
+            // The header (and any reply queued before it) goes out before the data streams.
+            self.flush()?;
+            let need = HEADER_LEN + chunk as usize;
+            if self.data.len() < need {
+                self.data.resize(need, 0);
+            }
+            if let Some(h) = hasher.as_deref_mut() {
+                let mut alive = keepalive(self.io.get_mut());
+                hash_span(
+                    &mut o.file,
+                    range.offset,
+                    name,
+                    h,
+                    &mut self.data,
+                    &s.state.stop,
+                    &mut alive,
+                )?;
+            } else if range.offset > 0 {
+                o.file
+                    .seek(SeekFrom::Start(range.offset))
+                    .map_err(read_err)?;
+            }
+            match (hasher.as_deref_mut(), self.io.get_mut()) {
+                #[cfg(target_os = "linux")]
+                (None, ServerStream::Plain(link)) => {
+                    transfer.run_zero_copy(&o.file, link, &mut self.data)?
+                }
+                (h, stream) => transfer.run(&mut o.file, stream, &mut self.data, h)?,
+            }
+            if let Some(h) = hasher.as_deref_mut() {
+                let rest = size - h.fed();
+                let mut alive = keepalive(self.io.get_mut());
+                hash_span(
+                    &mut o.file,
+                    rest,
+                    name,
+                    h,
+                    &mut self.data,
+                    &s.state.stop,
+                    &mut alive,
+                )?;
+            }
         }
         let now = o.file.metadata().map_err(read_err)?;
         if !o.id.unchanged(&FileId::of(&now)) {
@@ -259,7 +288,9 @@ impl Native<'_> {
         };
         let computed = hasher.finish();
         s.state.store.remember(&o.key, &computed);
-        info!("cached the digests of '{name}'");
+        if !brief {
+            info!("cached the digests of '{name}'");
+        }
         Ok(digest::select(&computed, req.digests).unwrap_or_default())
     }
 
@@ -282,4 +313,20 @@ impl Native<'_> {
 /// the server reads the file without sending.
 fn keepalive(stream: &mut ServerStream) -> KeepAlive<impl FnMut() -> io::Result<()> + '_> {
     KeepAlive::new(move || write_data(stream, &[]))
+}
+
+/// How a request reads in the log.
+fn requested(req: &GetRequest) -> String {
+    format!(
+        "requests '{}' (offset {}, length {}, chunk {}, digests {:?})",
+        req.path,
+        req.offset,
+        if req.length == TO_END {
+            "to end".to_string()
+        } else {
+            req.length.to_string()
+        },
+        req.chunk_size,
+        req.digests.iter().map(|a| a.name()).collect::<Vec<_>>()
+    )
 }

@@ -23,7 +23,7 @@ use crate::fileid::{relative_name, FileId};
 use crate::paths::{self, Refusal};
 use crate::store::Outcome;
 use crate::targets::{self, Found, Walk};
-use crate::units::bytes_text;
+use crate::units::{bytes_text, seconds_text};
 use crate::upload::{already_exists, Start, Upload, Verified};
 use crate::uploads::{Uploads, CLAIM_WAIT};
 use sfts_protocol::io::write_data;
@@ -164,6 +164,8 @@ impl<'a> Native<'a> {
                 u.chunk_size,
                 self.priority
             ),
+            // A new upload of one chunk is logged in one line, when it is published.
+            Start::New if u.total <= 1 => {}
             other => {
                 let why = match other {
                     Start::Replaced => {
@@ -237,7 +239,7 @@ impl<'a> Native<'a> {
             );
             return self.send(&reject(RejectReason::DigestMismatch));
         }
-        match u.store_chunk(index, data) {
+        match u.store_chunk(index, data, sha256) {
             Ok(_) => {
                 if let Some(pct) = u.progress() {
                     let (held, total) = (u.held.len(), u.total);
@@ -312,16 +314,22 @@ impl<'a> Native<'a> {
             // before it, that one chunk is simply sent again.)
             self.keep_saved(&mut u);
         }
+        let hashed = u.hashed_on_arrival();
         if u.total > 1 {
             info!(
-                "commit of '{}' from {peer}: all {} chunks held; checking the whole file ({})",
+                "commit of '{}' from {peer}: all {} chunks held; {} ({})",
                 u.path,
                 u.total,
+                if hashed {
+                    "hashed as they arrived"
+                } else {
+                    "reading the whole file back to check it"
+                },
                 bytes_text(u.size)
             );
         }
         let started = Instant::now();
-        if self.data.len() < VERIFY_BUFFER {
+        if !hashed && self.data.len() < VERIFY_BUFFER {
             self.data.resize(VERIFY_BUFFER, 0);
         }
         let s = self.s;
@@ -400,18 +408,21 @@ impl<'a> Native<'a> {
             .sha256
             .map(|d| checksum::to_hex(&d))
             .unwrap_or_default();
+        let secs = u.began.elapsed().as_secs_f64();
         info!(
-            "published '{}' from {peer}: {}, sha256 {sha}, {} received on this connection, \
-             checked in {:.2} s",
+            "published '{}' from {peer}: {}, sha256 {sha}, {} received on this connection in \
+             {} ({:.1} MB/s), checked in {}",
             u.path,
             bytes_text(u.size),
             bytes_text(u.received),
-            started.elapsed().as_secs_f64()
+            seconds_text(secs),
+            u.received as f64 / 1e6 / secs.max(1e-6),
+            seconds_text(started.elapsed().as_secs_f64())
         );
         u.finish();
         self.send(&Message::PutDone {
             id,
-            digests: digest::all_known(&digests),
+            digests: digest::all_known(&digests, self.shown_digests()),
         })
     }
 

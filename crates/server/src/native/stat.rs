@@ -33,12 +33,15 @@ impl Native<'_> {
         let id = FileId::of(meta);
         let info = if meta.is_file() {
             let key = id.key(relative_name(root, &found.path));
-            let cached = self.s.state.store.cached(&key);
+            let shown = self.shown_digests();
+            let cached = self.s.state.store.cached(&key, shown);
             FileInfo {
                 kind: FileKind::File,
                 size: id.size,
                 mtime_ns: id.mtime_ns,
-                digests: cached.as_ref().map(digest::all_known).unwrap_or_default(),
+                digests: cached
+                    .map(|c| digest::all_known(&c, shown))
+                    .unwrap_or_default(),
             }
         } else {
             FileInfo {

@@ -1,7 +1,8 @@
-//! The digest cache and the transfer history, seen from outside: a repeated request is served
-//! from the cache (proved by planting digests the server could not have computed), a touched
-//! file is hashed again, original-protocol clients get their MD5 from the cache, a file that
-//! changes while it is sent is never cached, and every request leaves one history row.
+//! The digest cache and the transfer history, seen from outside: a request is served from the
+//! cache (proved by planting digests the server could not have computed, before the server
+//! has seen the file: it keeps what it has seen in memory too), a touched file is hashed
+//! again, original-protocol clients get their MD5 from the cache, a file that changes while it
+//! is sent is never cached, and every request leaves one history row.
 
 use crate::support::{
     both_digests, data, eventually, legacy_get, md5_hex, range, whole, Native, Running, ALL_CAPS,
@@ -16,7 +17,7 @@ use std::time::{Duration, SystemTime};
 const BOTH: [Algorithm; 2] = [Algorithm::Md5, Algorithm::Sha256];
 
 /// The cache key of `name` under `root` as it is now.
-fn key(root: &Path, name: &str) -> FileKey {
+pub fn key(root: &Path, name: &str) -> FileKey {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(root.join(name)).unwrap();
     FileKey {
@@ -35,6 +36,7 @@ fn planted() -> CachedDigests {
     CachedDigests {
         md5: Some([0xaa; 16]),
         sha256: Some([0xbb; 32]),
+        blake3: Some([0xcc; 32]),
         chunks: None,
     }
 }
@@ -58,7 +60,7 @@ fn a_repeated_request_is_served_from_the_cache_with_chunk_digests_stored() {
     );
     // Both algorithms and the 4 KiB chunk digests were computed in that one pass.
     let k = key(&server.root, "f.bin");
-    let cached = server.db.lookup_digests(&k).unwrap().expect("cached");
+    let cached = server.db().lookup_digests(&k).unwrap().expect("cached");
     assert_eq!(
         cached.md5.map(|d| d.to_vec()),
         Some(both_digests(&bytes)[0].bytes.clone())
@@ -71,18 +73,21 @@ fn a_repeated_request_is_served_from_the_cache_with_chunk_digests_stored() {
         .collect();
     assert_eq!(chunks.sha256, want);
 
-    server.db.store_digests(&k, &planted()).unwrap();
+    // Another file, whose digests are planted before the server sees it.
+    server.put("g.bin", &bytes);
+    let k = key(&server.root, "g.bin");
+    server.db().store_digests(&k, &planted()).unwrap();
     assert_eq!(
-        c.get(whole("f.bin", &BOTH)).unwrap().digests,
+        c.get(whole("g.bin", &BOTH)).unwrap().digests,
         planted_list()
     );
     assert_eq!(
-        c.get(range("f.bin", 100, 10)).unwrap().digests,
+        c.get(range("g.bin", 100, 10)).unwrap().digests,
         planted_list()
     );
     // A request through another spelling of the path hits the same entry.
     assert_eq!(
-        c.get(whole("./f.bin", &BOTH)).unwrap().digests,
+        c.get(whole("./g.bin", &BOTH)).unwrap().digests,
         planted_list()
     );
 }
@@ -93,11 +98,14 @@ fn a_touched_file_is_hashed_again() {
     let bytes = data(10_000, 11);
     let path = server.put("f.bin", &bytes);
     let mut c = Native::connect(server.addr, ALL_CAPS);
-    c.get(whole("f.bin", &BOTH)).unwrap();
     server
-        .db
+        .db()
         .store_digests(&key(&server.root, "f.bin"), &planted())
         .unwrap();
+    assert_eq!(
+        c.get(whole("f.bin", &BOTH)).unwrap().digests,
+        planted_list()
+    );
 
     let file = std::fs::File::options().write(true).open(&path).unwrap();
     file.set_modified(SystemTime::now() + Duration::from_secs(60))
@@ -108,11 +116,11 @@ fn a_touched_file_is_hashed_again() {
         both_digests(&bytes)
     );
     let fresh = server
-        .db
+        .db()
         .lookup_digests(&key(&server.root, "f.bin"))
         .unwrap();
     assert!(fresh.is_some_and(|d| d.md5 != planted().md5));
-    assert_eq!(server.db.cached_digest_count().unwrap(), 1);
+    assert_eq!(server.db().cached_digest_count().unwrap(), 1);
 }
 
 /// The MD5 an original-protocol reply announced, and the data after it.
@@ -134,20 +142,26 @@ fn original_protocol_clients_get_their_md5_on_a_miss_and_from_the_cache() {
     assert!(got == bytes);
     // The MD5 pass computed SHA-256 too: a native client asking for it finds it cached.
     let k = key(&server.root, "f.bin");
-    let cached = server.db.lookup_digests(&k).unwrap().expect("cached");
+    let cached = server.db().lookup_digests(&k).unwrap().expect("cached");
     assert_eq!(
         cached.sha256.map(|d| d.to_vec()),
         Some(both_digests(&bytes)[1].bytes.clone())
     );
     assert_eq!(cached.chunks.map(|c| c.sha256.len()), Some(3));
+    let (md5, _) = legacy_md5(&server, "f.bin");
+    assert_eq!(md5, md5_hex(&bytes));
 
-    server.db.store_digests(&k, &planted()).unwrap();
-    let (md5, got) = legacy_md5(&server, "f.bin");
+    server.put("g.bin", &bytes);
+    server
+        .db()
+        .store_digests(&key(&server.root, "g.bin"), &planted())
+        .unwrap();
+    let (md5, got) = legacy_md5(&server, "g.bin");
     assert_eq!(md5, "aa".repeat(16), "the MD5 was not taken from the cache");
     assert!(got == bytes);
     let mut c = Native::connect(server.addr, ALL_CAPS);
     assert_eq!(
-        c.get(whole("f.bin", &BOTH)).unwrap().digests,
+        c.get(whole("g.bin", &BOTH)).unwrap().digests,
         planted_list()
     );
 }
@@ -173,9 +187,9 @@ fn a_file_changed_while_it_is_sent_is_an_error_and_never_cached() {
         message,
         "file 'big' changed while it was being sent; try again"
     );
-    assert_eq!(server.db.cached_digest_count().unwrap(), 0);
+    assert_eq!(server.db().cached_digest_count().unwrap(), 0);
     eventually("the history row", || {
-        let rows = server.db.recent_transfers(1).unwrap();
+        let rows = server.db().recent_transfers(1).unwrap();
         rows.first().is_some_and(|r| r.result == "failed")
     });
 }
@@ -190,10 +204,10 @@ fn a_client_that_leaves_mid_transfer_leaves_nothing_cached() {
     c.send(&Message::Get(req));
     drop(c);
     eventually("the aborted history row", || {
-        let rows = server.db.recent_transfers(1).unwrap();
+        let rows = server.db().recent_transfers(1).unwrap();
         rows.first().is_some_and(|r| r.result == "aborted")
     });
-    assert_eq!(server.db.cached_digest_count().unwrap(), 0);
+    assert_eq!(server.db().cached_digest_count().unwrap(), 0);
     assert!(server.handle.connections().is_empty());
 }
 
@@ -210,10 +224,10 @@ fn every_request_leaves_one_history_row() {
     legacy_get(server.addr, "missing");
 
     eventually("four history rows", || {
-        server.db.recent_transfers(10).unwrap().len() == 4
-            && server.db.recent_transfers(10).unwrap()[0].result != "running"
+        server.db().recent_transfers(10).unwrap().len() == 4
+            && server.db().recent_transfers(10).unwrap()[0].result != "running"
     });
-    let rows = server.db.recent_transfers(10).unwrap();
+    let rows = server.db().recent_transfers(10).unwrap();
     let summary: Vec<_> = rows
         .iter()
         .rev()

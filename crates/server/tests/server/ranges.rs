@@ -1,10 +1,11 @@
 //! Ranged `Get`s: exactly the bytes asked for, the whole file's digests in the trailer, the
 //! whole file instead when `if_match` names another version, refusals for offsets past the end,
-//! and `Stat`.
+//! `Stat`, BLAKE3 for the clients that announce it, and how the bytes are cut into frames.
 
-use crate::support::{both_digests, data, range, whole, Native, Running, ALL_CAPS};
+use crate::support::{blake3_digest, both_digests, data, range, whole, Native, Running, ALL_CAPS};
 use sfts_protocol::{
-    Algorithm, DigestSet, ErrorCode, FileKind, FileVersion, GetRequest, Message, TO_END,
+    Algorithm, Capabilities, DigestSet, ErrorCode, FileKind, FileVersion, GetRequest, Message,
+    TO_END,
 };
 use std::time::{Duration, SystemTime};
 
@@ -102,14 +103,14 @@ fn no_digests_wanted_means_an_empty_trailer_and_no_hashing() {
     assert!(r.digests.is_empty());
     assert_eq!(c.get(whole("f.bin", &[])).unwrap().digests, vec![]);
     assert_eq!(
-        server.db.cached_digest_count().unwrap(),
+        server.db().cached_digest_count().unwrap(),
         0,
         "something hashed"
     );
 
     let only_md5 = c.get(whole("f.bin", &[Algorithm::Md5])).unwrap();
     assert_eq!(only_md5.digests, both_digests(&bytes)[..1]);
-    assert_eq!(server.db.cached_digest_count().unwrap(), 1);
+    assert_eq!(server.db().cached_digest_count().unwrap(), 1);
 }
 
 #[test]
@@ -126,7 +127,7 @@ fn stat_describes_files_and_folders_with_cached_digests_only() {
     let since_epoch = modified.duration_since(SystemTime::UNIX_EPOCH).unwrap();
     assert_eq!(info.mtime_ns, since_epoch.as_nanos() as i64);
     assert!(info.digests.is_empty(), "Stat must not hash");
-    assert_eq!(server.db.cached_digest_count().unwrap(), 0);
+    assert_eq!(server.db().cached_digest_count().unwrap(), 0);
 
     let r = c.get(whole("f.bin", &[Algorithm::Sha256])).unwrap();
     assert_eq!(r.header.mtime_ns, info.mtime_ns);
@@ -195,5 +196,96 @@ fn a_digest_only_get_sends_no_data_and_the_whole_files_digests() {
         assert!(r.data.is_empty());
         assert_eq!(r.digests, both_digests(&bytes));
     }
-    assert_eq!(server.db.cached_digest_count().unwrap(), 1);
+    assert_eq!(server.db().cached_digest_count().unwrap(), 1);
+}
+
+#[test]
+fn blake3_is_computed_cached_and_shown_to_the_clients_that_announce_it() {
+    let server = Running::with_state();
+    let bytes = data(300_000, 21);
+    server.put("f.bin", &bytes);
+    let (md5, sha256) = (
+        both_digests(&bytes)[0].clone(),
+        both_digests(&bytes)[1].clone(),
+    );
+
+    // A client that does not announce BLAKE3 may not ask for it, and is never shown it.
+    let mut older = Native::connect(server.addr, ALL_CAPS);
+    assert!(!older.caps.has(Capabilities::BLAKE3));
+    let (code, message) = older.get(whole("f.bin", &[Algorithm::Blake3])).unwrap_err();
+    assert_eq!(code, ErrorCode::Unsupported);
+    assert!(message.contains("BLAKE3"), "{message}");
+    // The session goes on; hashing the file computed BLAKE3 too.
+    let r = older.get(whole("f.bin", &[Algorithm::Sha256])).unwrap();
+    assert_eq!(r.digests, std::slice::from_ref(&sha256));
+    assert_eq!(older.stat("f.bin").unwrap().digests, both_digests(&bytes));
+    let cached = server
+        .db()
+        .lookup_digests(&crate::cache::key(&server.root, "f.bin"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        cached.blake3.map(|d| d.to_vec()),
+        Some(blake3_digest(&bytes).bytes)
+    );
+
+    let mut c = Native::connect(server.addr, ALL_CAPS | Capabilities::BLAKE3);
+    assert!(c.caps.has(Capabilities::BLAKE3));
+    let r = c
+        .get(whole("f.bin", &[Algorithm::Blake3, Algorithm::Sha256]))
+        .unwrap();
+    assert!(r.data == bytes);
+    assert_eq!(r.digests, [sha256.clone(), blake3_digest(&bytes)]);
+    assert_eq!(
+        c.stat("f.bin").unwrap().digests,
+        [md5, sha256, blake3_digest(&bytes)]
+    );
+    // Uncached, with a range: the whole file's BLAKE3.
+    server.put("g.bin", &bytes);
+    let r = c
+        .get(range_with("g.bin", 1000, 10, &[Algorithm::Blake3]))
+        .unwrap();
+    assert_eq!(r.digests, [blake3_digest(&bytes)]);
+}
+
+fn range_with(path: &str, offset: u64, length: u64, digests: &[Algorithm]) -> GetRequest {
+    GetRequest {
+        digests: DigestSet::of(digests),
+        ..range(path, offset, length)
+    }
+}
+
+#[test]
+fn the_first_frame_is_small_and_the_others_chunk_sized_however_the_bytes_are_sent() {
+    let server = Running::with_state();
+    let bytes = data((3 << 20) + 5, 22);
+    server.put("f.bin", &bytes);
+    let mut c = Native::connect(server.addr, ALL_CAPS);
+    let frames = |len: usize| {
+        let mut v = vec![65_536.min(len)];
+        let mut left = len - v[0];
+        while left > 0 {
+            v.push(left.min(1 << 20));
+            left -= v[v.len() - 1];
+        }
+        v
+    };
+    // Hashed while sent (read into a buffer), then from the cache and with no digests at all
+    // (sendfile on this plain connection): the same bytes, cut the same way.
+    for digests in [&[Algorithm::Sha256][..], &[Algorithm::Sha256], &[]] {
+        let mut req = whole("f.bin", digests);
+        req.chunk_size = 1 << 20;
+        let r = c.get(req).unwrap();
+        assert!(r.data == bytes, "wrong bytes");
+        assert_eq!(r.frames, frames(bytes.len()));
+    }
+    let mut req = range("f.bin", 100, TO_END);
+    req.chunk_size = 1 << 20;
+    let r = c.get(req).unwrap();
+    assert!(r.data == bytes[100..], "wrong bytes");
+    assert_eq!(r.frames, frames(bytes.len() - 100));
+    // A small chunk size bounds the first frame too.
+    let mut req = range("f.bin", 0, 10_000);
+    req.chunk_size = 4096;
+    assert_eq!(c.get(req).unwrap().frames, [4096, 4096, 1808]);
 }

@@ -1,6 +1,6 @@
 //! Fixtures: the server binary and the library server with guards that stop them, a native
 //! client speaking the protocol by hand, an original-protocol client, test data and digests
-//! computed independently of the server (with the `md-5` and `sha2` crates).
+//! computed independently of the server (with the `md-5`, `sha2` and `blake3` crates).
 
 use md5::Md5;
 use sfts_protocol::io::{read_message, write_message};
@@ -167,7 +167,7 @@ pub struct Running {
     pub handle: ShutdownHandle,
     thread: Option<JoinHandle<Result<(), sfts_server::ServerError>>>,
     pub root: PathBuf,
-    pub db: std::sync::Arc<sfts_server::StateDb>,
+    state: std::sync::Arc<sfts_server::StateDb>,
     _dir: tempfile::TempDir,
 }
 
@@ -209,7 +209,7 @@ impl Running {
             handle,
             thread,
             root,
-            db,
+            state: db,
             _dir: dir,
         }
     }
@@ -223,6 +223,13 @@ impl Running {
             t.join().unwrap().unwrap();
         }
         started.elapsed()
+    }
+
+    /// The state database, with everything the server recorded so far written to it (history
+    /// rows and cache entries are written by a background thread within 100 ms).
+    pub fn db(&self) -> &sfts_server::StateDb {
+        self.handle.flush_state();
+        &self.state
     }
 
     /// Writes `data` to `name` under the root.
@@ -279,6 +286,8 @@ pub struct Reply {
     pub digests: Vec<Digest>,
     /// Empty `Data` frames received.
     pub keepalives: usize,
+    /// The length of every non-empty `Data` frame, in order.
+    pub frames: Vec<usize>,
 }
 
 /// A native session, by hand.
@@ -341,13 +350,14 @@ impl Native {
             Some(Message::Error { code, message }) => return Err((code, message)),
             other => panic!("expected FileHeader, got {other:?}"),
         };
-        let (mut data, mut keepalives) = (Vec::new(), 0);
+        let (mut data, mut keepalives, mut frames) = (Vec::new(), 0, Vec::new());
         loop {
             match read_message(&mut self.s, &mut self.buf).unwrap() {
                 Some(Message::Data([])) => keepalives += 1,
                 Some(Message::Data(d)) => {
                     assert!(d.len() <= header.chunk_size as usize);
                     data.extend_from_slice(d);
+                    frames.push(d.len());
                 }
                 Some(Message::Trailer { digests }) => {
                     assert_eq!(data.len() as u64, header.length);
@@ -356,6 +366,7 @@ impl Native {
                         data,
                         digests,
                         keepalives,
+                        frames,
                     });
                 }
                 Some(Message::Error { code, message }) => return Err((code, message)),
@@ -541,6 +552,11 @@ pub fn both_digests(bytes: &[u8]) -> Vec<Digest> {
         Digest::new(Algorithm::Md5, Md5::digest(bytes).to_vec()).unwrap(),
         Digest::new(Algorithm::Sha256, Sha256::digest(bytes).to_vec()).unwrap(),
     ]
+}
+
+/// The BLAKE3 digest of `bytes`.
+pub fn blake3_digest(bytes: &[u8]) -> Digest {
+    Digest::new(Algorithm::Blake3, blake3::hash(bytes).as_bytes().to_vec()).unwrap()
 }
 
 /// Lowercase hex MD5 of `bytes`.

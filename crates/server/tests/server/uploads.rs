@@ -1,9 +1,11 @@
 //! Uploads through the native protocol by hand: commit and publication, resume, chunk and
-//! whole-file checks, restart, conflicts, the read-only server, limits, name rules, no-replace
-//! publication, expiry, pipelining, and a kill -9 of the server mid-upload.
+//! whole-file checks (hashed as the chunks arrive, or read back), restart, conflicts, the
+//! read-only server, limits, name rules, no-replace publication, expiry, pipelining, and a
+//! kill -9 of the server mid-upload.
 
 use crate::support::{
-    begin, both_digests, data, eventually, start_binary_with, Native, Running, Up, ALL_CAPS,
+    begin, blake3_digest, both_digests, data, eventually, start_binary_with, Native, Running, Up,
+    ALL_CAPS,
 };
 use sfts_protocol::{
     Algorithm, Capabilities, ChunkRanges, ErrorCode, FileKind, Message, Priority, PutChunk,
@@ -29,7 +31,7 @@ fn staged(root: &Path) -> Vec<String> {
 fn rows(server: &Running) -> Vec<(String, Vec<(u64, u64)>)> {
     let root = server.root.to_string_lossy();
     server
-        .db
+        .db()
         .stored_uploads(&root)
         .unwrap()
         .into_iter()
@@ -75,10 +77,10 @@ fn an_upload_is_checked_published_with_its_mtime_and_cached() {
     assert_eq!(std::fs::read(server.root.join("empty")).unwrap(), b"");
     drop(c);
     eventually("the history rows", || {
-        let r = server.db.recent_transfers(10).unwrap();
+        let r = server.db().recent_transfers(10).unwrap();
         r.len() == 2 && r.iter().all(|r| r.result == "ok")
     });
-    let rows = server.db.recent_transfers(10).unwrap();
+    let rows = server.db().recent_transfers(10).unwrap();
     let f = &rows[1];
     assert_eq!(
         (
@@ -222,6 +224,71 @@ fn a_file_that_does_not_match_its_digests_is_discarded() {
     assert!(staged(&server.root).is_empty() && rows(&server).is_empty());
     // The session goes on.
     assert!(c.upload(&begin(1, "m.bin", &bytes, CHUNK), &bytes).is_ok());
+}
+
+#[test]
+fn a_client_that_announces_blake3_gets_it_in_put_done() {
+    let server = Running::uploads();
+    let bytes = data(10_000, 23);
+    let mut c = Native::connect(server.addr, ALL_CAPS | Capabilities::BLAKE3);
+    let mut want = both_digests(&bytes);
+    want.push(blake3_digest(&bytes));
+    let b = begin(1, "b3.bin", &bytes, CHUNK);
+    assert_eq!(c.upload(&b, &bytes).unwrap(), want);
+}
+
+#[test]
+fn a_file_of_one_chunk_is_checked_against_the_whole_files_digests_too() {
+    let server = Running::uploads();
+    let (bytes, other) = (data(3000, 18), data(3000, 19));
+    let mut c = Native::connect(server.addr, ALL_CAPS | Capabilities::BLAKE3);
+    // The chunk matches its own SHA-256, not the file's announced one.
+    let mut lie = begin(1, "one.bin", &bytes, CHUNK);
+    lie.sha256 = begin(1, "one.bin", &other, CHUNK).sha256;
+    let (code, message) = c.upload(&lie, &bytes).unwrap_err();
+    assert_eq!(
+        (code, message.contains("SHA-256")),
+        (ErrorCode::ChecksumMismatch, true)
+    );
+    let mut lie = begin(2, "one.bin", &bytes, CHUNK);
+    lie.md5 = Some([0; 16]);
+    let (code, message) = c.upload(&lie, &bytes).unwrap_err();
+    assert_eq!(
+        (code, message.contains("MD5")),
+        (ErrorCode::ChecksumMismatch, true)
+    );
+    assert!(!server.root.join("one.bin").exists());
+    // The truth, to a client that announced BLAKE3: all three digests.
+    let mut want = both_digests(&bytes);
+    want.push(blake3_digest(&bytes));
+    assert_eq!(
+        c.upload(&begin(3, "one.bin", &bytes, CHUNK), &bytes)
+            .unwrap(),
+        want
+    );
+    assert_eq!(std::fs::read(server.root.join("one.bin")).unwrap(), bytes);
+}
+
+#[test]
+fn a_staging_file_cut_short_before_the_commit_is_noticed_without_a_read_back() {
+    let server = Running::uploads();
+    let bytes = data(12_288, 20); // three full chunks, sent in order on one connection
+    let mut c = Native::connect(server.addr, ALL_CAPS);
+    c.begin(&begin(1, "cut.bin", &bytes, CHUNK)).unwrap();
+    for i in 0..3 {
+        assert_eq!(c.chunk(1, i, &bytes, CHUNK), Up::Ack(1, i));
+    }
+    let name = staged(&server.root).pop().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(server.root.join(STAGING_DIR).join(name))
+        .unwrap()
+        .set_len(5000)
+        .unwrap();
+    let (code, message) = c.commit(1).unwrap_err();
+    assert_eq!(code, ErrorCode::ChecksumMismatch);
+    assert!(message.contains("lost part of 'cut.bin'"), "{message}");
+    assert!(!server.root.join("cut.bin").exists());
 }
 
 #[test]
@@ -519,10 +586,11 @@ fn a_large_commit_keeps_the_client_alive_and_mkdir_answers_file_info() {
     let mut c = Native::connect(server.addr, ALL_CAPS);
     let chunk = 1 << 20;
     let ready = c.begin(&begin(1, "big/b.bin", &bytes, chunk)).unwrap();
-    for i in 0..24 {
+    // Out of order, so the commit reads the file back.
+    for i in (0..24).rev() {
         c.send_chunk(1, i, &bytes, ready.chunk_size);
     }
-    for i in 0..24 {
+    for i in (0..24).rev() {
         assert_eq!(c.up(), Up::Ack(1, i));
     }
     let started = SystemTime::now();
