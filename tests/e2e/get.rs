@@ -180,3 +180,36 @@ fn client_and_server_write_log_files_in_the_sfts_format() {
         "worker threads are not named"
     );
 }
+
+#[test]
+fn blake3_is_offered_verified_and_cached() {
+    use sfts_protocol::{Algorithm, DigestSet, MultiHasher};
+    let server = Server::start();
+    let data = write_random(&server.root, "b3.bin", 9 << 20, 43);
+    let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Blake3]));
+    h.update(&data);
+    let want = h.finish().remove(0).to_hex();
+    let work = tempfile::tempdir().unwrap();
+    for (i, out_name) in ["one", "two"].iter().enumerate() {
+        let out = run(client(work.path()).args([
+            "get",
+            &server.target(),
+            "b3.bin",
+            "-o",
+            out_name,
+            "--checksum",
+            "blake3",
+        ]));
+        assert_ok(&out);
+        assert_eq!(printed_digest(&stdout(&out)), want, "run {i}");
+        assert!(std::fs::read(work.path().join(out_name)).unwrap() == data);
+    }
+    // The second run came from the digest cache.
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || server
+            .logs()
+            .contains("digest cache hit for 'b3.bin'")),
+        "{}",
+        server.logs()
+    );
+}
