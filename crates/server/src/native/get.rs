@@ -188,8 +188,7 @@ impl Native<'_> {
     /// Sends the range (hashing around it when needed) and returns the trailer's digests.
     ///
     /// A small range that needs no reading around it is queued with the other replies (a
-    /// tree of small files goes out in a few large writes); a larger one streams, with
-    /// `sendfile` when nothing is hashed and the connection is plain TCP.
+    /// tree of small files goes out in a few large writes); a larger one streams.
     fn send_range(
         &mut self,
         req: &GetRequest,
@@ -256,13 +255,12 @@ impl Native<'_> {
                     .seek(SeekFrom::Start(range.offset))
                     .map_err(read_err)?;
             }
-            match (hasher.as_deref_mut(), self.io.get_mut()) {
-                #[cfg(target_os = "linux")]
-                (None, ServerStream::Plain(link)) => {
-                    transfer.run_zero_copy(&o.file, link, &mut self.data)?
-                }
-                (h, stream) => transfer.run(&mut o.file, stream, &mut self.data, h)?,
-            }
+            transfer.run(
+                &mut o.file,
+                self.io.get_mut(),
+                &mut self.data,
+                hasher.as_deref_mut(),
+            )?;
             if let Some(h) = hasher.as_deref_mut() {
                 let rest = size - h.fed();
                 let mut alive = keepalive(self.io.get_mut());
