@@ -9,6 +9,11 @@
 //!   peers do: sans-IO `Message::decode` over a slice (the floor), `io::read_message` over a
 //!   plain `Read` (the client's path), over a 64 KiB `BufReader` (the server's path), and the
 //!   client's `recv` loop (`read_exact` header, then `read_exact` payload).
+//! * `copy/64KiB`: a bare 64 KiB `copy_from_slice` with the destination 0, 16 and 64 bytes past
+//!   the source modulo 4 KiB. On this AMD EPYC with glibc 2.36 a distance of 1 to ~31 bytes
+//!   makes `memcpy` (which uses `rep movsb` at these sizes) tens of times slower, so every
+//!   bench above that copies depends on where the allocator put its buffers; this group shows
+//!   the size of that effect on its own.
 //! * `control`: encode and decode of the other hot messages: `Get`, `FileHeader`, `PutChunk`
 //!   (64 KiB and 1 MiB, with the zero-copy `write_put_chunk` beside it) and a full
 //!   `ListEntries` frame, plus `ListBatcher` splitting 10,000 entries into frames.
@@ -167,6 +172,27 @@ fn read_frames(c: &mut Criterion) {
     g.finish();
 }
 
+fn copy(c: &mut Criterion) {
+    let mut g = c.benchmark_group("copy");
+    let len = 64 * 1024;
+    g.throughput(Throughput::Bytes(len as u64));
+    let src = common::data(len + 8192);
+    let mut dst = vec![0u8; len + 8192];
+    // Start the source on a page boundary so `distance` is exactly (dst - src) mod 4096.
+    let src_at = (4096 - src.as_ptr() as usize % 4096) % 4096;
+    let dst_page = (4096 - dst.as_ptr() as usize % 4096) % 4096;
+    for distance in [0, 16, 64] {
+        let dst_at = dst_page + distance;
+        g.bench_function(format!("64KiB/distance_{distance}"), |b| {
+            b.iter(|| {
+                dst[dst_at..dst_at + len].copy_from_slice(black_box(&src[src_at..src_at + len]));
+                black_box(&dst);
+            })
+        });
+    }
+    g.finish();
+}
+
 /// A bench that encodes `msg` into a reused buffer and one that decodes the result.
 fn encode_decode(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -287,6 +313,6 @@ fn control(c: &mut Criterion) {
 criterion_group! {
     name = codec;
     config = common::config();
-    targets = frame_header, data_frame, read_frames, control
+    targets = frame_header, data_frame, read_frames, copy, control
 }
 criterion_main!(codec);
