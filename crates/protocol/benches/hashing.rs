@@ -3,7 +3,8 @@
 //!
 //! * `md5`, `sha256`, `blake3` (4 KiB, 64 KiB, 1 MiB): the raw crate's one-shot digest beside
 //!   a `MultiHasher` holding that one algorithm (new, update, finish), and for SHA-256 also the
-//!   `checksum::sha256` helper the upload path uses per chunk.
+//!   `checksum::sha256` helper the upload path uses per chunk, and for BLAKE3 also the raw
+//!   crate's incremental `Hasher` (new, update, finish), which is what `MultiHasher` wraps.
 //! * `combined` (same sizes): one `MultiHasher` computing several digests in one pass
 //!   (SHA-256 + BLAKE3 as the server caches them, and all three) beside the raw crates run one
 //!   after the other over the buffer.
@@ -72,6 +73,14 @@ fn single_algorithms(c: &mut Criterion) {
                 Algorithm::Blake3 => {
                     g.bench_function(format!("raw/{label}"), |b| {
                         b.iter(|| blake3::hash(black_box(&data)))
+                    });
+                    // What any streaming use (and so MultiHasher) must call instead of `hash`.
+                    g.bench_function(format!("raw_incremental/{label}"), |b| {
+                        b.iter(|| {
+                            let mut h = blake3::Hasher::new();
+                            h.update(black_box(&data));
+                            h.finalize()
+                        })
                     });
                 }
             }
