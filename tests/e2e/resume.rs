@@ -23,11 +23,30 @@ fn num(v: &serde_json::Value, key: &str) -> u64 {
 /// Starts a download through `via`, and kills the client with SIGKILL once the partial holds
 /// at least `at` bytes. Returns the partial's size at that moment.
 fn download_then_kill(work: &std::path::Path, via: &str, name: &str, at: u64) -> u64 {
+    download_then_kill_with(work, via, name, at, "sha256")
+}
+
+/// [`download_then_kill`] verifying with `checksum`.
+fn download_then_kill_with(
+    work: &std::path::Path,
+    via: &str,
+    name: &str,
+    at: u64,
+    checksum: &str,
+) -> u64 {
     let part = work.join(format!("{name}.sfts-part"));
     let mut cmd = client(work);
-    cmd.args(["get", via, name, "--chunk-size", "1M"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "get",
+        via,
+        name,
+        "--chunk-size",
+        "1M",
+        "--checksum",
+        checksum,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let mut child = ChildGuard(cmd.spawn().unwrap());
     let size = || std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     assert!(
@@ -88,11 +107,12 @@ fn killed_client_resumes_fetching_only_the_rest() {
     assert!(!work.path().join("r.bin.sfts-journal").exists());
 }
 
-#[test]
-fn flipped_byte_in_the_partial_refetches_only_that_chunk() {
+/// Kills a download, flips a byte inside chunk 3 of the partial and resumes with `checksum`:
+/// only that chunk is fetched again and the file is whole. Returns the resume's stderr.
+fn flipped_byte_case(checksum: &str, seed: u64) -> String {
     let server = Server::start();
     let size = 16 * MIB;
-    let data = write_random(&server.root, "f.bin", size as usize, 32);
+    let data = write_random(&server.root, "f.bin", size as usize, seed);
     let proxy = Proxy::start(
         server.addr,
         Behaviour {
@@ -101,19 +121,28 @@ fn flipped_byte_in_the_partial_refetches_only_that_chunk() {
         },
     );
     let work = tempfile::tempdir().unwrap();
-    download_then_kill(work.path(), &proxy.addr.to_string(), "f.bin", 10 * MIB);
+    let via = proxy.addr.to_string();
+    download_then_kill_with(work.path(), &via, "f.bin", 10 * MIB, checksum);
     // Corrupt a byte inside chunk 3, well inside the confirmed part.
     let part = work.path().join("f.bin.sfts-part");
     let mut bytes = std::fs::read(&part).unwrap();
     bytes[(3 * CHUNK + 12345) as usize] ^= 0xff;
     std::fs::write(&part, &bytes).unwrap();
 
-    let out = run(client(work.path()).args(["get", &server.target(), "f.bin", "--json"]));
+    let out = run(client(work.path()).args([
+        "get",
+        &server.target(),
+        "f.bin",
+        "--json",
+        "-v",
+        "--checksum",
+        checksum,
+    ]));
     assert_ok(&out);
     let v = json(&out);
     let (fetched, reused) = (num(&v, "bytes_fetched"), num(&v, "bytes_reused"));
     assert!(std::fs::read(work.path().join("f.bin")).unwrap() == data);
-    assert_eq!(fetched + reused, size);
+    assert_eq!(fetched + reused, size, "{v}");
     // What was never confirmed, plus the one bad chunk.
     let confirmed_before = bytes.len() as u64 / CHUNK * CHUNK;
     assert!(
@@ -121,6 +150,25 @@ fn flipped_byte_in_the_partial_refetches_only_that_chunk() {
         "fetched {fetched}, confirmed {confirmed_before}"
     );
     assert!(num(&v, "chunks_repaired") == 1, "{v}");
+    assert!(!part.exists());
+    stderr(&out)
+}
+
+#[test]
+fn flipped_byte_in_the_partial_refetches_only_that_chunk() {
+    // SHA-256: the whole-file digest continues from the state saved in the journal, and the
+    // chunk check runs while the rest downloads.
+    let err = flipped_byte_case("sha256", 32);
+    assert!(err.contains("from the saved hash state"), "{err}");
+    assert!(err.contains("chunk 3 "), "{err}");
+}
+
+#[test]
+fn flipped_byte_in_the_partial_refetches_only_that_chunk_md5() {
+    // MD5's state cannot be saved: the partial is read and hashed again before the rest.
+    let err = flipped_byte_case("md5", 34);
+    assert!(!err.contains("from the saved hash state"), "{err}");
+    assert!(err.contains("chunk 3 "), "{err}");
 }
 
 #[test]

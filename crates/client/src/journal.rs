@@ -4,27 +4,50 @@
 //! It is a small, append-only text file, readable with `cat`:
 //!
 //! ```text
-//! sfts-journal 1
+//! sfts-journal 2
 //! path path/to/file.bin
 //! size 67108864
 //! mtime_ns 1763797036000000000
 //! chunk_size 1048576
+//! chunk_digest blake3
 //! --
-//! 0 3f0c…(64 hex digits: SHA-256 of chunk 0 as written to the partial file)
-//! 1 9a11…
+//! 0 3f0c…(64 hex digits: BLAKE3 of chunk 0 as written to the partial file) 02d1a7…
+//! 1 9a11… 02c4f0…
 //! ```
 //!
 //! A chunk line is appended (one `write`, no buffering) after the chunk's bytes were written
-//! to the partial file, so a crash or `kill -9` loses at most the chunk in flight. On resume
-//! each recorded chunk is read back once and checked against its line; a chunk that no longer
-//! matches is fetched again. A torn last line (a crash in the middle of the append) is ignored.
-//! A repaired chunk is appended again; the last line for an index wins.
+//! to the partial file, so a crash or `kill -9` loses at most the chunk in flight. Its optional
+//! third field is the whole-file hash state after that chunk (see
+//! [`sfts_protocol::MultiHasher::save`]; only for SHA-256 downloads), so a resume continues the
+//! whole-file digest from there instead of hashing everything it already has again. On resume
+//! each recorded chunk is still read back and checked against its line (on a second thread,
+//! while the rest downloads); a chunk that no longer matches is fetched again. A torn last line
+//! (a crash in the middle of the append) is ignored. A repaired chunk is appended again; the
+//! last line for an index wins.
+//!
+//! Version 1 journals (no `chunk_digest` line, SHA-256 chunk digests, no states) written by
+//! earlier releases are still resumed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC_LINE: &str = "sfts-journal 1";
+use sfts_protocol::checksum::{from_hex, to_hex};
+use sfts_protocol::Algorithm;
+
+const MAGIC_LINE: &str = "sfts-journal 2";
+const MAGIC_LINE_V1: &str = "sfts-journal 1";
+
+/// The digest new journals record for each chunk: BLAKE3, several times cheaper than SHA-256,
+/// so checking a partial file before a resume costs little.
+pub const CHUNK_DIGEST: Algorithm = Algorithm::Blake3;
+
+/// One chunk's entry: its digest and, when known, the whole-file hash state after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    digest: [u8; 32],
+    state: Option<Vec<u8>>,
+}
 
 /// What the partial file is a copy of. If any of it differs on the server, the partial is
 /// worthless and the download starts over.
@@ -60,7 +83,9 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     header: JournalHeader,
-    chunks: Vec<Option<[u8; 32]>>,
+    /// How the chunk digests were computed.
+    algorithm: Algorithm,
+    chunks: Vec<Option<Entry>>,
 }
 
 /// The journal path for a download target.
@@ -79,11 +104,12 @@ impl Journal {
             .truncate(true)
             .open(path)?;
         let text = format!(
-            "{MAGIC_LINE}\npath {}\nsize {}\nmtime_ns {}\nchunk_size {}\n--\n",
+            "{MAGIC_LINE}\npath {}\nsize {}\nmtime_ns {}\nchunk_size {}\nchunk_digest {}\n--\n",
             header.path.replace('\n', " "),
             header.size,
             header.mtime_ns,
-            header.chunk_size
+            header.chunk_size,
+            CHUNK_DIGEST.name(),
         );
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
@@ -92,6 +118,7 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             header,
+            algorithm: CHUNK_DIGEST,
             chunks: vec![None; count],
         })
     }
@@ -104,7 +131,7 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Some((header, chunks)) = parse(BufReader::new(file))? else {
+        let Some((header, algorithm, chunks)) = parse(BufReader::new(file))? else {
             return Ok(None);
         };
         let file = OpenOptions::new().append(true).open(path)?;
@@ -112,6 +139,7 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             header,
+            algorithm,
             chunks,
         }))
     }
@@ -126,9 +154,23 @@ impl Journal {
         &self.path
     }
 
+    /// How the chunk digests are computed (BLAKE3; SHA-256 in version 1 journals).
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
     /// The recorded digest of chunk `index`.
     pub fn chunk(&self, index: u64) -> Option<[u8; 32]> {
-        self.chunks.get(index as usize).copied().flatten()
+        self.entry(index).map(|e| e.digest)
+    }
+
+    /// The whole-file hash state recorded after chunk `index`, if any.
+    pub fn state_after(&self, index: u64) -> Option<&[u8]> {
+        self.entry(index).and_then(|e| e.state.as_deref())
+    }
+
+    fn entry(&self, index: u64) -> Option<&Entry> {
+        self.chunks.get(index as usize).and_then(Option::as_ref)
     }
 
     /// Number of chunks recorded without a gap from the start.
@@ -146,18 +188,27 @@ impl Journal {
         }
     }
 
-    /// Records that chunk `index` now holds bytes with this SHA-256. One `write` call, so a
-    /// crash leaves either the whole line or a torn one that `open` ignores.
-    pub fn record(&mut self, index: u64, sha256: [u8; 32]) -> io::Result<()> {
+    /// Records that chunk `index` now holds bytes with this digest (of [`Journal::algorithm`])
+    /// and, if given, that the whole-file hash state after it is `state`. One `write` call, so
+    /// a crash leaves either the whole line or a torn one that `open` ignores.
+    pub fn record(
+        &mut self,
+        index: u64,
+        digest: [u8; 32],
+        state: Option<Vec<u8>>,
+    ) -> io::Result<()> {
         let Some(slot) = self.chunks.get_mut(index as usize) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("chunk {index} is beyond the end of the file"),
             ));
         };
-        let line = format!("{index} {}\n", sfts_protocol::checksum::to_hex(&sha256));
+        let line = match &state {
+            Some(state) => format!("{index} {} {}\n", to_hex(&digest), to_hex(state)),
+            None => format!("{index} {}\n", to_hex(&digest)),
+        };
         self.file.write_all(line.as_bytes())?;
-        *slot = Some(sha256);
+        *slot = Some(Entry { digest, state });
         Ok(())
     }
 
@@ -174,14 +225,16 @@ impl Journal {
     }
 }
 
-type Parsed = (JournalHeader, Vec<Option<[u8; 32]>>);
+type Parsed = (JournalHeader, Algorithm, Vec<Option<Entry>>);
 
 fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
     let mut lines = reader.lines();
     let mut next = || lines.next().transpose();
-    if next()?.as_deref() != Some(MAGIC_LINE) {
-        return Ok(None);
-    }
+    let version = match next()?.as_deref() {
+        Some(MAGIC_LINE) => 2,
+        Some(MAGIC_LINE_V1) => 1,
+        _ => return Ok(None),
+    };
     let mut field = |name: &str| -> io::Result<Option<String>> {
         Ok(next()?.and_then(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned)))
     };
@@ -189,6 +242,16 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
     let size = field("size")?.and_then(|v| v.parse::<u64>().ok());
     let mtime_ns = field("mtime_ns")?.and_then(|v| v.parse::<i64>().ok());
     let chunk_size = field("chunk_size")?.and_then(|v| v.parse::<u32>().ok());
+    let algorithm = if version == 1 {
+        Some(Algorithm::Sha256)
+    } else {
+        field("chunk_digest")?
+            .and_then(|v| Algorithm::from_name(&v).ok())
+            .filter(|a| a.output_len() == 32)
+    };
+    let Some(algorithm) = algorithm else {
+        return Ok(None);
+    };
     let (Some(path), Some(size), Some(mtime_ns), Some(chunk_size)) =
         (path, size, mtime_ns, chunk_size)
     else {
@@ -207,20 +270,26 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
     // Lines that do not parse (a torn last line) are skipped: losing a record only costs
     // fetching that chunk again.
     while let Some(line) = next()? {
-        let Some((index, hex)) = line.split_once(' ') else {
+        let mut fields = line.split(' ');
+        let (Some(index), Some(hex), state, None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
-        let (Ok(index), Ok(bytes)) = (
-            index.parse::<usize>(),
-            sfts_protocol::checksum::from_hex(hex, "sha256"),
-        ) else {
+        let (Ok(index), Ok(bytes)) = (index.parse::<usize>(), from_hex(hex, algorithm.name()))
+        else {
             continue;
+        };
+        let state = match state.map(|s| from_hex(s, "hash state")) {
+            None => None,
+            Some(Ok(state)) => Some(state),
+            Some(Err(_)) => continue,
         };
         if let (Some(slot), Ok(digest)) = (chunks.get_mut(index), <[u8; 32]>::try_from(bytes)) {
-            *slot = Some(digest);
+            *slot = Some(Entry { digest, state });
         }
     }
-    Ok(Some((header, chunks)))
+    Ok(Some((header, algorithm, chunks)))
 }
 
 #[cfg(test)]
@@ -255,8 +324,8 @@ mod tests {
         let path = journal_path(&dir.path().join("out.bin"));
         assert!(path.ends_with("out.bin.sfts-journal"));
         let mut j = Journal::create(&path, header()).unwrap();
-        j.record(0, [1; 32]).unwrap();
-        j.record(2, [3; 32]).unwrap();
+        j.record(0, [1; 32], None).unwrap();
+        j.record(2, [3; 32], Some(vec![2, 0xab])).unwrap();
         assert_eq!(j.confirmed_chunks(), 1);
         assert_eq!(j.confirmed_bytes(), 4);
         drop(j);
@@ -265,10 +334,13 @@ mod tests {
         assert_eq!(j.chunk(0), Some([1; 32]));
         assert_eq!(j.chunk(1), None);
         assert_eq!(j.chunk(2), Some([3; 32]));
-        j.record(1, [2; 32]).unwrap();
+        assert_eq!(j.algorithm(), CHUNK_DIGEST);
+        assert_eq!(j.state_after(0), None);
+        assert_eq!(j.state_after(2), Some(&[2u8, 0xab][..]));
+        j.record(1, [2; 32], None).unwrap();
         assert_eq!(j.confirmed_bytes(), 10);
         // A repair appends again; the last line wins.
-        j.record(0, [9; 32]).unwrap();
+        j.record(0, [9; 32], None).unwrap();
         drop(j);
         let j = Journal::open(&path).unwrap().unwrap();
         assert_eq!(j.chunk(0), Some([9; 32]));
@@ -280,12 +352,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let mut j = Journal::create(&path, header()).unwrap();
-        j.record(0, [1; 32]).unwrap();
+        j.record(0, [1; 32], None).unwrap();
         drop(j);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"1 abcd").unwrap();
         let j = Journal::open(&path).unwrap().unwrap();
         assert_eq!(j.confirmed_chunks(), 1);
+    }
+
+    #[test]
+    fn a_torn_hash_state_is_not_a_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = Journal::create(&path, header()).unwrap();
+        j.record(0, [1; 32], Some(vec![2, 3, 4])).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        // The crash cut the line inside the state's hex.
+        f.write_all(format!("1 {} 0203f", to_hex(&[5; 32])).as_bytes())
+            .unwrap();
+        let j = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(j.state_after(0), Some(&[2u8, 3, 4][..]));
+        assert_eq!(j.chunk(1), None);
+        assert_eq!(j.confirmed_chunks(), 1);
+    }
+
+    #[test]
+    fn version_1_journals_still_resume_with_sha256_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let text = format!(
+            "sfts-journal 1\npath a/b.bin\nsize 10\nmtime_ns 1700000000123456789\n\
+             chunk_size 4\n--\n0 {}\n",
+            to_hex(&[7; 32])
+        );
+        std::fs::write(&path, text).unwrap();
+        let j = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(j.header(), &header());
+        assert_eq!(j.algorithm(), Algorithm::Sha256);
+        assert_eq!(j.chunk(0), Some([7; 32]));
+        assert_eq!(j.state_after(0), None);
+    }
+
+    #[test]
+    fn a_new_journal_names_its_chunk_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        drop(Journal::create(&path, header()).unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("sfts-journal 2\n"), "{text}");
+        assert!(text.contains("\nchunk_digest blake3\n--\n"), "{text}");
+        // A version 2 journal with an unknown chunk digest is not understood.
+        std::fs::write(&path, text.replace("blake3", "crc32")).unwrap();
+        assert!(Journal::open(&path).unwrap().is_none());
     }
 
     #[test]

@@ -6,10 +6,18 @@
 //!
 //! 1. asks the server for the file's size and modification time (`Stat`): if they differ from
 //!    the journal's, the file changed; the partial is discarded and the download starts over;
-//! 2. reads each journaled chunk of the partial once, checks its SHA-256 and feeds it to the
-//!    whole-file hash; a chunk that no longer matches is fetched again, alone;
-//! 3. fetches the rest from the end of the verified part, with the journal's version as
-//!    `if_match`, so the server never sends bytes of another version.
+//! 2. when the journal holds the whole-file hash state after its last chunk (SHA-256
+//!    downloads), continues the whole-file digest from that state and fetches the rest from
+//!    there at once, while a second thread reads each journaled chunk back and checks its
+//!    digest; a chunk that no longer matches is fetched again afterwards and must be exactly
+//!    what was downloaded before (else the saved state would not describe the file, and the
+//!    download starts over);
+//! 3. otherwise (MD5 and BLAKE3 downloads, journals of older releases) reads each journaled
+//!    chunk once, checks its digest and feeds it to the whole-file hash, repairing what no
+//!    longer matches, then fetches the rest from the end of the verified part.
+//!
+//! Either way the rest is fetched with the journal's version as `if_match`, so the server
+//! never sends bytes of another version.
 //!
 //! The whole-file digest the server sends in the trailer is then compared with ours, which
 //! covers every byte of the final file, reused or fetched. Mid-transfer drops and stalls are
@@ -28,8 +36,11 @@ use crate::sinks::{chunk_digest, BufferSink, FileSink, StdoutSink};
 use crate::transfer::verify;
 use sfts_protocol::{Algorithm, Capabilities, Digest, DigestSet, FileVersion, MultiHasher, TO_END};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// How often a file may change under a download before the client gives up.
@@ -258,12 +269,16 @@ fn resume_file(
         .map_err(|e| ClientError::local("cannot read", part, e))?
         .len();
     f.progress.set_total(header.size);
+    let journaled = journal.confirmed_chunks();
+    if let Some((whole, confirmed)) = saved_state(&journal, journaled, on_disk, opts.algorithm) {
+        return continue_from_state(f, opts, part, file, journal, whole, confirmed);
+    }
 
     // Verify the journaled prefix, repairing what no longer matches.
     let mut whole = MultiHasher::new(DigestSet::of(&[opts.algorithm]));
     let mut confirmed = 0u64;
     let mut buf = vec![0u8; header.chunk_size as usize];
-    let journaled = journal.confirmed_chunks();
+    let algorithm = journal.algorithm();
     if journaled > 0 && !opts.quiet {
         eprintln!(
             "resuming '{}': checking the {} already downloaded",
@@ -294,7 +309,7 @@ fn resume_file(
         file.seek(SeekFrom::Start(start))
             .and_then(|_| file.read_exact(chunk))
             .map_err(|e| ClientError::local("cannot read", part, e))?;
-        if journal.chunk(index) == Some(chunk_digest(chunk)) {
+        if journal.chunk(index) == Some(chunk_digest(algorithm, chunk)) {
             whole.update(chunk);
             f.stats.reused += chunk.len() as u64;
             f.progress.advance(chunk.len());
@@ -321,7 +336,7 @@ fn resume_file(
                 .and_then(|_| io::Write::write_all(&mut file, &fresh.0));
             write.map_err(|e| ClientError::local("cannot write to", part, e))?;
             journal
-                .record(index, chunk_digest(&fresh.0))
+                .record(index, chunk_digest(algorithm, &fresh.0), None)
                 .map_err(|e| ClientError::local("cannot write to", &jpath, e))?;
             whole.update(&fresh.0);
             f.stats.repaired += 1;
@@ -367,6 +382,7 @@ fn fast_check(
 ) -> io::Result<Option<(MultiHasher, u64, u64)>> {
     use std::sync::mpsc::{channel, sync_channel};
     let header = journal.header();
+    let chunk_algorithm = journal.algorithm();
     let expected: Vec<Option<[u8; 32]>> = (0..journaled).map(|i| journal.chunk(i)).collect();
     let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(2);
     let (give_back, spare) = channel::<Vec<u8>>();
@@ -374,7 +390,7 @@ fn fast_check(
         .name("chunk-check".into())
         .spawn(move || {
             for (index, buf) in rx {
-                if expected[index as usize] != Some(chunk_digest(&buf)) {
+                if expected[index as usize] != Some(chunk_digest(chunk_algorithm, &buf)) {
                     return false;
                 }
                 let _ = give_back.send(buf);
@@ -411,6 +427,173 @@ fn fast_check(
         return Err(e);
     }
     Ok(all_good.then_some((whole, bytes, chunks)))
+}
+
+/// The whole-file hasher restored from the state saved after the last journaled chunk, and
+/// the bytes it covers; `None` when there is no usable state (nothing journaled, a journal of
+/// an older release, another algorithm than this run's, a partial file shorter than the
+/// journal says).
+fn saved_state(
+    journal: &Journal,
+    journaled: u64,
+    on_disk: u64,
+    algorithm: Algorithm,
+) -> Option<(MultiHasher, u64)> {
+    let last = journaled.checked_sub(1)?;
+    let end = journal.header().chunk_range(last).1;
+    if end > on_disk || algorithm != Algorithm::Sha256 {
+        return None;
+    }
+    let whole = MultiHasher::restore(journal.state_after(last)?)?;
+    Some((whole, end))
+}
+
+/// Continues from the saved hash state: fetches the rest at once while [`PrefixCheck`] reads
+/// the journaled chunks back, then fetches again the chunks that failed.
+fn continue_from_state(
+    f: &mut Fetcher<'_>,
+    opts: &GetOptions,
+    part: &Path,
+    mut file: File,
+    journal: Journal,
+    whole: MultiHasher,
+    confirmed: u64,
+) -> Result<Step, ClientError> {
+    let header = journal.header().clone();
+    let jpath = journal.path().to_path_buf();
+    let algorithm = journal.algorithm();
+    let journaled = journal.confirmed_chunks();
+    let expected: Vec<[u8; 32]> = (0..journaled).filter_map(|i| journal.chunk(i)).collect();
+    let kept = Kept::Resumable(part.to_path_buf());
+    let mut version = Some(FileVersion {
+        size: header.size,
+        mtime_ns: header.mtime_ns,
+    });
+    // Whatever lies past the journaled part was never confirmed: drop it.
+    file.set_len(confirmed)
+        .and_then(|()| file.seek(SeekFrom::Start(confirmed)).map(|_| ()))
+        .map_err(|e| ClientError::local("cannot truncate", part, e))?;
+    let check = PrefixCheck::start(part, &header, algorithm, expected.clone())
+        .map_err(|e| ClientError::local("cannot read", part, e))?;
+    f.stats.reused += confirmed;
+    f.progress.advance(confirmed as usize);
+    tracing::info!(
+        "resuming '{}' at byte {confirmed} of {} from the saved hash state; checking the {} \
+         chunk(s) already downloaded meanwhile",
+        opts.remote,
+        header.size,
+        journaled
+    );
+    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole);
+    let digests = DigestSet::of(&[opts.algorithm]);
+    let fetched = match f.fetch(confirmed, TO_END, digests, &mut version, &mut sink, &kept) {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            check.cancel();
+            sink.sync();
+            return Err(e);
+        }
+    };
+    let bad = check
+        .finish()
+        .map_err(|e| ClientError::local("cannot read", part, e))?;
+    if matches!(fetched, Fetched::Done(_)) && !bad.is_empty() {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .open(part)
+            .map_err(|e| ClientError::local("cannot open", part, e))?;
+        for index in bad {
+            let (start, end) = header.chunk_range(index);
+            tracing::warn!(
+                "chunk {index} (bytes {start}..{end}) of '{}' no longer matches its journal \
+                 entry; fetching it again",
+                part.display()
+            );
+            let mut fresh = BufferSink::default();
+            let none = DigestSet::default();
+            if let Fetched::Changed(_) =
+                f.fetch(start, end - start, none, &mut version, &mut fresh, &kept)?
+            {
+                return Ok(Step::StartOver(format!(
+                    "'{}' changed on the server since the partial download began",
+                    opts.remote
+                )));
+            }
+            if chunk_digest(algorithm, &fresh.0) != expected[index as usize] {
+                // The saved hash state was computed over other bytes than the server has now.
+                return Ok(Step::StartOver(format!(
+                    "chunk {index} of '{}' on the server is not what was downloaded before",
+                    opts.remote
+                )));
+            }
+            out.seek(SeekFrom::Start(start))
+                .and_then(|_| out.write_all(&fresh.0))
+                .map_err(|e| ClientError::local("cannot write to", part, e))?;
+            f.stats.repaired += 1;
+            f.stats.reused -= end - start;
+        }
+    }
+    finish(opts, part, &jpath, sink, fetched, header.size)
+}
+
+/// Reads the journaled chunks of a partial file back on a second thread and names those whose
+/// digest no longer matches the journal.
+struct PrefixCheck {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<io::Result<Vec<u64>>>,
+}
+
+impl PrefixCheck {
+    fn start(
+        part: &Path,
+        header: &crate::journal::JournalHeader,
+        algorithm: Algorithm,
+        expected: Vec<[u8; 32]>,
+    ) -> io::Result<PrefixCheck> {
+        let mut file = File::open(part)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let header = header.clone();
+        let stopped = Arc::clone(&stop);
+        let path: PathBuf = part.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("prefix-check".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; header.chunk_size as usize];
+                let mut bad = Vec::new();
+                for (index, want) in expected.iter().enumerate() {
+                    if stopped.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (start, end) = header.chunk_range(index as u64);
+                    let chunk = &mut buf[..(end - start) as usize];
+                    match file.read_exact(chunk) {
+                        Ok(()) if chunk_digest(algorithm, chunk) == *want => {}
+                        Ok(()) => bad.push(index as u64),
+                        Err(e) => {
+                            return Err(io::Error::new(
+                                e.kind(),
+                                format!("{} at byte {start}: {e}", path.display()),
+                            ))
+                        }
+                    }
+                }
+                Ok(bad)
+            })?;
+        Ok(PrefixCheck { stop, handle })
+    }
+
+    /// The chunks that failed, once every one was checked.
+    fn finish(self) -> io::Result<Vec<u64>> {
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the prefix check thread panicked")))
+    }
+
+    /// Stops early (the download failed anyway).
+    fn cancel(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
 }
 
 /// Compares the trailer with our digest of the whole partial file.

@@ -1,7 +1,8 @@
 //! Where fetched bytes go, with the hashing each destination needs.
 //!
 //! * [`FileSink`]: the partial file `<target>.sfts-part`, the whole-file digest, and the
-//!   per-chunk SHA-256 recorded in the journal as each chunk completes;
+//!   per-chunk digest (with the whole-file hash state after it, where it can be saved)
+//!   recorded in the journal as each chunk completes;
 //! * [`StdoutSink`]: standard output and the whole-file digest;
 //! * [`BufferSink`]: one chunk in memory (repairs of a partial file).
 
@@ -15,12 +16,16 @@ use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-/// SHA-256 of `bytes`, as stored in the journal.
-pub fn chunk_digest(bytes: &[u8]) -> [u8; 32] {
-    let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
+/// The digest of `bytes` with a journal's chunk digest `algorithm` (BLAKE3, or SHA-256 in
+/// version 1 journals; both 32 bytes).
+pub fn chunk_digest(algorithm: Algorithm, bytes: &[u8]) -> [u8; 32] {
+    let mut h = MultiHasher::new(DigestSet::of(&[algorithm]));
     h.update(bytes);
     let d = h.finish().remove(0);
-    d.bytes.as_slice().try_into().expect("SHA-256 is 32 bytes")
+    d.bytes
+        .as_slice()
+        .try_into()
+        .expect("journal chunk digests are 32 bytes")
 }
 
 /// Cuts the stream of written bytes into journal chunks, hashes each and records it.
@@ -30,22 +35,28 @@ struct Chunker {
     size: u64,
     /// Bytes seen so far.
     pos: u64,
+    /// How chunks are digested.
+    algorithm: Algorithm,
     /// Hash of the current chunk so far.
     chunk: MultiHasher,
 }
 
 impl Chunker {
     fn new(journal: Journal, pos: u64) -> Chunker {
+        let algorithm = journal.algorithm();
         Chunker {
             chunk_size: journal.header().chunk_size as u64,
             size: journal.header().size,
             journal,
             pos,
-            chunk: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256])),
+            algorithm,
+            chunk: MultiHasher::new(DigestSet::of(&[algorithm])),
         }
     }
 
-    fn feed(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Digests `buf`; `state` is the whole-file hash state after its last byte, recorded with
+    /// the chunk that `buf` completes (if it completes one).
+    fn feed(&mut self, buf: &[u8], mut state: Option<Vec<u8>>) -> io::Result<()> {
         let mut rest = buf;
         while !rest.is_empty() {
             let room = self.chunk_size - self.pos % self.chunk_size;
@@ -56,12 +67,14 @@ impl Chunker {
             if self.pos % self.chunk_size == 0 || self.pos == self.size {
                 let done = std::mem::replace(
                     &mut self.chunk,
-                    MultiHasher::new(DigestSet::of(&[Algorithm::Sha256])),
+                    MultiHasher::new(DigestSet::of(&[self.algorithm])),
                 );
                 let digest = done.finish().remove(0);
                 let bytes: [u8; 32] = digest.bytes.as_slice().try_into().expect("32 bytes");
+                // The state belongs to the end of `buf`, so only to a chunk that ends there.
+                let state = if rest.is_empty() { state.take() } else { None };
                 self.journal
-                    .record((self.pos - 1) / self.chunk_size, bytes)?;
+                    .record((self.pos - 1) / self.chunk_size, bytes, state)?;
             }
         }
         Ok(())
@@ -73,25 +86,28 @@ impl Chunker {
 /// at most that and the chunk being written.
 const WORKER_QUEUE: usize = 0;
 
-/// The per-chunk SHA-256 on a second thread, so a download to disk hashes on two cores: the
+/// A written buffer for the chunk worker, with the whole-file hash state after it.
+type Written = (Vec<u8>, Option<Vec<u8>>);
+
+/// The per-chunk digests on a second thread, so a download to disk hashes on two cores: the
 /// receiving thread computes the whole-file digest, this one the journal's chunk digests.
 /// It gets a copy of every written buffer after the bytes are in the file, so a journal line
 /// never precedes its data.
 struct ChunkWorker {
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<Written>>,
     spare: Receiver<Vec<u8>>,
     handle: Option<JoinHandle<io::Result<Journal>>>,
 }
 
 impl ChunkWorker {
     fn start(mut chunker: Chunker) -> ChunkWorker {
-        let (tx, rx) = sync_channel::<Vec<u8>>(WORKER_QUEUE);
+        let (tx, rx) = sync_channel::<Written>(WORKER_QUEUE);
         let (give_back, spare) = channel::<Vec<u8>>();
         let handle = std::thread::Builder::new()
             .name("chunk-digests".into())
             .spawn(move || {
-                for buf in rx {
-                    chunker.feed(&buf)?;
+                for (buf, state) in rx {
+                    chunker.feed(&buf, state)?;
                     let _ = give_back.send(buf);
                 }
                 Ok(chunker.journal)
@@ -104,11 +120,11 @@ impl ChunkWorker {
         }
     }
 
-    fn feed(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn feed(&mut self, buf: &[u8], state: Option<Vec<u8>>) -> io::Result<()> {
         let mut copy = self.spare.try_recv().unwrap_or_default();
         copy.clear();
         copy.extend_from_slice(buf);
-        let sent = self.tx.as_ref().map(|tx| tx.send(copy));
+        let sent = self.tx.as_ref().map(|tx| tx.send((copy, state)));
         match sent {
             Some(Ok(())) => Ok(()),
             // The worker stopped: its error says why.
@@ -147,10 +163,14 @@ pub struct FileSink {
     remote: String,
     /// Size of a journal chunk.
     chunk_size: u32,
+    /// Size of the whole file, once known.
+    size: u64,
     /// Bytes in the file so far (the next write goes here).
     pos: u64,
     /// Hash of the whole file so far.
     whole: MultiHasher,
+    /// Whether `whole`'s state can be saved in the journal at each chunk's end.
+    saves_state: bool,
 }
 
 impl FileSink {
@@ -162,14 +182,17 @@ impl FileSink {
         chunk_size: u32,
         algorithm: Algorithm,
     ) -> FileSink {
+        let whole = MultiHasher::new(DigestSet::of(&[algorithm]));
         FileSink {
             file,
             journal_path,
             worker: None,
             remote: remote.to_string(),
             chunk_size,
+            size: 0,
             pos: 0,
-            whole: MultiHasher::new(DigestSet::of(&[algorithm])),
+            saves_state: whole.save().is_some(),
+            whole,
         }
     }
 
@@ -187,9 +210,11 @@ impl FileSink {
             file,
             journal_path: journal.path().to_path_buf(),
             chunk_size: journal.header().chunk_size,
+            size: journal.header().size,
             worker: Some(ChunkWorker::start(Chunker::new(journal, pos))),
             remote: remote.to_string(),
             pos,
+            saves_state: whole.save().is_some(),
             whole,
         }
     }
@@ -242,6 +267,7 @@ impl RangeSink for FileSink {
         .map_err(|e| {
             ClientError::local("cannot create the resume journal", &self.journal_path, e)
         })?;
+        self.size = header.size;
         self.worker = Some(ChunkWorker::start(Chunker::new(journal, self.pos)));
         Ok(())
     }
@@ -249,11 +275,33 @@ impl RangeSink for FileSink {
 
 impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write_all(buf)?;
-        self.whole.update(buf);
-        self.pos += buf.len() as u64;
-        if let Some(w) = self.worker.as_mut() {
-            w.feed(buf)?;
+        let Some(w) = self.worker.as_mut() else {
+            self.file.write_all(buf)?;
+            self.whole.update(buf);
+            self.pos += buf.len() as u64;
+            return Ok(buf.len());
+        };
+        // Cut at chunk ends, where the whole-file hash state is saved with the chunk's digest.
+        let chunk_size = self.chunk_size as u64;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let n = if self.saves_state {
+                (chunk_size - self.pos % chunk_size).min(rest.len() as u64) as usize
+            } else {
+                rest.len()
+            };
+            let (part, tail) = rest.split_at(n);
+            self.file.write_all(part)?;
+            self.whole.update(part);
+            self.pos += n as u64;
+            let at_chunk_end = self.pos % chunk_size == 0 || self.pos == self.size;
+            let state = if self.saves_state && at_chunk_end {
+                self.whole.save()
+            } else {
+                None
+            };
+            w.feed(part, state)?;
+            rest = tail;
         }
         Ok(buf.len())
     }
@@ -346,9 +394,11 @@ mod tests {
         let (_, digest) = sink.finish();
         let j = Journal::open(&jpath).unwrap().unwrap();
         assert_eq!(j.confirmed_bytes(), 10);
-        assert_eq!(j.chunk(0), Some(chunk_digest(b"abcd")));
-        assert_eq!(j.chunk(1), Some(chunk_digest(b"efgh")));
-        assert_eq!(j.chunk(2), Some(chunk_digest(b"ij")));
+        assert_eq!(j.chunk(0), Some(chunk_digest(Algorithm::Blake3, b"abcd")));
+        assert_eq!(j.chunk(1), Some(chunk_digest(Algorithm::Blake3, b"efgh")));
+        assert_eq!(j.chunk(2), Some(chunk_digest(Algorithm::Blake3, b"ij")));
+        // MD5's state cannot be saved.
+        assert_eq!(j.state_after(0), None);
         let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Md5]));
         h.update(b"abcdefghij");
         assert_eq!(digest, h.finish().remove(0));
@@ -356,5 +406,25 @@ mod tests {
             std::fs::read(dir.path().join("out.part")).unwrap(),
             b"abcdefghij"
         );
+    }
+
+    #[test]
+    fn sha256_states_are_saved_at_every_chunk_end_even_inside_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out");
+        let file = File::create(dir.path().join("out.part")).unwrap();
+        let jpath = journal_path(&target);
+        let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, Algorithm::Sha256);
+        sink.begin(&header(10)).unwrap();
+        sink.write_all(b"abcdef").unwrap(); // chunk 0 ends inside this write
+        sink.write_all(b"ghij").unwrap();
+        let (_, digest) = sink.finish();
+        let j = Journal::open(&jpath).unwrap().unwrap();
+        for (index, rest) in [(0u64, &b"efghij"[..]), (1, b"ij"), (2, b"")] {
+            let mut h = MultiHasher::restore(j.state_after(index).unwrap()).unwrap();
+            h.update(rest);
+            assert_eq!(h.finish().remove(0), digest, "state after chunk {index}");
+        }
+        assert_eq!(j.chunk(0), Some(chunk_digest(Algorithm::Blake3, b"abcd")));
     }
 }

@@ -2,7 +2,8 @@
 //! that update digests as bytes pass so that each byte is touched once.
 
 use crate::error::{ProtocolError, Result};
-use md5::Md5;
+use md5::{Digest as _, Md5};
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -262,6 +263,35 @@ impl MultiHasher {
         self.states.is_empty()
     }
 
+    /// The hashing state so far, to continue later with [`MultiHasher::restore`] (a download's
+    /// resume journal keeps it so a resume need not hash the bytes it already has again).
+    /// `None` unless the hasher computes exactly one SHA-256: the MD5 and BLAKE3 crates do not
+    /// expose their state.
+    pub fn save(&self) -> Option<Vec<u8>> {
+        match self.states.as_slice() {
+            [State::Sha256(h)] => {
+                let mut out = vec![Algorithm::Sha256.code()];
+                out.extend_from_slice(&h.serialize());
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// A hasher continuing from a state [`MultiHasher::save`] returned; `None` when `saved` is
+    /// not such a state (truncated, corrupted, another algorithm).
+    pub fn restore(saved: &[u8]) -> Option<MultiHasher> {
+        let (&code, rest) = saved.split_first()?;
+        if code != Algorithm::Sha256.code() {
+            return None;
+        }
+        let serialized = SerializedState::<Sha256>::try_from(rest).ok()?;
+        let h = Sha256::deserialize(&serialized).ok()?;
+        Some(MultiHasher {
+            states: vec![State::Sha256(h)],
+        })
+    }
+
     /// Finishes every digest, in algorithm code order.
     pub fn finish(self) -> Vec<Digest> {
         self.states
@@ -353,6 +383,46 @@ impl<W: Write> Write for HashingWriter<W> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_saved_sha256_state_continues_where_it_stopped() {
+        let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
+        whole.update(b"hello, ");
+        let saved = whole.save().expect("SHA-256 alone can be saved");
+        assert_eq!(saved[0], Algorithm::Sha256.code());
+        let mut restored = MultiHasher::restore(&saved).expect("a state save() returned");
+        restored.update(b"world");
+        assert_eq!(
+            restored.finish()[0].to_hex(),
+            "09ca7e4eaa6e8ae9c7d261167129184883644d07dfba7cbfbc4c8a2e08360d5b"
+        );
+        // The original is untouched by saving.
+        whole.update(b"world");
+        assert_eq!(
+            whole.finish()[0].to_hex(),
+            "09ca7e4eaa6e8ae9c7d261167129184883644d07dfba7cbfbc4c8a2e08360d5b"
+        );
+    }
+
+    #[test]
+    fn only_a_lone_sha256_state_is_saved_and_garbage_is_not_restored() {
+        for set in [
+            DigestSet::of(&[Algorithm::Md5]),
+            DigestSet::of(&[Algorithm::Blake3]),
+            DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256]),
+            DigestSet::default(),
+        ] {
+            assert!(MultiHasher::new(set).save().is_none());
+        }
+        let saved = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]))
+            .save()
+            .unwrap();
+        assert!(MultiHasher::restore(&saved[..saved.len() - 1]).is_none());
+        assert!(MultiHasher::restore(&[]).is_none());
+        let mut other = saved.clone();
+        other[0] = Algorithm::Md5.code();
+        assert!(MultiHasher::restore(&other).is_none());
+    }
 
     #[test]
     fn blake3_known_answer() {

@@ -2,7 +2,7 @@
 //! client speaking the protocol by hand, an original-protocol client, test data and digests
 //! computed independently of the server (with the `md-5`, `sha2` and `blake3` crates).
 
-use md5::Md5;
+use md5::{Digest as _, Md5};
 use sfts_protocol::io::{read_message, write_message};
 use sfts_protocol::{
     chunk_count, chunk_span, legacy, Algorithm, Capabilities, Digest, DigestSet, ErrorCode,
