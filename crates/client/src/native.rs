@@ -347,7 +347,7 @@ impl<S: Read + Write + Send> NativeSession<S> {
         sink: &mut W,
         ctx: &Context<'_>,
     ) -> Result<Digest, Stopped> {
-        let digests = self.receive_all(header, sink, ctx)?;
+        let digests = self.receive_all(header, sink, ctx, Threads::Auto)?;
         match digests.into_iter().find(|d| d.algorithm == algorithm) {
             Some(d) => Ok(d),
             None => Err(ctx.stop(
@@ -364,8 +364,9 @@ impl<S: Read + Write + Send> NativeSession<S> {
         header: &FileHeader,
         sink: &mut W,
         ctx: &Context<'_>,
+        threads: Threads,
     ) -> Result<Vec<Digest>, Stopped> {
-        if header.length >= PIPELINE_MIN {
+        if threads == Threads::Auto && header.length >= PIPELINE_MIN {
             return self.receive_pipelined(header, sink, ctx);
         }
         let size = header.length;
@@ -433,6 +434,15 @@ impl<S: Read + Write + Send> NativeSession<S> {
             Err(ctx.stop(received, Stop::Lost(reason)))
         })
     }
+}
+
+/// How many threads receive a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Two for a large transfer (one reads, one writes and hashes), one for a small one.
+    Auto,
+    /// One: the sink's work is cheaper than handing frames over.
+    One,
 }
 
 /// Transfers at least this long are received on two threads.
