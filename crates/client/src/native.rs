@@ -72,6 +72,8 @@ pub struct NativeSession<S> {
     buf: Vec<u8>,
     /// Send buffer.
     scratch: Vec<u8>,
+    /// Requests queued by [`queue`](Self::queue), written together.
+    queued: Vec<u8>,
 }
 
 impl<S: Read + Write> NativeSession<S> {
@@ -81,6 +83,7 @@ impl<S: Read + Write> NativeSession<S> {
             stream: BufReader::with_capacity(READ_BUFFER, stream),
             buf: Vec::new(),
             scratch: Vec::new(),
+            queued: Vec::new(),
         }
     }
 
@@ -271,6 +274,19 @@ impl<S: Read + Write> NativeSession<S> {
     /// Sends one control message.
     pub fn send(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
         write_message(self.stream.get_mut(), msg, &mut self.scratch)
+    }
+
+    /// Queues a request to be sent with others by [`send_queued`](Self::send_queued): one
+    /// system call for a batch of pipelined `Get`s instead of one each.
+    pub fn queue(&mut self, msg: &Message<'_>) {
+        msg.encode(&mut self.queued);
+    }
+
+    /// Sends the queued requests in one write.
+    pub fn send_queued(&mut self) -> std::io::Result<()> {
+        let sent = self.stream.get_mut().write_all(&self.queued);
+        self.queued.clear();
+        sent
     }
 
     /// Sends one upload chunk straight from `data`.
