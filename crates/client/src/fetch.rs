@@ -11,7 +11,7 @@ use crate::cli::GetOptions;
 use crate::connect::{self, backoff_delay, sleep_interruptible, with_retries, Failure};
 use crate::error::{ClientError, Kept};
 use crate::interrupt::Interrupt;
-use crate::native::{HandshakeError, NativeSession, Request, Welcome};
+use crate::native::{HandshakeError, NativeSession, Request, Threads, Welcome};
 use crate::progress::Progress;
 use crate::tls::{Stream, Tls, TlsFailure};
 use crate::transfer::{into_error, Context, Stop};
@@ -42,6 +42,12 @@ pub trait RangeSink: Write {
     /// The server announced the file; a fresh download learns its size and version here.
     fn begin(&mut self, _header: &FileHeader) -> Result<(), ClientError> {
         Ok(())
+    }
+
+    /// True when writing and hashing a byte here is so cheap that a large transfer is
+    /// received on one thread rather than handed frame by frame to a second one.
+    fn cheap(&self) -> bool {
+        false
     }
 }
 
@@ -336,7 +342,12 @@ impl<'a> Fetcher<'a> {
                 timeout: self.opts.timeout,
             };
             let live = self.live.as_mut().expect("connected");
-            match live.session.receive_all(&header, sink, &ctx) {
+            let threads = if sink.cheap() {
+                Threads::One
+            } else {
+                Threads::Auto
+            };
+            match live.session.receive_all(&header, sink, &ctx, threads) {
                 Ok(trailer) => {
                     self.stats.fetched += header.length;
                     return Ok(Fetched::Done(trailer));

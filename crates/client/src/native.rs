@@ -3,12 +3,14 @@
 
 use crate::error::{ClientError, Kept};
 use crate::transfer::{early_read_failed, Context, Stop, Stopped};
+use sfts_protocol::frame::{Header, HEADER_LEN};
 use sfts_protocol::io::{read_message, write_message};
+use sfts_protocol::ProtocolError;
 use sfts_protocol::{
     Algorithm, Capabilities, Digest, DigestSet, ErrorCode, FileHeader, FileInfo, GetRequest,
     Message, MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, TO_END,
 };
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::time::Duration;
 
@@ -58,28 +60,36 @@ pub enum HandshakeError {
     Fatal(ClientError),
 }
 
+/// Bytes read from the socket at a time for small frames (headers, small files of a tree).
+const READ_BUFFER: usize = 64 * 1024;
+
 /// A native connection with its reused buffers.
 pub struct NativeSession<S> {
-    stream: S,
+    /// The connection, read through a buffer (written through `get_mut`): a tree's small
+    /// files arrive many frames per read. Large payloads bypass it ([`read_payload`]).
+    stream: BufReader<S>,
     /// Receive buffer, reused for every frame (it grows to the largest frame and stays).
     buf: Vec<u8>,
     /// Send buffer.
     scratch: Vec<u8>,
+    /// Requests queued by [`queue`](Self::queue), written together.
+    queued: Vec<u8>,
 }
 
 impl<S: Read + Write> NativeSession<S> {
     /// Wraps a connected stream.
     pub fn new(stream: S) -> Self {
         NativeSession {
-            stream,
+            stream: BufReader::with_capacity(READ_BUFFER, stream),
             buf: Vec::new(),
             scratch: Vec::new(),
+            queued: Vec::new(),
         }
     }
 
     /// The underlying stream.
     pub fn into_inner(self) -> S {
-        self.stream
+        self.stream.into_inner()
     }
 
     /// Sends the magic and `Hello` and reads the answer.
@@ -111,7 +121,7 @@ impl<S: Read + Write> NativeSession<S> {
             agent: AGENT.into(),
         }
         .encode(&mut self.scratch);
-        let sent = self.stream.write_all(&self.scratch);
+        let sent = self.stream.get_mut().write_all(&self.scratch);
         let answer = read_message(&mut self.stream, &mut self.buf);
         match (answer, sent) {
             (
@@ -195,7 +205,7 @@ impl<S: Read + Write> NativeSession<S> {
             });
         }
         let (offset, length) = (get.offset, get.length);
-        let sent = write_message(&mut self.stream, &Message::Get(get), &mut self.scratch);
+        let sent = write_message(self.stream.get_mut(), &Message::Get(get), &mut self.scratch);
         self.read_header(req, offset, length, sent)
     }
 
@@ -263,7 +273,20 @@ impl<S: Read + Write> NativeSession<S> {
 
     /// Sends one control message.
     pub fn send(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
-        write_message(&mut self.stream, msg, &mut self.scratch)
+        write_message(self.stream.get_mut(), msg, &mut self.scratch)
+    }
+
+    /// Queues a request to be sent with others by [`send_queued`](Self::send_queued): one
+    /// system call for a batch of pipelined `Get`s instead of one each.
+    pub fn queue(&mut self, msg: &Message<'_>) {
+        msg.encode(&mut self.queued);
+    }
+
+    /// Sends the queued requests in one write.
+    pub fn send_queued(&mut self) -> std::io::Result<()> {
+        let sent = self.stream.get_mut().write_all(&self.queued);
+        self.queued.clear();
+        sent
     }
 
     /// Sends one upload chunk straight from `data`.
@@ -274,7 +297,7 @@ impl<S: Read + Write> NativeSession<S> {
         sha256: &[u8; 32],
         data: &[u8],
     ) -> std::io::Result<()> {
-        sfts_protocol::io::write_put_chunk(&mut self.stream, id, index, sha256, data)
+        sfts_protocol::io::write_put_chunk(self.stream.get_mut(), id, index, sha256, data)
     }
 
     /// Reads the next message that is not an empty `Data` keep-alive. A closed or broken
@@ -285,7 +308,7 @@ impl<S: Read + Write> NativeSession<S> {
         stage: &'static str,
         timeout: Duration,
     ) -> Result<Message<'_>, ClientError> {
-        use sfts_protocol::frame::{tag, Header, HEADER_LEN};
+        use sfts_protocol::frame::tag;
         let broken = |e: std::io::Error| early_read_failed(stage, e.into(), timeout);
         let protocol = |e: sfts_protocol::ProtocolError| ClientError::Protocol {
             detail: format!("{e} (while {stage})"),
@@ -313,7 +336,7 @@ impl<S: Read + Write> NativeSession<S> {
         let stat = Message::Stat {
             path: req.remote.to_string(),
         };
-        let sent = write_message(&mut self.stream, &stat, &mut self.scratch);
+        let sent = write_message(self.stream.get_mut(), &stat, &mut self.scratch);
         match read_message(&mut self.stream, &mut self.buf) {
             Ok(Some(Message::FileInfo(info))) => Ok(info),
             Ok(Some(Message::Error { message, .. })) => Err(ClientError::Refused {
@@ -347,7 +370,7 @@ impl<S: Read + Write + Send> NativeSession<S> {
         sink: &mut W,
         ctx: &Context<'_>,
     ) -> Result<Digest, Stopped> {
-        let digests = self.receive_all(header, sink, ctx)?;
+        let digests = self.receive_all(header, sink, ctx, Threads::Auto)?;
         match digests.into_iter().find(|d| d.algorithm == algorithm) {
             Some(d) => Ok(d),
             None => Err(ctx.stop(
@@ -364,14 +387,26 @@ impl<S: Read + Write + Send> NativeSession<S> {
         header: &FileHeader,
         sink: &mut W,
         ctx: &Context<'_>,
+        threads: Threads,
     ) -> Result<Vec<Digest>, Stopped> {
-        if header.length >= PIPELINE_MIN {
+        if threads == Threads::Auto && header.length >= PIPELINE_MIN {
             return self.receive_pipelined(header, sink, ctx);
         }
         let size = header.length;
         let mut received = 0u64;
         loop {
-            let msg = match read_message(&mut self.stream, &mut self.buf) {
+            let frame = read_head(&mut self.stream).and_then(|head| match head {
+                None => Ok(None),
+                Some(h) => {
+                    if self.buf.len() < h.payload_len {
+                        self.buf.resize(h.payload_len, 0);
+                    }
+                    let payload = &mut self.buf[..h.payload_len];
+                    read_payload(&mut self.stream, payload)?;
+                    Message::decode_payload(h.tag, payload).map(Some)
+                }
+            });
+            let msg = match frame {
                 Ok(Some(msg)) => msg,
                 Ok(None) => {
                     let reason = "the server closed the connection".to_string();
@@ -435,6 +470,15 @@ impl<S: Read + Write + Send> NativeSession<S> {
     }
 }
 
+/// How many threads receive a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Two for a large transfer (one reads, one writes and hashes), one for a small one.
+    Auto,
+    /// One: the sink's work is cheaper than handing frames over.
+    One,
+}
+
 /// Transfers at least this long are received on two threads.
 const PIPELINE_MIN: u64 = 4 << 20;
 
@@ -456,59 +500,53 @@ enum Frame {
 /// The reading thread: frames of a transfer of `size` bytes, until the trailer or a stop.
 /// Ends early when the receiving side hangs up.
 fn read_frames<S: Read>(
-    stream: &mut S,
+    stream: &mut BufReader<S>,
     size: u64,
     tx: &SyncSender<Frame>,
     spare: &Receiver<Vec<u8>>,
 ) {
-    use sfts_protocol::frame::{tag, Header, HEADER_LEN};
+    use sfts_protocol::frame::tag;
     let mut read = 0u64;
     loop {
-        let mut head = [0u8; HEADER_LEN];
-        let frame = match read_exact_or_eof(stream, &mut head) {
-            Ok(false) => Frame::Stop(Stop::Lost("the server closed the connection".into())),
+        let frame = match read_head(stream) {
+            Ok(None) => Frame::Stop(Stop::Lost("the server closed the connection".into())),
             Err(e) => Frame::Failed(e),
-            Ok(true) => match Header::parse(&head) {
-                Err(e) => Frame::Failed(e),
-                Ok(h) if h.tag == tag::DATA => {
-                    let n = h.payload_len;
-                    if n as u64 > size - read {
-                        Frame::Stop(Stop::Protocol(format!(
-                            "it sent more than the {size} bytes it announced ({n} after {read})"
-                        )))
-                    } else {
-                        let mut buf = spare.try_recv().unwrap_or_default();
-                        buf.resize(n, 0);
-                        match stream.read_exact(&mut buf) {
-                            Ok(()) if n == 0 => continue, // keep-alive
-                            Ok(()) => {
-                                read += n as u64;
-                                Frame::Data(buf)
-                            }
-                            Err(e) => Frame::Failed(e.into()),
+            Ok(Some(h)) if h.tag == tag::DATA => {
+                let n = h.payload_len;
+                if n as u64 > size - read {
+                    Frame::Stop(Stop::Protocol(format!(
+                        "it sent more than the {size} bytes it announced ({n} after {read})"
+                    )))
+                } else {
+                    let mut buf = spare.try_recv().unwrap_or_default();
+                    buf.resize(n, 0);
+                    match read_payload(stream, &mut buf) {
+                        Ok(()) if n == 0 => continue, // keep-alive
+                        Ok(()) => {
+                            read += n as u64;
+                            Frame::Data(buf)
                         }
+                        Err(e) => Frame::Failed(e),
                     }
                 }
-                Ok(h) => {
-                    let mut payload = vec![0u8; h.payload_len];
-                    match stream.read_exact(&mut payload) {
-                        Err(e) => Frame::Failed(e.into()),
-                        Ok(()) => match Message::decode_payload(h.tag, &payload) {
-                            Err(e) => Frame::Failed(e),
-                            Ok(Message::Trailer { digests }) if read == size => {
-                                Frame::Trailer(digests)
-                            }
-                            Ok(Message::Error { code, message }) => {
-                                Frame::Stop(Stop::Aborted(format!("{message} ({})", code.name())))
-                            }
-                            Ok(other) => Frame::Stop(Stop::Protocol(format!(
-                                "it sent {} after {read} of {size} bytes",
-                                other.name()
-                            ))),
-                        },
-                    }
+            }
+            Ok(Some(h)) => {
+                let mut payload = vec![0u8; h.payload_len];
+                match read_payload(stream, &mut payload) {
+                    Err(e) => Frame::Failed(e),
+                    Ok(()) => match Message::decode_payload(h.tag, &payload) {
+                        Err(e) => Frame::Failed(e),
+                        Ok(Message::Trailer { digests }) if read == size => Frame::Trailer(digests),
+                        Ok(Message::Error { code, message }) => {
+                            Frame::Stop(Stop::Aborted(format!("{message} ({})", code.name())))
+                        }
+                        Ok(other) => Frame::Stop(Stop::Protocol(format!(
+                            "it sent {} after {read} of {size} bytes",
+                            other.name()
+                        ))),
+                    },
                 }
-            },
+            }
         };
         let last = !matches!(frame, Frame::Data(_));
         if tx.send(frame).is_err() || last {
@@ -517,16 +555,49 @@ fn read_frames<S: Read>(
     }
 }
 
+/// Reads the next frame header; `Ok(None)` when the stream ended cleanly before it. From the
+/// read buffer while it holds bytes; once it is empty, straight from the socket, so that
+/// during a large transfer the buffer is not refilled with the next payload's first 64 KiB
+/// (which would then be copied twice).
+fn read_head<S: Read>(stream: &mut BufReader<S>) -> Result<Option<Header>, ProtocolError> {
+    let mut head = [0u8; HEADER_LEN];
+    let whole = if stream.buffer().is_empty() {
+        read_exact_or_eof(stream.get_mut(), &mut head)?
+    } else {
+        read_exact_or_eof(stream, &mut head)?
+    };
+    if whole {
+        Header::parse(&head).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Reads a payload into `dst`: what the read buffer holds first, then the rest straight from
+/// the socket when it is at least a buffer long (no copy through the buffer), else through it.
+fn read_payload<S: Read>(stream: &mut BufReader<S>, dst: &mut [u8]) -> Result<(), ProtocolError> {
+    let held = stream.buffer().len().min(dst.len());
+    let (first, rest) = dst.split_at_mut(held);
+    first.copy_from_slice(&stream.buffer()[..held]);
+    stream.consume(held);
+    let read = if rest.len() >= stream.capacity() {
+        stream.get_mut().read_exact(rest)
+    } else {
+        stream.read_exact(rest)
+    };
+    read.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ProtocolError::ConnectionClosed,
+        _ => e.into(),
+    })
+}
+
 /// Reads a whole frame header; `Ok(false)` when the stream ended before its first byte.
-fn read_exact_or_eof<S: Read>(
-    stream: &mut S,
-    buf: &mut [u8],
-) -> Result<bool, sfts_protocol::ProtocolError> {
+fn read_exact_or_eof<S: Read>(stream: &mut S, buf: &mut [u8]) -> Result<bool, ProtocolError> {
     let mut got = 0;
     while got < buf.len() {
         match stream.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(sfts_protocol::ProtocolError::ConnectionClosed),
+            Ok(0) => return Err(ProtocolError::ConnectionClosed),
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),

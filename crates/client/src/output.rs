@@ -152,19 +152,22 @@ impl Destination {
     }
 }
 
-/// Creates the temporary file `part`, replacing a stale one from an earlier run (removed
-/// first, so a symlink planted under that name is not followed).
+/// Creates the temporary file `part`, replacing a stale one from an earlier run. Always
+/// created new (`O_EXCL`), so a symlink planted under that name is never followed: when the
+/// name is taken, it is removed and the file created again (a tree of small files usually
+/// takes one system call per file, not an `unlink` that fails and then the `open`).
 pub fn create_part(part: &Path) -> Result<File, ClientError> {
+    let create = || OpenOptions::new().write(true).create_new(true).open(part);
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        created => return created.map_err(|e| ClientError::local("cannot create", part, e)),
+    }
     match fs::remove_file(part) {
         Ok(()) => tracing::info!("replacing stale '{}'", part.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ClientError::local("cannot replace", part, e)),
     }
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(part)
-        .map_err(|e| ClientError::local("cannot create", part, e))
+    create().map_err(|e| ClientError::local("cannot create", part, e))
 }
 
 /// Makes the rename durable; failing here loses nothing the user could act on, so it is only

@@ -39,6 +39,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Files in flight in a `get -r` pipeline.
 const GET_WINDOW: usize = 64;
+/// `Get`s sent together (one write) when that many answers have come in.
+const GET_BATCH: usize = 32;
 /// Files in flight in a `put -r` pipeline (the server guarantees at least this many open
 /// uploads per connection).
 const PUT_WINDOW: usize = sfts_protocol::GUARANTEED_OPEN_UPLOADS;
@@ -163,10 +165,9 @@ fn join_remote(dir: &str, name: &str) -> String {
     }
 }
 
-/// True when `path` exists as a file with this size and modification time.
-fn same_file(path: &Path, size: u64, mtime: i64) -> bool {
-    fs::symlink_metadata(path)
-        .is_ok_and(|m| m.is_file() && m.len() == size && mtime_ns(&m) == mtime)
+/// True when `m` is a file's, with this size and modification time.
+fn is_same(m: &Metadata, size: u64, mtime: i64) -> bool {
+    m.is_file() && m.len() == size && mtime_ns(m) == mtime
 }
 
 // ----------------------------------------------------------------------------------------
@@ -206,20 +207,19 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
                 out.dirs += 1;
                 dirs.push((local, entry.mtime_ns));
             }
-            EntryKind::File if same_file(&local, entry.size, entry.mtime_ns) => {
-                out.unchanged += 1;
-            }
-            EntryKind::File if local.exists() && !opts.force => out.failed.push((
-                entry.name.clone(),
-                format!(
-                    "'{}' exists and differs; use --force to replace it",
-                    local.display()
-                ),
-            )),
-            EntryKind::File if entry.size <= opts.chunk_size as u64 => {
-                small.push((entry.clone(), local))
-            }
-            EntryKind::File => large.push((entry.clone(), local)),
+            // One look at the local name: absent (the usual case), the same file, or another.
+            EntryKind::File => match fs::symlink_metadata(&local) {
+                Ok(m) if is_same(&m, entry.size, entry.mtime_ns) => out.unchanged += 1,
+                Ok(_) if !opts.force => out.failed.push((
+                    entry.name.clone(),
+                    format!(
+                        "'{}' exists and differs; use --force to replace it",
+                        local.display()
+                    ),
+                )),
+                _ if entry.size <= opts.chunk_size as u64 => small.push((entry.clone(), local)),
+                _ => large.push((entry.clone(), local)),
+            },
             kind => {
                 tracing::warn!("skipping '{}' ({}: not followed)", entry.name, kind.name());
                 out.skipped += 1;
@@ -299,19 +299,24 @@ fn get_small_files(
             });
         }
         let step = (|| -> Result<(), ClientError> {
-            while in_flight.len() < GET_WINDOW {
-                let Some((entry, local)) = queue.pop_front() else {
-                    break;
-                };
-                let get = GetRequest::whole(
-                    join_remote(&opts.remote, &entry.name),
-                    opts.chunk_size,
-                    digests,
-                );
-                f.session()?
-                    .send(&Message::Get(get))
-                    .map_err(|e| disconnected("asking for a file", e))?;
-                in_flight.push_back((entry, local));
+            // Topped up a batch at a time: one write for many requests.
+            if in_flight.len() <= GET_WINDOW - GET_BATCH && !queue.is_empty() {
+                let session = f.session()?;
+                while in_flight.len() < GET_WINDOW {
+                    let Some((entry, local)) = queue.pop_front() else {
+                        break;
+                    };
+                    let get = GetRequest::whole(
+                        join_remote(&opts.remote, &entry.name),
+                        opts.chunk_size,
+                        digests,
+                    );
+                    session.queue(&Message::Get(get));
+                    in_flight.push_back((entry, local));
+                }
+                session
+                    .send_queued()
+                    .map_err(|e| disconnected("asking for files", e))?;
             }
             let (entry, local) = in_flight.front().cloned().expect("a request is in flight");
             let remote = join_remote(&opts.remote, &entry.name);
@@ -817,7 +822,8 @@ mod tests {
             mtime_ns(&fs::metadata(&p).unwrap()),
             1_600_000_000_123_456_789
         );
-        assert!(same_file(&p, 0, 1_600_000_000_123_456_789));
-        assert!(!same_file(&p, 1, 1_600_000_000_123_456_789));
+        let m = fs::symlink_metadata(&p).unwrap();
+        assert!(is_same(&m, 0, 1_600_000_000_123_456_789));
+        assert!(!is_same(&m, 1, 1_600_000_000_123_456_789));
     }
 }

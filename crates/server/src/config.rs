@@ -138,8 +138,9 @@ pub struct Args {
     pub max_connections_per_ip: usize,
 
     /// Requests per second one client address may make, in bursts of twice as many; requests
-    /// over it wait for their turn (up to a second, then they are refused as busy). 0: no
-    /// limit.
+    /// over it wait for their turn (up to a second, then they are refused as busy). A `List`
+    /// of N entries lets the same connection make its next N `Get`s without counting them, so
+    /// fetching a listed tree (get -r) is not slowed. 0: no limit.
     #[arg(long, value_name = "REQ_PER_SEC", default_value_t = DEFAULT_RATE_LIMIT)]
     pub rate_limit: u32,
 

@@ -10,6 +10,9 @@
 //! connections of one address all queuing) is refused with `busy`, and takes no token. The
 //! parts of an upload (`PutChunk`, `PutCommit`, `PutAbort`) are not counted: they belong to a
 //! `PutBegin` that was, and their cost is the bytes, which the connection limits bound.
+//! Nor are the `Get`s that follow a `List` on the same connection, one per listed entry (see
+//! `Native::listed_get`): a client fetching the tree it just listed is not throttled, while
+//! a flood of requests for names it never listed still is.
 
 use std::collections::HashMap;
 use std::fmt;

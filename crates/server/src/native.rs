@@ -126,6 +126,10 @@ struct Native<'a> {
     priority: Priority,
     /// Open uploads by the client's id.
     uploads: BTreeMap<u32, Upload<'a>>,
+    /// `Get`s this connection may still make without a rate-limit token: one per entry its
+    /// listings returned (at most one listing's worth), so fetching a listed tree is not
+    /// throttled while a flood of unlisted requests still is.
+    listed: u64,
 }
 
 /// Runs a native session whose magic has been read; the stream's opening deadline bounds
@@ -141,6 +145,7 @@ pub fn serve(s: &Session<'_>, stream: ServerStream) -> Result<(), ServerError> {
         data: Vec::new(),
         priority: Priority::Normal,
         uploads: BTreeMap::new(),
+        listed: 0,
     };
     if !n.handshake()? {
         return Ok(());
@@ -296,7 +301,7 @@ impl<'a> Native<'a> {
                 self.io.get_mut().link_mut().await_request();
             }
             let mut incoming = self.next();
-            if incoming.is_paced() {
+            if incoming.is_paced() && !self.listed_get(&incoming) {
                 if let Err(message) = self.pace() {
                     self.refuse_paced(&incoming, message)?;
                     continue;
@@ -361,6 +366,16 @@ impl<'a> Native<'a> {
             }
             Verdict::Refuse => Err(state.rate_refusal(self.s.peer)),
         }
+    }
+
+    /// True for a `Get` covered by an earlier listing on this connection (which then covers
+    /// one fewer): it takes no rate-limit token. The `List` took one.
+    fn listed_get(&mut self, incoming: &Incoming) -> bool {
+        if matches!(incoming, Incoming::Get(_)) && self.listed > 0 {
+            self.listed -= 1;
+            return true;
+        }
+        false
     }
 
     /// Refuses a request over the rate limit: `busy` as its reply (a `SetPriority`, which has

@@ -108,6 +108,9 @@ impl Native<'_> {
             },
             started.elapsed().as_secs_f64()
         );
+        // The files just listed may be fetched without a rate-limit token each (bounded by
+        // what one listing may return, however many listings came before).
+        self.listed = (self.listed + walked.total).min(state.max_list_entries);
         self.send(&Message::ListEnd {
             total: walked.total,
             truncated: walked.truncated,

@@ -541,6 +541,48 @@ fn requests_over_the_rate_wait_then_are_refused() {
 }
 
 #[test]
+fn a_listed_tree_is_fetched_unthrottled_while_unlisted_gets_are_metered() {
+    let server = Running::start_with(|c| c.rate_limit = 10);
+    std::fs::create_dir(server.root.join("t")).unwrap();
+    for i in 0..60 {
+        server.put(&format!("t/f{i:02}"), b"x");
+    }
+    let get = |name: &str| {
+        let req = whole(&format!("t/{name}"), &[sfts_protocol::Algorithm::Sha256]);
+        Message::Get(req)
+    };
+    // Pipelines a Get of each name, reads every answer; how long that took.
+    let fetch = |c: &mut Native, names: &[String]| {
+        let started = Instant::now();
+        for name in names {
+            c.send(&get(name));
+        }
+        for _ in names {
+            assert_eq!(c.reply().unwrap().data, b"x");
+        }
+        started.elapsed()
+    };
+    // Hello and List take 2 of the 20-token burst; the 60 listed files then come at once (at
+    // 10 a second they would take 4 s).
+    let started = Instant::now();
+    let mut c = Native::connect(server.addr, ALL_CAPS);
+    let (entries, _) = c.list("t", true).unwrap();
+    let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();
+    assert_eq!(names.len(), 60);
+    fetch(&mut c, &names);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    // The listing's allowance is spent: 40 more Gets are metered (about 18 from what is left
+    // of the burst, the rest at 10 a second).
+    let took = fetch(&mut c, &names[..40]);
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    // So is a flood on another connection of the same address that listed nothing.
+    let mut other = Native::connect(server.addr, ALL_CAPS);
+    let took = fetch(&mut other, &names[..5]);
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+}
+
+#[test]
 fn a_trickling_or_silent_opening_is_dropped_at_the_deadline() {
     let keys = tempfile::tempdir().unwrap();
     let (access, _, _) = access_file(keys.path());
