@@ -175,7 +175,7 @@ impl<'a> Native<'a> {
             Ok(Some(Message::PutChunk(c))) => Incoming::PutChunk {
                 id: c.id,
                 index: c.index,
-                sha256: c.sha256,
+                sha256: c.digest,
                 // The bytes are a slice of `rbuf`: remember where (the address for now, made
                 // relative below, once the borrow has ended), not a copy.
                 start: c.data.as_ptr() as usize,

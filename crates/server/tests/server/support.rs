@@ -273,6 +273,8 @@ pub fn begin(id: u32, path: &str, data: &[u8], chunk: u32) -> PutBegin {
         chunk_size: chunk,
         force: false,
         restart: false,
+        digest_at_commit: false,
+        chunk_digest: sfts_protocol::ChunkDigest::Sha256,
         sha256: Sha256::digest(data).into(),
         md5: Some(Md5::digest(data).into()),
     }
