@@ -7,7 +7,8 @@
 //! stored (MD5 on a helper thread). The commit then only checks the staging file's size;
 //! otherwise (chunks out of order, an upload resumed from an earlier session) it reads the
 //! assembled file back. Either way it checks the SHA-256 (and MD5) of exactly the bytes
-//! written, sets the modification time, flushes the file to the disk (files of [`SYNC_FROM`]
+//! written against the digests announced in `PutBegin` or, for a streamed upload
+//! (digest-at-commit), against those of `PutCommitDigests`, sets the modification time, flushes the file to the disk (files of [`SYNC_FROM`]
 //! bytes or more), and publishes it:
 //!
 //! * replacing a file (`force`, where the server allows it): `rename`, atomic;
@@ -23,7 +24,9 @@ use crate::paths::{self, Refusal};
 use crate::store::{Outcome, Record};
 use crate::targets::{self, Found};
 use crate::uploads::{remove_quietly, Claim, Uploads};
-use sfts_protocol::{chunk_count, chunk_span, clamp_chunk_size, ErrorCode, PutBegin};
+use sfts_protocol::{
+    chunk_count, chunk_span, clamp_chunk_size, Algorithm, ChunkDigest, Digest, ErrorCode, PutBegin,
+};
 use sfts_state::{CachedDigests, StoredUpload};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -43,7 +46,8 @@ pub const SYNC_FROM: u64 = 1 << 20;
 pub enum Start {
     /// Nothing was stored for this path.
     New,
-    /// The stored upload of the same path, size and SHA-256 goes on.
+    /// The stored upload of the same file goes on (same path, size and SHA-256; for a
+    /// streamed upload same path, size, modification time and chunk digest).
     Resumed,
     /// A stored upload of the same path with another size or digest was discarded.
     Replaced,
@@ -63,8 +67,12 @@ pub struct Upload<'a> {
     pub requested: String,
     /// Whole-file size.
     pub size: u64,
-    /// Whole-file SHA-256 announced.
+    /// Whole-file SHA-256 announced (zeros for a streamed upload).
     pub sha256: [u8; 32],
+    /// The whole-file digests come with the commit (`PutCommitDigests`).
+    pub digest_at_commit: bool,
+    /// How each chunk is checked on arrival.
+    pub chunk_digest: ChunkDigest,
     /// Whole-file MD5 announced, if any.
     pub md5: Option<[u8; 16]>,
     /// Modification time of the published file.
@@ -104,8 +112,8 @@ struct Running {
     /// The chunk that must come next.
     next: u64,
     hasher: FileHasher,
-    /// The SHA-256 of a file of one chunk: that chunk's, checked when it arrived (its
-    /// `hasher` computes the other digests only).
+    /// The SHA-256 of a file of one chunk sent with a SHA-256: that chunk's, checked when it
+    /// arrived (its `hasher` computes the other digests only).
     sha256: Option<[u8; 32]>,
 }
 
@@ -132,7 +140,7 @@ impl<'a> Upload<'a> {
         let mut start = Start::New;
         let mut resumed = None;
         if let Some(row) = uploads.find(&path) {
-            let same = row.size == req.size && row.sha256 == req.sha256;
+            let same = same_file(&row, req);
             if req.restart || !same {
                 uploads.discard(&path, &row.staging);
                 start = if req.restart {
@@ -179,7 +187,8 @@ impl<'a> Upload<'a> {
             }
         };
         // A resumed upload holds chunks from before: they are read back at the commit.
-        let one_chunk = chunk_count(req.size, chunk_size) == 1;
+        let one_chunk =
+            chunk_count(req.size, chunk_size) == 1 && req.chunk_digest == ChunkDigest::Sha256;
         let running = (held.len() == 0).then(|| Running {
             next: 0,
             hasher: if one_chunk {
@@ -195,6 +204,8 @@ impl<'a> Upload<'a> {
             requested: req.path.clone(),
             size: req.size,
             sha256: req.sha256,
+            digest_at_commit: req.digest_at_commit,
+            chunk_digest: req.chunk_digest,
             md5: req.md5,
             mtime_ns: req.mtime_ns,
             force: req.force,
@@ -232,9 +243,9 @@ impl<'a> Upload<'a> {
         }
     }
 
-    /// Stores chunk `index` (its length and its SHA-256, `sha256`, already checked); `false`
+    /// Stores chunk `index` (its length and its digest, `digest`, already checked); `false`
     /// when it was held already (nothing is written twice).
-    pub fn store_chunk(&mut self, index: u64, data: &[u8], sha256: &[u8; 32]) -> io::Result<bool> {
+    pub fn store_chunk(&mut self, index: u64, data: &[u8], digest: &[u8; 32]) -> io::Result<bool> {
         if self.held.contains(index) {
             return Ok(false);
         }
@@ -244,8 +255,8 @@ impl<'a> Upload<'a> {
             Some(r) if r.next == index => {
                 r.hasher.update(data);
                 r.next += 1;
-                if self.total == 1 {
-                    r.sha256 = Some(*sha256);
+                if self.total == 1 && self.chunk_digest == ChunkDigest::Sha256 {
+                    r.sha256 = Some(*digest);
                 }
             }
             // Out of order: the commit reads the file back.
@@ -284,6 +295,8 @@ impl<'a> Upload<'a> {
             size: self.size,
             sha256: self.sha256,
             md5: self.md5,
+            digest_at_commit: self.digest_at_commit,
+            chunk_digest: self.chunk_digest.algorithm().code(),
             mtime_ns: self.mtime_ns,
             chunk_size: self.chunk_size,
             held: self.held.runs().to_vec(),
@@ -304,11 +317,29 @@ impl<'a> Upload<'a> {
         self.running.as_ref().is_some_and(|r| r.next == self.total)
     }
 
-    /// Checks the assembled file against the announced digests: from the digests computed as
-    /// the chunks were stored, or by reading it back, with keep-alives while it reads. `buf`
-    /// is any reusable buffer (at least 64 KiB is best).
+    /// The whole-file digests announced in `PutBegin` (none for a streamed upload).
+    pub fn announced(&self) -> Vec<Digest> {
+        if self.digest_at_commit {
+            return Vec::new();
+        }
+        let mut out = vec![Digest {
+            algorithm: Algorithm::Sha256,
+            bytes: self.sha256.to_vec(),
+        }];
+        out.extend(self.md5.map(|m| Digest {
+            algorithm: Algorithm::Md5,
+            bytes: m.to_vec(),
+        }));
+        out
+    }
+
+    /// Checks the assembled file against `want` (which has a SHA-256; the announced digests,
+    /// or those of `PutCommitDigests`): from the digests computed as the chunks were stored,
+    /// or by reading it back, with keep-alives while it reads. `buf` is any reusable buffer
+    /// (at least 64 KiB is best).
     pub fn verify<F: FnMut() -> io::Result<()>>(
         &mut self,
+        want: &[Digest],
         buf: &mut [u8],
         stop: &AtomicBool,
         alive: &mut KeepAlive<F>,
@@ -348,15 +379,27 @@ impl<'a> Upload<'a> {
                 hasher.finish()
             }
         };
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        let sha = got.sha256.unwrap_or_default();
-        if sha != self.sha256 {
-            return Ok(Verified::Mismatch("SHA-256", hex(&sha)));
+        if !want.iter().any(|d| d.algorithm == Algorithm::Sha256) {
+            return Ok(Verified::Mismatch(
+                "SHA-256",
+                "no SHA-256 to compare with".into(),
+            ));
         }
-        match (self.md5, got.md5) {
-            (Some(want), Some(md5)) if want != md5 => Ok(Verified::Mismatch("MD5", hex(&md5))),
-            _ => Ok(Verified::Match(got)),
+        for d in want {
+            let (name, found): (_, Option<&[u8]>) = match d.algorithm {
+                Algorithm::Sha256 => ("SHA-256", got.sha256.as_ref().map(|b| &b[..])),
+                Algorithm::Md5 => ("MD5", got.md5.as_ref().map(|b| &b[..])),
+                Algorithm::Blake3 => ("BLAKE3", got.blake3.as_ref().map(|b| &b[..])),
+            };
+            // Every digest is computed; one missing would be a bug, and counts as different.
+            if found != Some(&d.bytes[..]) {
+                let found = found
+                    .map(sfts_protocol::checksum::to_hex)
+                    .unwrap_or_default();
+                return Ok(Verified::Mismatch(name, found));
+            }
         }
+        Ok(Verified::Match(got))
     }
 
     /// Gives the file its modification time, flushes it if large, and publishes it under its
@@ -455,6 +498,21 @@ impl Drop for Upload<'_> {
     fn drop(&mut self) {
         self.uploads.unregister(&self.staging);
     }
+}
+
+/// True when the stored upload `row` is the file `req` begins again: the same size and the
+/// same kind of upload; an ordinary one with the same SHA-256, a streamed one (whose digest
+/// is not known yet) with the same modification time and chunk digest. A streamed file that
+/// changed without changing its size or modification time is caught by the commit's check.
+fn same_file(row: &StoredUpload, req: &PutBegin) -> bool {
+    let kind = row.digest_at_commit == req.digest_at_commit
+        && row.chunk_digest == req.chunk_digest.algorithm().code();
+    let content = if req.digest_at_commit {
+        row.mtime_ns == req.mtime_ns
+    } else {
+        row.sha256 == req.sha256
+    };
+    row.size == req.size && kind && content
 }
 
 fn not_a_file(requested: &str) -> Refusal {
