@@ -191,7 +191,10 @@ impl<'a> Upload<'a> {
             chunk_count(req.size, chunk_size) == 1 && req.chunk_digest == ChunkDigest::Sha256;
         let running = (held.len() == 0).then(|| Running {
             next: 0,
-            hasher: if one_chunk {
+            // A streamed upload's MD5 is only computed if its commit asks (read back then).
+            hasher: if req.digest_at_commit {
+                FileHasher::whole_file_but_md5()
+            } else if one_chunk {
                 FileHasher::whole_file_but_sha256(req.size)
             } else {
                 FileHasher::whole_file(req.size)
@@ -312,9 +315,12 @@ impl<'a> Upload<'a> {
         self.saved = true;
     }
 
-    /// True when the commit needs no read-back: every chunk was hashed as it was stored.
-    pub fn hashed_on_arrival(&self) -> bool {
-        self.running.as_ref().is_some_and(|r| r.next == self.total)
+    /// True when a commit checking `want` needs no read-back: every chunk was hashed as it
+    /// was stored, into every digest of `want` (a streamed upload's MD5 is not).
+    pub fn hashed_on_arrival(&self, want: &[Digest]) -> bool {
+        let md5_skipped =
+            self.digest_at_commit && want.iter().any(|d| d.algorithm == Algorithm::Md5);
+        self.running.as_ref().is_some_and(|r| r.next == self.total) && !md5_skipped
     }
 
     /// The whole-file digests announced in `PutBegin` (none for a streamed upload).
@@ -348,7 +354,7 @@ impl<'a> Upload<'a> {
             name: self.requested.clone(),
             source,
         };
-        let got = match self.running.take() {
+        let on_arrival = match self.running.take() {
             Some(r) if r.next == self.total => {
                 // Every byte written was hashed on its way; only a staging file cut short
                 // meanwhile (by someone else) would not hold them all.
@@ -357,8 +363,14 @@ impl<'a> Upload<'a> {
                 }
                 let mut got = r.hasher.finish();
                 got.sha256 = got.sha256.or(r.sha256);
-                got
+                Some(got)
             }
+            _ => None,
+        };
+        // Read back when chunks came out of order (or from an earlier session), or when the
+        // commit asks for a digest not computed on the way (a streamed upload's MD5).
+        let got = match on_arrival {
+            Some(got) if want.iter().all(|d| known(&got, d.algorithm).is_some()) => got,
             _ => {
                 let mut hasher = FileHasher::whole_file(self.size);
                 (&self.file).seek(SeekFrom::Start(0)).map_err(read_err)?;
@@ -386,11 +398,12 @@ impl<'a> Upload<'a> {
             ));
         }
         for d in want {
-            let (name, found): (_, Option<&[u8]>) = match d.algorithm {
-                Algorithm::Sha256 => ("SHA-256", got.sha256.as_ref().map(|b| &b[..])),
-                Algorithm::Md5 => ("MD5", got.md5.as_ref().map(|b| &b[..])),
-                Algorithm::Blake3 => ("BLAKE3", got.blake3.as_ref().map(|b| &b[..])),
+            let name = match d.algorithm {
+                Algorithm::Sha256 => "SHA-256",
+                Algorithm::Md5 => "MD5",
+                Algorithm::Blake3 => "BLAKE3",
             };
+            let found = known(&got, d.algorithm);
             // Every digest is computed; one missing would be a bug, and counts as different.
             if found != Some(&d.bytes[..]) {
                 let found = found
@@ -497,6 +510,15 @@ impl<'a> Upload<'a> {
 impl Drop for Upload<'_> {
     fn drop(&mut self) {
         self.uploads.unregister(&self.staging);
+    }
+}
+
+/// The digest of `algorithm` in `digests`, if it was computed.
+fn known(digests: &CachedDigests, algorithm: Algorithm) -> Option<&[u8]> {
+    match algorithm {
+        Algorithm::Sha256 => digests.sha256.as_ref().map(|b| &b[..]),
+        Algorithm::Md5 => digests.md5.as_ref().map(|b| &b[..]),
+        Algorithm::Blake3 => digests.blake3.as_ref().map(|b| &b[..]),
     }
 }
 

@@ -367,7 +367,7 @@ impl<'a> Native<'a> {
             // before it, that one chunk is simply sent again.)
             self.keep_saved(&mut u);
         }
-        let hashed = u.hashed_on_arrival();
+        let hashed = u.hashed_on_arrival(&want);
         if u.total > 1 {
             info!(
                 "commit of '{}' from {peer}: all {} chunks held; {} ({})",
