@@ -12,7 +12,7 @@
 use sfts_protocol::frame::{self, tag};
 use sfts_protocol::legacy::{self, Metadata};
 use sfts_protocol::{
-    Algorithm, Capabilities, ChunkRanges, Digest, DigestSet, EntryKind, ErrorCode, FileHeader,
+    Algorithm, Capabilities, ChunkDigest, ChunkRanges, Digest, DigestSet, EntryKind, ErrorCode, FileHeader,
     FileInfo, FileKind, FileVersion, GetRequest, ListEntry, Message, Priority, PutBegin, PutChunk,
     PutReady, RejectReason, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, TO_END,
 };
@@ -158,7 +158,22 @@ fn messages() -> Vec<(&'static str, Message<'static>)> {
                 have: ChunkRanges::from_sorted([0, 1, 2, 7]),
             }),
         ),
+        (
+            "put-begin-streamed",
+            Message::PutBegin(PutBegin::streamed(
+                8,
+                "d/g",
+                1 << 20,
+                -1,
+                4096,
+                ChunkDigest::Blake3,
+            )),
+        ),
         ("put-chunk", Message::PutChunk(PutChunk::new(1, 2, b"xy"))),
+        (
+            "put-chunk-blake3",
+            Message::PutChunk(PutChunk::with(1, 3, ChunkDigest::Blake3, b"xy")),
+        ),
         ("chunk-ack", Message::ChunkAck { id: 1, index: 2 }),
         (
             "chunk-rejected",
@@ -169,6 +184,13 @@ fn messages() -> Vec<(&'static str, Message<'static>)> {
             },
         ),
         ("put-commit", Message::PutCommit { id: 1 }),
+        (
+            "put-commit-digests",
+            Message::PutCommitDigests {
+                id: 8,
+                digests: vec![md5(), sha256()],
+            },
+        ),
         (
             "put-done",
             Message::PutDone {

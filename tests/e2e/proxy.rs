@@ -25,6 +25,9 @@ pub struct Behaviour {
     pub flip_upstream_at: Option<u64>,
     /// Bytes per second client → server (0 = unlimited).
     pub up_rate: u64,
+    /// Capability bits cleared from the server's `Welcome` on every connection, so the client
+    /// sees an older server (the server itself still has them).
+    pub hide_caps: u64,
 }
 
 pub struct Proxy {
@@ -88,6 +91,7 @@ impl Proxy {
                             None,
                             None,
                             up_flip,
+                            0,
                             stop_up,
                             Some(up_counter),
                         )
@@ -108,6 +112,7 @@ impl Proxy {
                             cut,
                             stall,
                             flip,
+                            b.hide_caps,
                             stop2,
                             Some(counter),
                         )
@@ -136,9 +141,14 @@ fn pump(
     cut_after: Option<u64>,
     stall_after: Option<u64>,
     flip_at: Option<u64>,
+    hide_caps: u64,
     stop: Arc<AtomicBool>,
     counter: Option<Arc<AtomicU64>>,
 ) {
+    // The server's first frame is its Welcome: length (4), tag (1), version (2), then the
+    // capabilities, a big-endian u64 at stream offsets 7..15.
+    const CAPS: std::ops::Range<u64> = 7..15;
+    let hidden = hide_caps.to_be_bytes();
     let mut buf = vec![0u8; 64 * 1024];
     let mut sent = 0u64;
     let start = Instant::now();
@@ -161,6 +171,12 @@ fn pump(
             if at >= sent && at < sent + n as u64 {
                 buf[(at - sent) as usize] ^= 0x01;
             }
+        }
+        for at in CAPS
+            .clone()
+            .filter(|at| (sent..sent + n as u64).contains(at))
+        {
+            buf[(at - sent) as usize] &= !hidden[(at - CAPS.start) as usize];
         }
         if to.write_all(&buf[..n]).is_err() {
             break;

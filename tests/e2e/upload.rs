@@ -87,6 +87,41 @@ fn round_trips_of_0_1_and_64_mib() {
 }
 
 #[test]
+fn put_streams_to_a_new_server_and_hashes_first_for_an_older_one() {
+    let server = upload_server();
+    let work = tempfile::tempdir().unwrap();
+    let data = write_random(work.path(), "s.bin", (5 * MIB + 3) as usize, 65);
+    let sha = coreutils_digest("sha256sum", &work.path().join("s.bin"));
+    // The server has STREAM_PUT: the file is hashed while it is sent, not before.
+    let out =
+        run(client(work.path()).args(["put", &server.target(), "s.bin", "--chunk-size", "1M"]));
+    assert_ok(&out);
+    assert!(!stderr(&out).contains("hashing"), "{}", stderr(&out));
+    assert_eq!(stdout(&out).split_whitespace().next(), Some(sha.as_str()));
+    assert!(std::fs::read(server.root.join("s.bin")).unwrap() == data);
+    // The same server seen through a proxy that hides STREAM_PUT: the original flow.
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            hide_caps: sfts_protocol::Capabilities::STREAM_PUT,
+            ..Behaviour::default()
+        },
+    );
+    let out = run(client(work.path()).args([
+        "put",
+        &proxy.addr.to_string(),
+        "s.bin",
+        "old.bin",
+        "--chunk-size",
+        "1M",
+    ]));
+    assert_ok(&out);
+    assert!(stderr(&out).contains("hashing"), "{}", stderr(&out));
+    assert_eq!(stdout(&out).split_whitespace().next(), Some(sha.as_str()));
+    assert!(std::fs::read(server.root.join("old.bin")).unwrap() == data);
+}
+
+#[test]
 fn existing_file_needs_force_and_a_second_put_sends_nothing_new() {
     let server = upload_server();
     let work = tempfile::tempdir().unwrap();
@@ -141,6 +176,8 @@ fn killed_upload_resumes_sending_only_the_missing_chunks() {
 
     let out = run(client(work.path()).args(["put", &server.target(), "u.bin", "--json"]));
     assert_ok(&out);
+    // Both runs were streamed uploads (resumed by size and mtime, hashed while sent).
+    assert!(!stderr(&out).contains("hashing"), "{}", stderr(&out));
     let v = json(&out);
     let (sent, skipped) = (num(&v, "bytes_sent"), num(&v, "bytes_skipped"));
     eprintln!("killed after {at_kill} bytes forwarded; rerun sent {sent}, skipped {skipped}");

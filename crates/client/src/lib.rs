@@ -34,6 +34,7 @@ pub mod tls;
 pub mod transfer;
 pub mod tree;
 pub mod upload;
+pub mod upload_stream;
 
 pub use cli::{Cli, Command, GetOptions};
 pub use download::{get, Outcome};

@@ -116,7 +116,8 @@ impl<S: Read + Write> NativeSession<S> {
                     | Capabilities::LIST
                     | Capabilities::PRIORITY
                     | Capabilities::AUTH
-                    | Capabilities::BLAKE3,
+                    | Capabilities::BLAKE3
+                    | Capabilities::STREAM_PUT,
             ),
             agent: AGENT.into(),
         }
@@ -294,10 +295,10 @@ impl<S: Read + Write> NativeSession<S> {
         &mut self,
         id: u32,
         index: u64,
-        sha256: &[u8; 32],
+        digest: &[u8; 32],
         data: &[u8],
     ) -> std::io::Result<()> {
-        sfts_protocol::io::write_put_chunk(self.stream.get_mut(), id, index, sha256, data)
+        sfts_protocol::io::write_put_chunk(self.stream.get_mut(), id, index, digest, data)
     }
 
     /// Reads the next message that is not an empty `Data` keep-alive. A closed or broken

@@ -1,6 +1,10 @@
 //! `sfts-client put`: a resumable, verified upload of one file.
 //!
-//! 1. The local file is hashed (SHA-256 and MD5): the SHA-256 is the upload's identity on the
+//! A server with `STREAM_PUT` gets a streamed upload, which reads the file once: see
+//! [`crate::upload_stream`]. Older servers (and `put -r`, whose files are mostly small) get
+//! the original flow:
+//!
+//! 1. The local file is hashed (SHA-256): the SHA-256 is the upload's identity on the
 //!    server, which is how a rerun finds what the server already holds.
 //! 2. `PutBegin` opens (or resumes) the upload; `PutReady` lists the chunks the server holds.
 //! 3. The missing chunks are sent pipelined, a window of them unacknowledged at a time, each
@@ -16,10 +20,11 @@ use crate::error::{ClientError, Kept};
 use crate::fetch::Fetcher;
 use crate::interrupt::Interrupt;
 use crate::progress::Bytes;
+use crate::upload_stream::{self, Streamed};
 use sfts_protocol::checksum::sha256;
 use sfts_protocol::{
     chunk_count, chunk_span, Algorithm, Capabilities, Digest, DigestSet, ErrorCode, Message,
-    PutBegin,
+    PutBegin, PutReady,
 };
 use std::collections::VecDeque;
 use std::fs::File;
@@ -85,8 +90,13 @@ pub struct Local {
     pub chunk_digests: Vec<[u8; 32]>,
 }
 
-/// Opens and hashes a local file to upload.
-pub fn open_local(path: &Path, chunk_size: u32) -> Result<Local, ClientError> {
+/// The size of the window of unacknowledged chunks of `cs` bytes.
+pub(crate) fn window(cs: u32) -> usize {
+    (WINDOW_BYTES / u64::from(cs)).clamp(1, WINDOW_CHUNKS) as usize
+}
+
+/// Opens a local regular file to upload; its metadata as opened.
+fn open_file(path: &Path) -> Result<(File, std::fs::Metadata), ClientError> {
     let meta = std::fs::metadata(path).map_err(|e| ClientError::local("cannot read", path, e))?;
     if meta.is_dir() {
         return Err(ClientError::Usage(format!(
@@ -100,8 +110,24 @@ pub fn open_local(path: &Path, chunk_size: u32) -> Result<Local, ClientError> {
             path.display()
         )));
     }
+    let file = File::open(path).map_err(|e| ClientError::local("cannot open", path, e))?;
+    Ok((file, meta))
+}
+
+/// Opens a local file for a streamed upload (hashed while it is sent).
+pub fn open_streamed(path: &Path) -> Result<Streamed, ClientError> {
+    let (file, meta) = open_file(path)?;
+    Ok(Streamed {
+        file,
+        size: meta.len(),
+        mtime_ns: crate::tree::mtime_ns(&meta),
+    })
+}
+
+/// Opens and hashes a local file to upload.
+pub fn open_local(path: &Path, chunk_size: u32) -> Result<Local, ClientError> {
+    let (mut file, meta) = open_file(path)?;
     let mtime_ns = crate::tree::mtime_ns(&meta);
-    let mut file = File::open(path).map_err(|e| ClientError::local("cannot open", path, e))?;
     // SHA-256 only: it is the upload's identity and what the server checks; the server sends
     // the MD5 back after its own read of the assembled file, so hashing MD5 here (at a third
     // of SHA-256's speed) would only delay the first byte. The chunks' own SHA-256 (each
@@ -187,21 +213,42 @@ fn hash_with_chunks(
 
 /// Counters of one upload.
 #[derive(Default)]
-struct Counters {
-    sent: u64,
-    skipped: u64,
-    resent: u32,
+pub(crate) struct Counters {
+    pub(crate) sent: u64,
+    pub(crate) skipped: u64,
+    pub(crate) resent: u32,
+}
+
+/// How a file is uploaded.
+enum Plan {
+    /// Hashed first, its SHA-256 in `PutBegin`.
+    Hashed(Local),
+    /// Hashed while it is sent, the digests in `PutCommitDigests`.
+    Streamed(Streamed),
+}
+
+impl Plan {
+    fn size(&self) -> u64 {
+        match self {
+            Plan::Hashed(l) => l.size,
+            Plan::Streamed(s) => s.size,
+        }
+    }
 }
 
 /// Uploads `opts.local` to `opts.conn.remote`.
 pub fn put(opts: &PutOptions, interrupt: &Interrupt) -> Result<PutOutcome, ClientError> {
     let started = Instant::now();
-    if !opts.conn.quiet {
-        eprintln!("hashing '{}' ...", opts.local.display());
-    }
-    let local = open_local(&opts.local, opts.conn.chunk_size)?;
     let mut f = Fetcher::connect(&opts.conn, interrupt)?;
-    let outcome = upload_on(&mut f, opts, local, started);
+    let plan = if upload_stream::available(&f) {
+        Plan::Streamed(open_streamed(&opts.local)?)
+    } else {
+        if !opts.conn.quiet {
+            eprintln!("hashing '{}' ...", opts.local.display());
+        }
+        Plan::Hashed(open_local(&opts.local, opts.conn.chunk_size)?)
+    };
+    let outcome = upload_on(&mut f, opts, plan, started);
     f.progress.finish();
     outcome
 }
@@ -210,35 +257,43 @@ pub fn put(opts: &PutOptions, interrupt: &Interrupt) -> Result<PutOutcome, Clien
 fn upload_on(
     f: &mut Fetcher<'_>,
     opts: &PutOptions,
-    mut local: Local,
+    mut plan: Plan,
     started: Instant,
 ) -> Result<PutOutcome, ClientError> {
     let remote = opts.conn.remote.clone();
-    let sha_hex = local
-        .digests
-        .iter()
-        .find(|d| d.algorithm == Algorithm::Sha256)
-        .map(Digest::to_hex)
-        .unwrap_or_default();
-    tracing::info!(
-        "uploading '{}' ({} bytes, sha256 {sha_hex}) as '{remote}'",
-        opts.local.display(),
-        local.size,
-    );
+    let size = plan.size();
+    match &plan {
+        Plan::Hashed(local) => tracing::info!(
+            "uploading '{}' ({size} bytes, sha256 {}) as '{remote}'",
+            opts.local.display(),
+            sha256_of(&local.digests)
+                .map(|d| d.to_hex())
+                .unwrap_or_default()
+        ),
+        Plan::Streamed(_) => tracing::info!(
+            "uploading '{}' ({size} bytes, hashed while sent) as '{remote}'",
+            opts.local.display(),
+        ),
+    }
     if !f.server_has(Capabilities::UPLOAD) {
         return Err(ClientError::Refused {
             remote,
             message: "the server does not take uploads (its protocol has no UPLOAD)".into(),
         });
     }
-    f.progress.set_total(local.size);
+    f.progress.set_total(size);
     let mut counters = Counters::default();
     let kept = Kept::Nothing;
     let mut failed_in_a_row = 0u32;
     let mut restart = opts.restart;
     let retries_before = f.stats.retries;
-    let done = loop {
-        match attempt(f, opts, &mut local, &mut counters, restart) {
+    let (done, ours) = loop {
+        let tried = match &mut plan {
+            Plan::Hashed(local) => attempt(f, opts, local, &mut counters, restart)
+                .map(|done| (done, local.digests.clone())),
+            Plan::Streamed(local) => upload_stream::attempt(f, opts, local, &mut counters, restart),
+        };
+        match tried {
             Ok(done) => break done,
             Err(e @ ClientError::Disconnected { .. }) => {
                 let reason = e.to_string();
@@ -258,12 +313,7 @@ fn upload_on(
             ));
         }
     };
-    let sha = local
-        .digests
-        .iter()
-        .find(|d| d.algorithm == Algorithm::Sha256)
-        .cloned()
-        .expect("hashed");
+    let sha = sha256_of(&ours).cloned().expect("hashed");
     let md5 = done.iter().find(|d| d.algorithm == Algorithm::Md5).cloned();
     match done.iter().find(|d| d.algorithm == Algorithm::Sha256) {
         Some(theirs) => crate::transfer::verify(&remote, theirs, &sha, Kept::Nothing)?,
@@ -284,7 +334,7 @@ fn upload_on(
         sha256: sha,
         md5,
         remote,
-        size: local.size,
+        size,
         sent: counters.sent,
         skipped: counters.skipped,
         retries,
@@ -305,7 +355,12 @@ pub fn put_one(
     opts.local = local.to_path_buf();
     opts.conn.remote = remote.to_string();
     let opened = open_local(local, base.conn.chunk_size)?;
-    upload_on(f, &opts, opened, started)
+    upload_on(f, &opts, Plan::Hashed(opened), started)
+}
+
+/// The SHA-256 among `digests`.
+fn sha256_of(digests: &[Digest]) -> Option<&Digest> {
+    digests.iter().find(|d| d.algorithm == Algorithm::Sha256)
 }
 
 /// Adds "run it again to resume" to an upload that stopped part-way.
@@ -353,15 +408,7 @@ fn attempt(
     })?;
     begin.force = opts.force;
     begin.restart = restart;
-    let session = f.session()?;
-    session
-        .send(&Message::PutBegin(begin))
-        .map_err(|e| disconnected("opening the upload", e))?;
-    let ready = match session.recv("waiting for the server to open the upload", timeout)? {
-        Message::PutReady(r) => r,
-        Message::Error { code, message } => return Err(refusal(&remote, code, message)),
-        other => return Err(unexpected("PutReady", other.name())),
-    };
+    let ready = open_upload(f, opts, begin)?;
     let cs = ready.chunk_size;
     let total = chunk_count(local.size, cs);
     let missing: VecDeque<u64> = ready.have.missing(total).collect();
@@ -391,6 +438,24 @@ fn attempt(
     }
 }
 
+/// Sends `begin` and returns the server's `PutReady`.
+pub(crate) fn open_upload(
+    f: &mut Fetcher<'_>,
+    opts: &PutOptions,
+    begin: PutBegin,
+) -> Result<PutReady, ClientError> {
+    let session = f.session()?;
+    session
+        .send(&Message::PutBegin(begin))
+        .map_err(|e| disconnected("opening the upload", e))?;
+    let stage = "waiting for the server to open the upload";
+    match session.recv(stage, opts.conn.timeout)? {
+        Message::PutReady(r) => Ok(r),
+        Message::Error { code, message } => Err(refusal(&opts.conn.remote, code, message)),
+        other => Err(unexpected("PutReady", other.name())),
+    }
+}
+
 /// Sends `missing` chunks with a window of unacknowledged ones, re-sending rejected ones.
 fn send_chunks(
     f: &mut Fetcher<'_>,
@@ -400,9 +465,7 @@ fn send_chunks(
     mut missing: VecDeque<u64>,
     cs: u32,
 ) -> Result<(), ClientError> {
-    let timeout = opts.conn.timeout;
-    let remote = &opts.conn.remote;
-    let window = (WINDOW_BYTES / cs as u64).clamp(1, WINDOW_CHUNKS) as usize;
+    let window = window(cs);
     let mut in_flight: VecDeque<(u64, u32)> = VecDeque::new();
     let mut buf = vec![0u8; cs as usize];
     while !missing.is_empty() || !in_flight.is_empty() {
@@ -435,51 +498,63 @@ fn send_chunks(
                 .map_err(|e| disconnected("sending a chunk", e))?;
             in_flight.push_back((index, len));
         }
-        let Some(&(first, _)) = in_flight.front() else {
-            continue;
-        };
-        let answer = match f
-            .session()?
-            .recv("waiting for chunk acknowledgements", timeout)?
-        {
-            Message::ChunkAck { index, .. } => Ok(index),
-            Message::ChunkRejected { index, reason, .. } => Err((index, reason)),
-            Message::Error { code, message } => return Err(refusal(remote, code, message)),
-            other => return Err(unexpected("ChunkAck", other.name())),
-        };
-        let index = match answer {
-            Ok(index) | Err((index, _)) => index,
-        };
-        if index != first {
-            return Err(ClientError::Protocol {
-                detail: format!("it answered chunk {index} while chunk {first} was expected"),
-                kept: Kept::Nothing,
-            });
-        }
-        let (_, len) = in_flight.pop_front().expect("not empty");
-        match answer {
-            Ok(_) => {
-                counters.sent += len as u64;
-                f.progress.advance(len as usize);
-            }
-            Err((index, reason)) if reason.resend() => {
-                tracing::warn!(
-                    "chunk {index} of '{remote}' arrived corrupted ({}); sending it again",
-                    reason.name()
-                );
-                counters.sent += len as u64;
-                counters.resent += 1;
-                missing.push_back(index);
-            }
-            Err((index, reason)) => {
-                return Err(ClientError::Protocol {
-                    detail: format!("the server refused chunk {index}: {}", reason.name()),
-                    kept: Kept::Nothing,
-                })
-            }
+        if let Some(again) = next_answer(f, opts, &mut in_flight, counters)? {
+            missing.push_back(again);
         }
     }
     Ok(())
+}
+
+/// Reads the server's answer to the oldest chunk in flight (nothing when none is):
+/// `Some(index)` when that chunk must be sent again (it arrived corrupted).
+pub(crate) fn next_answer(
+    f: &mut Fetcher<'_>,
+    opts: &PutOptions,
+    in_flight: &mut VecDeque<(u64, u32)>,
+    counters: &mut Counters,
+) -> Result<Option<u64>, ClientError> {
+    let remote = &opts.conn.remote;
+    let Some(&(first, _)) = in_flight.front() else {
+        return Ok(None);
+    };
+    let answer = match f
+        .session()?
+        .recv("waiting for chunk acknowledgements", opts.conn.timeout)?
+    {
+        Message::ChunkAck { index, .. } => Ok(index),
+        Message::ChunkRejected { index, reason, .. } => Err((index, reason)),
+        Message::Error { code, message } => return Err(refusal(remote, code, message)),
+        other => return Err(unexpected("ChunkAck", other.name())),
+    };
+    let index = match answer {
+        Ok(index) | Err((index, _)) => index,
+    };
+    if index != first {
+        return Err(ClientError::Protocol {
+            detail: format!("it answered chunk {index} while chunk {first} was expected"),
+            kept: Kept::Nothing,
+        });
+    }
+    let (_, len) = in_flight.pop_front().expect("not empty");
+    counters.sent += u64::from(len);
+    match answer {
+        Ok(_) => {
+            f.progress.advance(len as usize);
+            Ok(None)
+        }
+        Err((index, reason)) if reason.resend() => {
+            tracing::warn!(
+                "chunk {index} of '{remote}' arrived corrupted ({}); sending it again",
+                reason.name()
+            );
+            counters.resent += 1;
+            Ok(Some(index))
+        }
+        Err((index, reason)) => Err(ClientError::Protocol {
+            detail: format!("the server refused chunk {index}: {}", reason.name()),
+            kept: Kept::Nothing,
+        }),
+    }
 }
 
 pub fn disconnected(stage: &'static str, e: std::io::Error) -> ClientError {

@@ -291,7 +291,7 @@ fn control(c: &mut Criterion) {
         let chunk = PutChunk {
             id: 7,
             index: 3,
-            sha256: checksum::sha256(&data),
+            digest: checksum::sha256(&data),
             data: &data,
         };
         g.throughput(Throughput::Bytes(len as u64));
@@ -302,7 +302,7 @@ fn control(c: &mut Criterion) {
         );
         g.bench_function(format!("write_put_chunk_to_sink/{label}"), |b| {
             b.iter(|| {
-                write_put_chunk(&mut io::sink(), 7, 3, &chunk.sha256, black_box(&data))
+                write_put_chunk(&mut io::sink(), 7, 3, &chunk.digest, black_box(&data))
                     .expect("sink")
             })
         });

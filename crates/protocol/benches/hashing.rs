@@ -21,7 +21,7 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use criterion::{measurement::WallTime, SamplingMode};
-use md5::Md5;
+use md5::{Digest as _, Md5};
 use sfts_protocol::checksum::{self, digest_reader, HashingWriter};
 use sfts_protocol::{Algorithm, DigestSet, MultiHasher};
 use sha2::{Digest as _, Sha256};

@@ -173,6 +173,11 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// The BLAKE3 of `bytes`, as the fixed-size array a streamed upload's chunks carry.
+pub fn blake3(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
 impl Digest {
     /// The raw SHA-256 bytes, if this is a SHA-256 digest.
     pub fn sha256_bytes(&self) -> Option<[u8; 32]> {

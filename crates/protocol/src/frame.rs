@@ -13,7 +13,7 @@ use crate::error::{ProtocolError, Result};
 use crate::MAX_CHUNK_SIZE;
 
 /// Bytes of a `PutChunk` payload before the chunk's data: upload id (`u32`), chunk index
-/// (`u64`) and the chunk's SHA-256 (32 bytes).
+/// (`u64`) and the chunk's digest (32 bytes: SHA-256 or BLAKE3).
 pub const PUT_CHUNK_FIELDS_LEN: usize = 4 + 8 + 32;
 
 /// Bytes in a frame header (length + tag).
@@ -60,7 +60,7 @@ pub mod tag {
     pub const PUT_BEGIN: u8 = 0x20;
     /// Server → client: the upload is open; the chunks the server already holds.
     pub const PUT_READY: u8 = 0x21;
-    /// Client → server: one chunk of an upload, with its SHA-256.
+    /// Client → server: one chunk of an upload, with its digest.
     pub const PUT_CHUNK: u8 = 0x22;
     /// Server → client: a chunk was verified and stored.
     pub const CHUNK_ACK: u8 = 0x23;
@@ -80,11 +80,14 @@ pub mod tag {
     pub const AUTH: u8 = 0x2a;
     /// `AuthOk`.
     pub const AUTH_OK: u8 = 0x2b;
+    /// Client → server: commit a digest-at-commit upload, with its whole-file digests
+    /// (capability `STREAM_PUT`).
+    pub const PUT_COMMIT_DIGESTS: u8 = 0x2c;
     /// Either way: a refusal or failure, with a code and a human message.
     pub const ERROR: u8 = 0x7f;
 
     /// Every tag this version knows, in tag order.
-    pub const ALL: [u8; 25] = [
+    pub const ALL: [u8; 26] = [
         HELLO,
         WELCOME,
         GET,
@@ -109,6 +112,7 @@ pub mod tag {
         MKDIR,
         AUTH,
         AUTH_OK,
+        PUT_COMMIT_DIGESTS,
         ERROR,
     ];
 }
@@ -149,6 +153,7 @@ pub fn max_len(tag: u8) -> Result<u32> {
         | tag::MKDIR
         | tag::AUTH
         | tag::AUTH_OK
+        | tag::PUT_COMMIT_DIGESTS
         | tag::ERROR => Ok(MAX_CONTROL_LEN),
         other => Err(ProtocolError::UnknownTag(other)),
     }
@@ -199,7 +204,7 @@ pub const PUT_CHUNK_HEADER_LEN: usize = HEADER_LEN + PUT_CHUNK_FIELDS_LEN;
 pub fn put_chunk_header(
     id: u32,
     index: u64,
-    sha256: &[u8; 32],
+    digest: &[u8; 32],
     len: usize,
 ) -> [u8; PUT_CHUNK_HEADER_LEN] {
     debug_assert!(len <= MAX_CHUNK_SIZE as usize);
@@ -207,7 +212,7 @@ pub fn put_chunk_header(
     out[..HEADER_LEN].copy_from_slice(&Header::encode(tag::PUT_CHUNK, PUT_CHUNK_FIELDS_LEN + len));
     out[5..9].copy_from_slice(&id.to_be_bytes());
     out[9..17].copy_from_slice(&index.to_be_bytes());
-    out[17..].copy_from_slice(sha256);
+    out[17..].copy_from_slice(digest);
     out
 }
 

@@ -24,16 +24,16 @@ pub fn write_data<W: Write + ?Sized>(w: &mut W, bytes: &[u8]) -> io::Result<()> 
 }
 
 /// Writes one `PutChunk` frame: its header and fields, then `data` straight from the caller's
-/// buffer (no copy into a message). `sha256` must be the digest of `data`
-/// ([`crate::checksum::sha256`]).
+/// buffer (no copy into a message). `digest` must be the digest of `data` the upload uses
+/// ([`crate::ChunkDigest::of`]).
 pub fn write_put_chunk<W: Write + ?Sized>(
     w: &mut W,
     id: u32,
     index: u64,
-    sha256: &[u8; 32],
+    digest: &[u8; 32],
     data: &[u8],
 ) -> io::Result<()> {
-    w.write_all(&frame::put_chunk_header(id, index, sha256, data.len()))?;
+    w.write_all(&frame::put_chunk_header(id, index, digest, data.len()))?;
     w.write_all(data)
 }
 
@@ -135,7 +135,7 @@ mod tests {
         match read_message(&mut r, &mut buf).unwrap() {
             Some(Message::PutChunk(c)) => {
                 assert_eq!((c.id, c.index, c.data.len()), (9, 41, 70_000));
-                assert!(c.digest_matches());
+                assert!(c.digest_matches(crate::ChunkDigest::Sha256));
             }
             other => panic!("{other:?}"),
         }

@@ -41,7 +41,9 @@ pub use message::{
     Capabilities, FileHeader, FileInfo, FileKind, FileVersion, GetRequest, Message, TO_END,
 };
 pub use priority::Priority;
-pub use upload::{PutBegin, PutChunk, PutReady, RejectReason, GUARANTEED_OPEN_UPLOADS};
+pub use upload::{
+    ChunkDigest, PutBegin, PutChunk, PutReady, RejectReason, GUARANTEED_OPEN_UPLOADS,
+};
 
 /// The four bytes a native client sends first. As a legacy length prefix they would announce a
 /// 1.4 GB file name, which no original client sends, so a server tells the two apart by them.

@@ -42,6 +42,10 @@ impl Capabilities {
     pub const AUTH: u64 = 1 << 7;
     /// The BLAKE3 digest ([`crate::Algorithm::Blake3`]) may be asked for in `Get`.
     pub const BLAKE3: u64 = 1 << 8;
+    /// Streamed uploads: `PutBegin` may defer the whole-file digests to `PutCommitDigests`
+    /// (flag bit 2) and, with [`Capabilities::BLAKE3`] too, check chunks with BLAKE3 (flag
+    /// bit 3).
+    pub const STREAM_PUT: u64 = 1 << 9;
 
     /// True when every bit of `bits` is set.
     pub fn has(self, bits: u64) -> bool {
@@ -260,6 +264,15 @@ pub enum Message<'a> {
         /// The upload's id.
         id: u32,
     },
+    /// Client → server: the commit of a digest-at-commit upload, with the whole file's
+    /// digests (SHA-256 required, MD5 optional; capability `STREAM_PUT`). Answered like
+    /// `PutCommit`.
+    PutCommitDigests {
+        /// The upload's id.
+        id: u32,
+        /// Whole-file digests of what the client sent, in code order.
+        digests: Vec<Digest>,
+    },
     /// Server → client: the file is published under its name, complete and verified.
     PutDone {
         /// The upload's id.
@@ -320,6 +333,7 @@ impl Message<'_> {
             Message::ChunkAck { .. } => "ChunkAck",
             Message::ChunkRejected { .. } => "ChunkRejected",
             Message::PutCommit { .. } => "PutCommit",
+            Message::PutCommitDigests { .. } => "PutCommitDigests",
             Message::PutDone { .. } => "PutDone",
             Message::PutAbort { .. } => "PutAbort",
             Message::PutAborted { .. } => "PutAborted",
@@ -350,6 +364,7 @@ impl Message<'_> {
             Message::ChunkAck { .. } => tag::CHUNK_ACK,
             Message::ChunkRejected { .. } => tag::CHUNK_REJECTED,
             Message::PutCommit { .. } => tag::PUT_COMMIT,
+            Message::PutCommitDigests { .. } => tag::PUT_COMMIT_DIGESTS,
             Message::PutDone { .. } => tag::PUT_DONE,
             Message::PutAbort { .. } => tag::PUT_ABORT,
             Message::PutAborted { .. } => tag::PUT_ABORTED,
@@ -444,7 +459,7 @@ impl Message<'_> {
             Message::PutCommit { id } | Message::PutAbort { id } | Message::PutAborted { id } => {
                 wire::put_u32(out, *id)
             }
-            Message::PutDone { id, digests } => {
+            Message::PutDone { id, digests } | Message::PutCommitDigests { id, digests } => {
                 wire::put_u32(out, *id);
                 put_digests(out, digests);
             }
@@ -665,6 +680,12 @@ impl<'a> Message<'a> {
             tag::PUT_COMMIT => fields(payload, "PutCommit", |c| {
                 Ok(Message::PutCommit {
                     id: c.u32("upload id")?,
+                })
+            }),
+            tag::PUT_COMMIT_DIGESTS => fields(payload, "PutCommitDigests", |c| {
+                Ok(Message::PutCommitDigests {
+                    id: c.u32("upload id")?,
+                    digests: take_digests(c)?,
                 })
             }),
             tag::PUT_DONE => fields(payload, "PutDone", |c| {
@@ -907,6 +928,8 @@ pub(crate) mod tests {
         assert_eq!(Capabilities::UPLOAD, 0x10);
         assert_eq!(Capabilities::LIST, 0x20);
         assert_eq!(Capabilities::PRIORITY, 0x40);
+        assert_eq!(Capabilities::BLAKE3, 0x100);
+        assert_eq!(Capabilities::STREAM_PUT, 0x200);
     }
 
     #[test]

@@ -13,13 +13,13 @@ use crate::message::{
     Capabilities, FileHeader, FileInfo, FileKind, FileVersion, GetRequest, Message,
 };
 use crate::priority::Priority;
-use crate::upload::{PutBegin, PutChunk, PutReady, RejectReason};
+use crate::upload::{ChunkDigest, PutBegin, PutChunk, PutReady, RejectReason};
 use crate::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
 /// Every tag this version knows.
-const TAGS: [u8; 25] = tag::ALL;
+const TAGS: [u8; 26] = tag::ALL;
 
 /// A message with owned data, so a strategy can produce it; [`Gen::message`] borrows it.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ enum Gen {
     Chunk {
         id: u32,
         index: u64,
-        sha256: [u8; 32],
+        digest: [u8; 32],
         data: Vec<u8>,
     },
 }
@@ -42,12 +42,12 @@ impl Gen {
             Gen::Chunk {
                 id,
                 index,
-                sha256,
+                digest,
                 data,
             } => Message::PutChunk(PutChunk {
                 id: *id,
                 index: *index,
-                sha256: *sha256,
+                digest: *digest,
                 data,
             }),
         }
@@ -171,18 +171,39 @@ fn put_begin() -> impl Strategy<Value = PutBegin> {
         ),
         (any::<bool>(), any::<bool>(), any::<[u8; 32]>()),
         proptest::option::of(any::<[u8; 16]>()),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |((id, path, size, mtime_ns, chunk_size), (force, restart, sha256), md5)| PutBegin {
-                id,
-                path,
-                size,
-                mtime_ns,
-                chunk_size,
-                force,
-                restart,
-                sha256,
+            |(
+                (id, path, size, mtime_ns, chunk_size),
+                (force, restart, sha256),
                 md5,
+                (at_commit, blake3),
+            )| {
+                let chunk_digest = if blake3 {
+                    ChunkDigest::Blake3
+                } else {
+                    ChunkDigest::Sha256
+                };
+                // A digest-at-commit upload announces no digest: the fields are zero.
+                let (sha256, md5) = if at_commit {
+                    ([0; 32], None)
+                } else {
+                    (sha256, md5)
+                };
+                PutBegin {
+                    id,
+                    path,
+                    size,
+                    mtime_ns,
+                    chunk_size,
+                    force,
+                    restart,
+                    digest_at_commit: at_commit,
+                    chunk_digest,
+                    sha256,
+                    md5,
+                }
             },
         )
 }
@@ -260,6 +281,8 @@ fn any_message() -> impl Strategy<Value = Gen> {
         }),
         any::<u32>().prop_map(|id| Message::PutCommit { id }),
         (any::<u32>(), digests()).prop_map(|(id, digests)| Message::PutDone { id, digests }),
+        (any::<u32>(), digests())
+            .prop_map(|(id, digests)| Message::PutCommitDigests { id, digests }),
         any::<u32>().prop_map(|id| Message::PutAbort { id }),
         any::<u32>().prop_map(|id| Message::PutAborted { id }),
         path().prop_map(|path| Message::Mkdir { path }),
@@ -278,10 +301,10 @@ fn any_message() -> impl Strategy<Value = Gen> {
             any::<[u8; 32]>(),
             vec(any::<u8>(), 1..300)
         )
-            .prop_map(|(id, index, sha256, data)| Gen::Chunk {
+            .prop_map(|(id, index, digest, data)| Gen::Chunk {
                 id,
                 index,
-                sha256,
+                digest,
                 data,
             }),
     ]

@@ -1,5 +1,5 @@
 //! Upload sessions (capability `UPLOAD`): the payloads of `PutBegin`, `PutReady` and
-//! `PutChunk`, and why a chunk was rejected. Which chunks exist and which are held is
+//! `PutChunk`, how chunks are checked ([`ChunkDigest`]), and why a chunk was rejected. Which chunks exist and which are held is
 //! [`crate::chunks`]; the lifecycle on the wire is specified in `docs/PROTOCOL.md`.
 
 use crate::checksum::{self, Algorithm, Digest};
@@ -12,8 +12,47 @@ use crate::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 /// (at least this) a server refuses `PutBegin` with `busy`.
 pub const GUARANTEED_OPEN_UPLOADS: usize = 4;
 
+/// The digest each `PutChunk` of an upload carries (`PutBegin` flag bit 3 picks BLAKE3). Both
+/// are 32 bytes, so the frame layout is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ChunkDigest {
+    /// SHA-256: every server with `UPLOAD` checks it.
+    #[default]
+    Sha256,
+    /// BLAKE3 (capabilities `STREAM_PUT` and `BLAKE3`): several times faster to compute.
+    Blake3,
+}
+
+impl ChunkDigest {
+    /// The digest of one chunk's bytes.
+    pub fn of(self, data: &[u8]) -> [u8; 32] {
+        match self {
+            ChunkDigest::Sha256 => checksum::sha256(data),
+            ChunkDigest::Blake3 => checksum::blake3(data),
+        }
+    }
+
+    /// The algorithm.
+    pub fn algorithm(self) -> Algorithm {
+        match self {
+            ChunkDigest::Sha256 => Algorithm::Sha256,
+            ChunkDigest::Blake3 => Algorithm::Blake3,
+        }
+    }
+
+    /// The chunk digest of `algorithm`, if it can be one (MD5 cannot).
+    pub fn from_algorithm(algorithm: Algorithm) -> Option<ChunkDigest> {
+        match algorithm {
+            Algorithm::Sha256 => Some(ChunkDigest::Sha256),
+            Algorithm::Blake3 => Some(ChunkDigest::Blake3),
+            Algorithm::Md5 => None,
+        }
+    }
+}
+
 /// `PutBegin`: open an upload of `size` bytes to `path`, or resume the one the server keeps
-/// for the same path, size and SHA-256.
+/// for the same path, size and SHA-256 (or, for a [`PutBegin::digest_at_commit`] upload, the
+/// same path, size, modification time and chunk digest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutBegin {
     /// Connection-local handle chosen by the client; every later frame of this upload carries
@@ -32,6 +71,12 @@ pub struct PutBegin {
     pub force: bool,
     /// Discard whatever the server holds of an earlier attempt and start from nothing.
     pub restart: bool,
+    /// The whole-file digests come at the end, in `PutCommitDigests` (capability
+    /// `STREAM_PUT`), so the client reads its file once, while sending it. `sha256` is then
+    /// all zeros and `md5` absent.
+    pub digest_at_commit: bool,
+    /// What each chunk's digest is (BLAKE3 needs `STREAM_PUT` and `BLAKE3`).
+    pub chunk_digest: ChunkDigest,
     /// SHA-256 of the whole file: the upload's identity for resume, checked before publishing.
     pub sha256: [u8; 32],
     /// MD5 of the whole file, if the client has it; checked too when present.
@@ -40,6 +85,8 @@ pub struct PutBegin {
 
 const FLAG_FORCE: u8 = 1 << 0;
 const FLAG_RESTART: u8 = 1 << 1;
+const FLAG_DIGEST_AT_COMMIT: u8 = 1 << 2;
+const FLAG_BLAKE3_CHUNKS: u8 = 1 << 3;
 
 impl PutBegin {
     /// A fresh (non-forced, resumable) upload, with the whole-file digests taken from
@@ -69,9 +116,36 @@ impl PutBegin {
             chunk_size,
             force: false,
             restart: false,
+            digest_at_commit: false,
+            chunk_digest: ChunkDigest::Sha256,
             sha256,
             md5: digests.iter().find_map(Digest::md5_bytes),
         })
+    }
+
+    /// A fresh streamed upload (capability `STREAM_PUT`): the whole-file digests follow in
+    /// `PutCommitDigests`, each chunk carries a `chunk_digest`.
+    pub fn streamed(
+        id: u32,
+        path: impl Into<String>,
+        size: u64,
+        mtime_ns: i64,
+        chunk_size: u32,
+        chunk_digest: ChunkDigest,
+    ) -> PutBegin {
+        PutBegin {
+            id,
+            path: path.into(),
+            size,
+            mtime_ns,
+            chunk_size,
+            force: false,
+            restart: false,
+            digest_at_commit: true,
+            chunk_digest,
+            sha256: [0; 32],
+            md5: None,
+        }
     }
 
     /// The whole-file digests announced, in algorithm code order (as a `Trailer` or `PutDone`
@@ -104,6 +178,12 @@ impl PutBegin {
         if self.restart {
             flags |= FLAG_RESTART;
         }
+        if self.digest_at_commit {
+            flags |= FLAG_DIGEST_AT_COMMIT;
+        }
+        if self.chunk_digest == ChunkDigest::Blake3 {
+            flags |= FLAG_BLAKE3_CHUNKS;
+        }
         wire::put_u8(out, flags);
         out.extend_from_slice(&self.sha256);
         match &self.md5 {
@@ -122,9 +202,11 @@ impl PutBegin {
         let mtime_ns = c.i64("mtime")?;
         let chunk_size = c.u32("chunk size")?;
         let flags = c.u8("flags")?;
-        if flags & !(FLAG_FORCE | FLAG_RESTART) != 0 {
+        let known = FLAG_FORCE | FLAG_RESTART | FLAG_DIGEST_AT_COMMIT | FLAG_BLAKE3_CHUNKS;
+        if flags & !known != 0 {
             return Err(ProtocolError::malformed("PutBegin", "unknown flag bits"));
         }
+        let digest_at_commit = flags & FLAG_DIGEST_AT_COMMIT != 0;
         let sha256 = array(c.take(32, "sha256")?);
         let md5 = match c.u8("md5 flag")? {
             0 => None,
@@ -136,6 +218,12 @@ impl PutBegin {
                 ))
             }
         };
+        if digest_at_commit && (sha256 != [0; 32] || md5.is_some()) {
+            return Err(ProtocolError::malformed(
+                "PutBegin",
+                "with digest-at-commit the sha256 field is all zeros and no md5 follows",
+            ));
+        }
         Ok(PutBegin {
             id,
             path,
@@ -144,6 +232,12 @@ impl PutBegin {
             chunk_size,
             force: flags & FLAG_FORCE != 0,
             restart: flags & FLAG_RESTART != 0,
+            digest_at_commit,
+            chunk_digest: if flags & FLAG_BLAKE3_CHUNKS != 0 {
+                ChunkDigest::Blake3
+            } else {
+                ChunkDigest::Sha256
+            },
             sha256,
             md5,
         })
@@ -214,8 +308,9 @@ pub struct PutChunk<'a> {
     pub id: u32,
     /// Which chunk (see [`crate::chunk_span`]).
     pub index: u64,
-    /// SHA-256 of `data`, checked by the server on arrival.
-    pub sha256: [u8; 32],
+    /// The digest of `data` (the upload's [`ChunkDigest`]: SHA-256 unless its `PutBegin`
+    /// asked for BLAKE3), checked by the server on arrival.
+    pub digest: [u8; 32],
     /// The chunk's bytes (1 to [`MAX_CHUNK_SIZE`]).
     pub data: &'a [u8],
 }
@@ -223,30 +318,36 @@ pub struct PutChunk<'a> {
 impl<'a> PutChunk<'a> {
     /// A chunk with its SHA-256 computed from `data`.
     pub fn new(id: u32, index: u64, data: &'a [u8]) -> PutChunk<'a> {
+        PutChunk::with(id, index, ChunkDigest::Sha256, data)
+    }
+
+    /// A chunk with its `kind` digest computed from `data`.
+    pub fn with(id: u32, index: u64, kind: ChunkDigest, data: &'a [u8]) -> PutChunk<'a> {
         PutChunk {
             id,
             index,
-            sha256: checksum::sha256(data),
+            digest: kind.of(data),
             data,
         }
     }
 
-    /// True when `data` matches `sha256` (what the server checks before storing).
-    pub fn digest_matches(&self) -> bool {
-        checksum::sha256(self.data) == self.sha256
+    /// True when `data` matches `digest` as a `kind` digest (what the server checks before
+    /// storing).
+    pub fn digest_matches(&self, kind: ChunkDigest) -> bool {
+        kind.of(self.data) == self.digest
     }
 
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         wire::put_u32(out, self.id);
         wire::put_u64(out, self.index);
-        out.extend_from_slice(&self.sha256);
+        out.extend_from_slice(&self.digest);
         out.extend_from_slice(self.data);
     }
 
     pub(crate) fn decode(c: &mut Cursor<'a>) -> Result<PutChunk<'a>> {
         let id = c.u32("upload id")?;
         let index = c.u64("chunk index")?;
-        let sha256 = array(c.take(32, "chunk sha256")?);
+        let digest = array(c.take(32, "chunk digest")?);
         let data = c.rest();
         if data.is_empty() {
             return Err(ProtocolError::malformed(
@@ -257,7 +358,7 @@ impl<'a> PutChunk<'a> {
         Ok(PutChunk {
             id,
             index,
-            sha256,
+            digest,
             data,
         })
     }
@@ -266,7 +367,7 @@ impl<'a> PutChunk<'a> {
 /// Why the server did not store a chunk (`ChunkRejected`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectReason {
-    /// The data did not match its SHA-256 (corrupted in flight): send the chunk again.
+    /// The data did not match its digest (corrupted in flight): send the chunk again.
     DigestMismatch,
     /// The index is past the last chunk, or the length is not the one [`crate::chunk_span`] gives for
     /// it with `PutReady`'s chunk size: re-cut, do not re-send as is.
@@ -338,6 +439,8 @@ pub(crate) mod tests {
             chunk_size: 4096,
             force: true,
             restart: false,
+            digest_at_commit: false,
+            chunk_digest: ChunkDigest::Sha256,
             sha256: [0xaa; 32],
             md5: None,
         }
@@ -363,11 +466,24 @@ pub(crate) mod tests {
                 chunk_size: MAX_CHUNK_SIZE,
                 have: ChunkRanges::from_sorted([0, 1, 2, 5, 9, 10]),
             }),
+            Message::PutBegin(PutBegin::streamed(
+                9,
+                "s",
+                1 << 30,
+                5,
+                1 << 20,
+                ChunkDigest::Blake3,
+            )),
+            Message::PutBegin(PutBegin {
+                force: true,
+                ..PutBegin::streamed(9, "s", 0, 5, 4096, ChunkDigest::Sha256)
+            }),
             Message::PutChunk(PutChunk::new(3, 0, b"hello")),
+            Message::PutChunk(PutChunk::with(3, 1, ChunkDigest::Blake3, b"hello")),
             Message::PutChunk(PutChunk {
                 id: 1,
                 index: u64::MAX,
-                sha256: [0; 32],
+                digest: [0; 32],
                 data: b"x",
             }),
             Message::ChunkAck { id: 3, index: 9 },
@@ -382,6 +498,13 @@ pub(crate) mod tests {
                 reason: RejectReason::Unknown(200),
             },
             Message::PutCommit { id: 3 },
+            Message::PutCommitDigests {
+                id: 3,
+                digests: vec![
+                    Digest::new(Algorithm::Md5, vec![2; 16]).unwrap(),
+                    Digest::new(Algorithm::Sha256, vec![1; 32]).unwrap(),
+                ],
+            },
             Message::PutDone {
                 id: 3,
                 digests: vec![Digest {
@@ -401,20 +524,25 @@ pub(crate) mod tests {
         ]
     }
 
+    /// The bytes of a `PutBegin` of id 7, "d/f", size 5, mtime -1, chunk 4096, without MD5,
+    /// with these flags and a SHA-256 field of `sha` bytes.
+    fn begin_layout(flags: u8, sha: u8) -> Vec<u8> {
+        [
+            &[0, 0, 0, 64, 0x20, 0, 0, 0, 7, 0, 3, b'd', b'/', b'f'][..],
+            &[0, 0, 0, 0, 0, 0, 0, 5],
+            &[0xff; 8],
+            &[0, 0, 0x10, 0, flags],
+            &[sha; 32],
+            &[0],
+        ]
+        .concat()
+    }
+
     #[test]
     fn exact_layouts() {
         // Tags are spelled as numbers here so that these vectors pin them too.
         // PutBegin: id 7, "d/f", size 5, mtime -1, chunk 4096, force, SHA-256, no MD5.
-        let want = [
-            &[0, 0, 0, 64, 0x20, 0, 0, 0, 7, 0, 3, b'd', b'/', b'f'][..],
-            &[0, 0, 0, 0, 0, 0, 0, 5],
-            &[0xff; 8],
-            &[0, 0, 0x10, 0, 1],
-            &[0xaa; 32],
-            &[0],
-        ]
-        .concat();
-        assert_eq!(encoded(&Message::PutBegin(begin())), want);
+        assert_eq!(encoded(&Message::PutBegin(begin())), begin_layout(1, 0xaa));
 
         // Restart instead of force, and an MD5: flag byte 2, MD5 flag 1, then the MD5.
         let with_md5 = encoded(&Message::PutBegin(PutBegin {
@@ -446,7 +574,7 @@ pub(crate) mod tests {
         let chunk = encoded(&Message::PutChunk(PutChunk {
             id: 1,
             index: 2,
-            sha256: [0x5a; 32],
+            digest: [0x5a; 32],
             data: b"xy",
         }));
         let want = [
@@ -486,6 +614,68 @@ pub(crate) mod tests {
 
         let mkdir = Message::Mkdir { path: "d".into() };
         assert_eq!(encoded(&mkdir), [0, 0, 0, 4, 0x29, 0, 1, b'd']);
+    }
+
+    #[test]
+    fn streamed_upload_layouts() {
+        // PutBegin, digest at commit (flag bit 2) with BLAKE3 chunks (bit 3): the layout of
+        // every PutBegin, with flags 0x0c, an all-zero SHA-256 field and no MD5.
+        let streamed = PutBegin::streamed(7, "d/f", 5, -1, 4096, ChunkDigest::Blake3);
+        let want = begin_layout(0x0c, 0);
+        assert_eq!(encoded(&Message::PutBegin(streamed.clone())), want);
+        // Force as well: 0x0d. SHA-256 chunks: bit 3 clear.
+        let forced = encoded(&Message::PutBegin(PutBegin {
+            force: true,
+            ..streamed.clone()
+        }));
+        assert_eq!(forced[34], 0x0d);
+        let sha_chunks = PutBegin::streamed(7, "d/f", 5, -1, 4096, ChunkDigest::Sha256);
+        assert_eq!(encoded(&Message::PutBegin(sha_chunks))[34], 0x04);
+
+        // A digest-at-commit PutBegin that still carries a SHA-256 or an MD5 is malformed.
+        let mut bytes = want.clone();
+        bytes[40] = 1;
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        let with_md5 = encoded(&Message::PutBegin(PutBegin {
+            md5: Some([1; 16]),
+            ..streamed
+        }));
+        assert!(Message::decode(&with_md5).is_err());
+
+        // PutCommitDigests: tag 0x2c, id 1, a digest list of MD5 then SHA-256.
+        let commit = Message::PutCommitDigests {
+            id: 1,
+            digests: vec![
+                Digest::new(Algorithm::Md5, vec![8; 16]).unwrap(),
+                Digest::new(Algorithm::Sha256, vec![9; 32]).unwrap(),
+            ],
+        };
+        let want = [
+            &[0, 0, 0, 58, 0x2c, 0, 0, 0, 1, 2, 1, 16][..],
+            &[8; 16],
+            &[2, 32],
+            &[9; 32],
+        ]
+        .concat();
+        assert_eq!(encoded(&commit), want);
+
+        // A BLAKE3 chunk: the same layout as a SHA-256 one, the digest is BLAKE3's.
+        let chunk = PutChunk::with(1, 0, ChunkDigest::Blake3, b"abc");
+        assert_eq!(
+            checksum::to_hex(&chunk.digest),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+        assert!(chunk.digest_matches(ChunkDigest::Blake3));
+        assert!(!chunk.digest_matches(ChunkDigest::Sha256));
+        assert_eq!(
+            ChunkDigest::from_algorithm(Algorithm::Blake3),
+            Some(ChunkDigest::Blake3)
+        );
+        assert_eq!(ChunkDigest::from_algorithm(Algorithm::Md5), None);
+        assert_eq!(ChunkDigest::default().algorithm(), Algorithm::Sha256);
     }
 
     #[test]
@@ -570,7 +760,7 @@ pub(crate) mod tests {
         }
         // Unknown PutBegin flag bit, and an md5 flag of 2.
         let mut bytes = encoded(&Message::PutBegin(begin()));
-        bytes[34] = 4;
+        bytes[34] = 0x10;
         assert!(Message::decode(&bytes).is_err());
         let mut bytes = encoded(&Message::PutBegin(begin()));
         *bytes.last_mut().unwrap() = 2;
@@ -608,13 +798,13 @@ pub(crate) mod tests {
             panic!("not a chunk")
         };
         assert!(std::ptr::eq(c.data.as_ptr(), bytes[49..].as_ptr()));
-        assert!(c.digest_matches());
+        assert!(c.digest_matches(ChunkDigest::Sha256));
         let mut flipped = bytes.clone();
         flipped[100] ^= 1;
         let (Message::PutChunk(c), _) = Message::decode(&flipped).unwrap().unwrap() else {
             panic!("not a chunk")
         };
-        assert!(!c.digest_matches());
+        assert!(!c.digest_matches(ChunkDigest::Sha256));
     }
 
     #[test]

@@ -89,6 +89,17 @@ impl FileHasher {
         }
     }
 
+    /// [`FileHasher::whole_file`] without MD5 (SHA-256 and BLAKE3): for a streamed upload,
+    /// whose client may not want the MD5 (the slowest of the three) at all.
+    pub fn whole_file_but_md5() -> FileHasher {
+        FileHasher {
+            md5: Md5Thread::none(),
+            whole: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])),
+            chunks: None,
+            fed: 0,
+        }
+    }
+
     /// [`FileHasher::whole_file`] without SHA-256, for a file of one chunk whose SHA-256 (the
     /// chunk's, checked on arrival) is known: its digests then have no `sha256`.
     pub fn whole_file_but_sha256(size: u64) -> FileHasher {

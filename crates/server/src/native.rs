@@ -35,8 +35,8 @@ use crate::tls::ServerStream;
 use crate::upload::Upload;
 use sfts_protocol::io::read_message;
 use sfts_protocol::{
-    Algorithm, Capabilities, DigestSet, ErrorCode, GetRequest, Message, Priority, ProtocolError,
-    PutBegin, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Algorithm, Capabilities, Digest, DigestSet, ErrorCode, GetRequest, Message, Priority,
+    ProtocolError, PutBegin, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Write};
@@ -45,7 +45,8 @@ use tracing::{info, warn};
 
 /// What the server offers: downloads, ranges of files (resume), several requests per
 /// connection, `Stat`, uploads (announced even when read-only, so clients can tell "not
-/// allowed here" from "not supported"), listings, priorities and BLAKE3 digests. A request
+/// allowed here" from "not supported"), listings, priorities, BLAKE3 digests and streamed
+/// uploads (digests at the commit, BLAKE3 chunks). A request
 /// needing a capability the client did not announce gets `Error{Unsupported}` and the session
 /// goes on.
 const CAPABILITIES: u64 = Capabilities::GET
@@ -55,7 +56,8 @@ const CAPABILITIES: u64 = Capabilities::GET
     | Capabilities::UPLOAD
     | Capabilities::LIST
     | Capabilities::PRIORITY
-    | Capabilities::BLAKE3;
+    | Capabilities::BLAKE3
+    | Capabilities::STREAM_PUT;
 
 /// Queued replies are written out once they reach this size.
 const OUT_LIMIT: usize = 64 * 1024;
@@ -89,12 +91,14 @@ enum Incoming {
     PutChunk {
         id: u32,
         index: u64,
-        sha256: [u8; 32],
+        digest: [u8; 32],
         start: usize,
         len: usize,
     },
     /// A `PutCommit`.
     PutCommit(u32),
+    /// A `PutCommitDigests`.
+    PutCommitDigests { id: u32, digests: Vec<Digest> },
     /// A `PutAbort`.
     PutAbort(u32),
     /// A `Mkdir`.
@@ -180,13 +184,16 @@ impl<'a> Native<'a> {
             Ok(Some(Message::PutChunk(c))) => Incoming::PutChunk {
                 id: c.id,
                 index: c.index,
-                sha256: c.sha256,
+                digest: c.digest,
                 // The bytes are a slice of `rbuf`: remember where (the address for now, made
                 // relative below, once the borrow has ended), not a copy.
                 start: c.data.as_ptr() as usize,
                 len: c.data.len(),
             },
             Ok(Some(Message::PutCommit { id })) => Incoming::PutCommit(id),
+            Ok(Some(Message::PutCommitDigests { id, digests })) => {
+                Incoming::PutCommitDigests { id, digests }
+            }
             Ok(Some(Message::PutAbort { id })) => Incoming::PutAbort(id),
             Ok(Some(Message::Mkdir { path })) => Incoming::Mkdir(path),
             Ok(Some(Message::Auth { token })) => Incoming::Auth(token),
@@ -323,11 +330,12 @@ impl<'a> Native<'a> {
                 Incoming::PutChunk {
                     id,
                     index,
-                    sha256,
+                    digest,
                     start,
                     len,
-                } => self.put_chunk(id, index, &sha256, start..start + len)?,
-                Incoming::PutCommit(id) => self.put_commit(id)?,
+                } => self.put_chunk(id, index, &digest, start..start + len)?,
+                Incoming::PutCommit(id) => self.put_commit(id, None)?,
+                Incoming::PutCommitDigests { id, digests } => self.put_commit(id, Some(digests))?,
                 Incoming::PutAbort(id) => self.put_abort(id)?,
                 Incoming::Mkdir(path) => self.mkdir(path)?,
                 Incoming::Auth(token) => self.auth_again(token)?,
@@ -497,6 +505,7 @@ impl Incoming {
             Incoming::PutBegin(_) => "PutBegin",
             Incoming::PutChunk { .. } => "PutChunk",
             Incoming::PutCommit(_) => "PutCommit",
+            Incoming::PutCommitDigests { .. } => "PutCommitDigests",
             Incoming::PutAbort(_) => "PutAbort",
             Incoming::Mkdir(_) => "Mkdir",
             Incoming::Auth(_) => "Auth",

@@ -7,7 +7,8 @@
 //! stored (MD5 on a helper thread). The commit then only checks the staging file's size;
 //! otherwise (chunks out of order, an upload resumed from an earlier session) it reads the
 //! assembled file back. Either way it checks the SHA-256 (and MD5) of exactly the bytes
-//! written, sets the modification time, flushes the file to the disk (files of [`SYNC_FROM`]
+//! written against the digests announced in `PutBegin` or, for a streamed upload
+//! (digest-at-commit), against those of `PutCommitDigests`, sets the modification time, flushes the file to the disk (files of [`SYNC_FROM`]
 //! bytes or more), and publishes it:
 //!
 //! * replacing a file (`force`, where the server allows it): `rename`, atomic;
@@ -23,7 +24,9 @@ use crate::paths::{self, Refusal};
 use crate::store::{Outcome, Record};
 use crate::targets::{self, Found};
 use crate::uploads::{remove_quietly, Claim, Uploads};
-use sfts_protocol::{chunk_count, chunk_span, clamp_chunk_size, ErrorCode, PutBegin};
+use sfts_protocol::{
+    chunk_count, chunk_span, clamp_chunk_size, Algorithm, ChunkDigest, Digest, ErrorCode, PutBegin,
+};
 use sfts_state::{CachedDigests, StoredUpload};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -43,7 +46,8 @@ pub const SYNC_FROM: u64 = 1 << 20;
 pub enum Start {
     /// Nothing was stored for this path.
     New,
-    /// The stored upload of the same path, size and SHA-256 goes on.
+    /// The stored upload of the same file goes on (same path, size and SHA-256; for a
+    /// streamed upload same path, size, modification time and chunk digest).
     Resumed,
     /// A stored upload of the same path with another size or digest was discarded.
     Replaced,
@@ -63,8 +67,12 @@ pub struct Upload<'a> {
     pub requested: String,
     /// Whole-file size.
     pub size: u64,
-    /// Whole-file SHA-256 announced.
+    /// Whole-file SHA-256 announced (zeros for a streamed upload).
     pub sha256: [u8; 32],
+    /// The whole-file digests come with the commit (`PutCommitDigests`).
+    pub digest_at_commit: bool,
+    /// How each chunk is checked on arrival.
+    pub chunk_digest: ChunkDigest,
     /// Whole-file MD5 announced, if any.
     pub md5: Option<[u8; 16]>,
     /// Modification time of the published file.
@@ -104,8 +112,8 @@ struct Running {
     /// The chunk that must come next.
     next: u64,
     hasher: FileHasher,
-    /// The SHA-256 of a file of one chunk: that chunk's, checked when it arrived (its
-    /// `hasher` computes the other digests only).
+    /// The SHA-256 of a file of one chunk sent with a SHA-256: that chunk's, checked when it
+    /// arrived (its `hasher` computes the other digests only).
     sha256: Option<[u8; 32]>,
 }
 
@@ -132,7 +140,7 @@ impl<'a> Upload<'a> {
         let mut start = Start::New;
         let mut resumed = None;
         if let Some(row) = uploads.find(&path) {
-            let same = row.size == req.size && row.sha256 == req.sha256;
+            let same = same_file(&row, req);
             if req.restart || !same {
                 uploads.discard(&path, &row.staging);
                 start = if req.restart {
@@ -179,10 +187,14 @@ impl<'a> Upload<'a> {
             }
         };
         // A resumed upload holds chunks from before: they are read back at the commit.
-        let one_chunk = chunk_count(req.size, chunk_size) == 1;
+        let one_chunk =
+            chunk_count(req.size, chunk_size) == 1 && req.chunk_digest == ChunkDigest::Sha256;
         let running = (held.len() == 0).then(|| Running {
             next: 0,
-            hasher: if one_chunk {
+            // A streamed upload's MD5 is only computed if its commit asks (read back then).
+            hasher: if req.digest_at_commit {
+                FileHasher::whole_file_but_md5()
+            } else if one_chunk {
                 FileHasher::whole_file_but_sha256(req.size)
             } else {
                 FileHasher::whole_file(req.size)
@@ -195,6 +207,8 @@ impl<'a> Upload<'a> {
             requested: req.path.clone(),
             size: req.size,
             sha256: req.sha256,
+            digest_at_commit: req.digest_at_commit,
+            chunk_digest: req.chunk_digest,
             md5: req.md5,
             mtime_ns: req.mtime_ns,
             force: req.force,
@@ -232,9 +246,9 @@ impl<'a> Upload<'a> {
         }
     }
 
-    /// Stores chunk `index` (its length and its SHA-256, `sha256`, already checked); `false`
+    /// Stores chunk `index` (its length and its digest, `digest`, already checked); `false`
     /// when it was held already (nothing is written twice).
-    pub fn store_chunk(&mut self, index: u64, data: &[u8], sha256: &[u8; 32]) -> io::Result<bool> {
+    pub fn store_chunk(&mut self, index: u64, data: &[u8], digest: &[u8; 32]) -> io::Result<bool> {
         if self.held.contains(index) {
             return Ok(false);
         }
@@ -244,8 +258,8 @@ impl<'a> Upload<'a> {
             Some(r) if r.next == index => {
                 r.hasher.update(data);
                 r.next += 1;
-                if self.total == 1 {
-                    r.sha256 = Some(*sha256);
+                if self.total == 1 && self.chunk_digest == ChunkDigest::Sha256 {
+                    r.sha256 = Some(*digest);
                 }
             }
             // Out of order: the commit reads the file back.
@@ -284,6 +298,8 @@ impl<'a> Upload<'a> {
             size: self.size,
             sha256: self.sha256,
             md5: self.md5,
+            digest_at_commit: self.digest_at_commit,
+            chunk_digest: self.chunk_digest.algorithm().code(),
             mtime_ns: self.mtime_ns,
             chunk_size: self.chunk_size,
             held: self.held.runs().to_vec(),
@@ -299,16 +315,37 @@ impl<'a> Upload<'a> {
         self.saved = true;
     }
 
-    /// True when the commit needs no read-back: every chunk was hashed as it was stored.
-    pub fn hashed_on_arrival(&self) -> bool {
-        self.running.as_ref().is_some_and(|r| r.next == self.total)
+    /// True when a commit checking `want` needs no read-back: every chunk was hashed as it
+    /// was stored, into every digest of `want` (a streamed upload's MD5 is not).
+    pub fn hashed_on_arrival(&self, want: &[Digest]) -> bool {
+        let md5_skipped =
+            self.digest_at_commit && want.iter().any(|d| d.algorithm == Algorithm::Md5);
+        self.running.as_ref().is_some_and(|r| r.next == self.total) && !md5_skipped
     }
 
-    /// Checks the assembled file against the announced digests: from the digests computed as
-    /// the chunks were stored, or by reading it back, with keep-alives while it reads. `buf`
-    /// is any reusable buffer (at least 64 KiB is best).
+    /// The whole-file digests announced in `PutBegin` (none for a streamed upload).
+    pub fn announced(&self) -> Vec<Digest> {
+        if self.digest_at_commit {
+            return Vec::new();
+        }
+        let mut out = vec![Digest {
+            algorithm: Algorithm::Sha256,
+            bytes: self.sha256.to_vec(),
+        }];
+        out.extend(self.md5.map(|m| Digest {
+            algorithm: Algorithm::Md5,
+            bytes: m.to_vec(),
+        }));
+        out
+    }
+
+    /// Checks the assembled file against `want` (which has a SHA-256; the announced digests,
+    /// or those of `PutCommitDigests`): from the digests computed as the chunks were stored,
+    /// or by reading it back, with keep-alives while it reads. `buf` is any reusable buffer
+    /// (at least 64 KiB is best).
     pub fn verify<F: FnMut() -> io::Result<()>>(
         &mut self,
+        want: &[Digest],
         buf: &mut [u8],
         stop: &AtomicBool,
         alive: &mut KeepAlive<F>,
@@ -317,7 +354,7 @@ impl<'a> Upload<'a> {
             name: self.requested.clone(),
             source,
         };
-        let got = match self.running.take() {
+        let on_arrival = match self.running.take() {
             Some(r) if r.next == self.total => {
                 // Every byte written was hashed on its way; only a staging file cut short
                 // meanwhile (by someone else) would not hold them all.
@@ -326,8 +363,14 @@ impl<'a> Upload<'a> {
                 }
                 let mut got = r.hasher.finish();
                 got.sha256 = got.sha256.or(r.sha256);
-                got
+                Some(got)
             }
+            _ => None,
+        };
+        // Read back when chunks came out of order (or from an earlier session), or when the
+        // commit asks for a digest not computed on the way (a streamed upload's MD5).
+        let got = match on_arrival {
+            Some(got) if want.iter().all(|d| known(&got, d.algorithm).is_some()) => got,
             _ => {
                 let mut hasher = FileHasher::whole_file(self.size);
                 (&self.file).seek(SeekFrom::Start(0)).map_err(read_err)?;
@@ -348,15 +391,28 @@ impl<'a> Upload<'a> {
                 hasher.finish()
             }
         };
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        let sha = got.sha256.unwrap_or_default();
-        if sha != self.sha256 {
-            return Ok(Verified::Mismatch("SHA-256", hex(&sha)));
+        if !want.iter().any(|d| d.algorithm == Algorithm::Sha256) {
+            return Ok(Verified::Mismatch(
+                "SHA-256",
+                "no SHA-256 to compare with".into(),
+            ));
         }
-        match (self.md5, got.md5) {
-            (Some(want), Some(md5)) if want != md5 => Ok(Verified::Mismatch("MD5", hex(&md5))),
-            _ => Ok(Verified::Match(got)),
+        for d in want {
+            let name = match d.algorithm {
+                Algorithm::Sha256 => "SHA-256",
+                Algorithm::Md5 => "MD5",
+                Algorithm::Blake3 => "BLAKE3",
+            };
+            let found = known(&got, d.algorithm);
+            // Every digest is computed; one missing would be a bug, and counts as different.
+            if found != Some(&d.bytes[..]) {
+                let found = found
+                    .map(sfts_protocol::checksum::to_hex)
+                    .unwrap_or_default();
+                return Ok(Verified::Mismatch(name, found));
+            }
         }
+        Ok(Verified::Match(got))
     }
 
     /// Gives the file its modification time, flushes it if large, and publishes it under its
@@ -455,6 +511,30 @@ impl Drop for Upload<'_> {
     fn drop(&mut self) {
         self.uploads.unregister(&self.staging);
     }
+}
+
+/// The digest of `algorithm` in `digests`, if it was computed.
+fn known(digests: &CachedDigests, algorithm: Algorithm) -> Option<&[u8]> {
+    match algorithm {
+        Algorithm::Sha256 => digests.sha256.as_ref().map(|b| &b[..]),
+        Algorithm::Md5 => digests.md5.as_ref().map(|b| &b[..]),
+        Algorithm::Blake3 => digests.blake3.as_ref().map(|b| &b[..]),
+    }
+}
+
+/// True when the stored upload `row` is the file `req` begins again: the same size and the
+/// same kind of upload; an ordinary one with the same SHA-256, a streamed one (whose digest
+/// is not known yet) with the same modification time and chunk digest. A streamed file that
+/// changed without changing its size or modification time is caught by the commit's check.
+fn same_file(row: &StoredUpload, req: &PutBegin) -> bool {
+    let kind = row.digest_at_commit == req.digest_at_commit
+        && row.chunk_digest == req.chunk_digest.algorithm().code();
+    let content = if req.digest_at_commit {
+        row.mtime_ns == req.mtime_ns
+    } else {
+        row.sha256 == req.sha256
+    };
+    row.size == req.size && kind && content
 }
 
 fn not_a_file(requested: &str) -> Refusal {

@@ -380,6 +380,8 @@ mod tests {
             staging: staging.into(),
             created_ms: 0,
             updated_ms: 0,
+            digest_at_commit: false,
+            chunk_digest: 2,
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Current schema version, stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS digests (
@@ -70,6 +70,14 @@ ALTER TABLE transfers ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal';
 /// Version 4: the whole-file BLAKE3 digest in the cache (NULL for entries cached before, which
 /// a request for BLAKE3 then misses and hashes again).
 const MIGRATE_V4: &str = "ALTER TABLE digests ADD COLUMN blake3 BLOB;";
+
+/// Version 5: streamed uploads, whose whole-file digests come at the commit (their `sha256`
+/// is all zeros), and the algorithm of each upload's chunk digests (protocol code: 2 SHA-256,
+/// 3 BLAKE3). Rows saved before are ordinary uploads with SHA-256 chunks.
+const MIGRATE_V5: &str = "
+ALTER TABLE uploads ADD COLUMN digest_at_commit INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE uploads ADD COLUMN chunk_digest INTEGER NOT NULL DEFAULT 2;
+";
 
 /// Sets the pragmas, checks integrity and creates or migrates the schema.
 pub fn prepare(conn: &Connection) -> Result<(), Error> {
@@ -146,6 +154,9 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
     if version < 4 {
         conn.execute_batch(MIGRATE_V4)?;
     }
+    if version < 5 {
+        conn.execute_batch(MIGRATE_V5)?;
+    }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     Ok(())
 }
@@ -208,6 +219,33 @@ mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!((blake3, version), (None, 4));
+        assert_eq!((blake3, version), (None, SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn version_4_uploads_become_ordinary_uploads_with_sha256_chunks() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch(MIGRATE_V2).unwrap();
+        conn.execute_batch(MIGRATE_V3).unwrap();
+        conn.execute_batch(MIGRATE_V4).unwrap();
+        conn.execute_batch("PRAGMA user_version = 4;").unwrap();
+        conn.execute(
+            "INSERT INTO uploads (root, path, size, sha256, mtime_ns, chunk_size, held, staging,
+                                  created_ms, updated_ms)
+             VALUES ('/r', 'f', 1, x'00', 2, 4096, x'', 's.part', 3, 4)",
+            [],
+        )
+        .unwrap();
+        prepare(&conn).unwrap();
+        let (at_commit, chunk_digest, version): (bool, i64, i64) = conn
+            .query_row(
+                "SELECT digest_at_commit, chunk_digest,
+                        (SELECT user_version FROM pragma_user_version) FROM uploads",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((at_commit, chunk_digest, version), (false, 2, 5));
     }
 }

@@ -1,6 +1,7 @@
 //! Uploads in progress: one row per target path of a served root, saying which file is being
-//! assembled (size, whole-file digests, modification time), how it is cut (chunk size), which
-//! chunks are already held and in which staging file they are.
+//! assembled (size, whole-file digests or, for a streamed upload, none yet, modification time),
+//! how it is cut and checked (chunk size, chunk digest), which chunks are already held and in
+//! which staging file they are.
 //!
 //! The server writes a row only when it has chunks worth keeping past the connection (it
 //! batches the writes: see the server's `uploads` module), and deletes it when the upload is
@@ -18,10 +19,16 @@ pub struct StoredUpload {
     pub path: String,
     /// Size of the whole file.
     pub size: u64,
-    /// SHA-256 of the whole file, as the client announced it.
+    /// SHA-256 of the whole file, as the client announced it (all zeros for a streamed
+    /// upload, whose digests come at its commit).
     pub sha256: [u8; 32],
     /// MD5 of the whole file, if the client announced one.
     pub md5: Option<[u8; 16]>,
+    /// A streamed upload: its whole-file digests come at the commit, so it is identified by
+    /// path, size, modification time and chunk digest.
+    pub digest_at_commit: bool,
+    /// The protocol's algorithm code of the chunks' digests (2 SHA-256, 3 BLAKE3).
+    pub chunk_digest: u8,
     /// Modification time the published file gets, ns since the epoch.
     pub mtime_ns: i64,
     /// The chunk size the file is cut with.
@@ -105,11 +112,13 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Option<StoredUpload>> {
         staging: r.get(7)?,
         created_ms: r.get(8)?,
         updated_ms: r.get(9)?,
+        digest_at_commit: r.get(10)?,
+        chunk_digest: r.get::<_, i64>(11)?.clamp(0, 255) as u8,
     }))
 }
 
-const COLUMNS: &str =
-    "path, size, sha256, md5, mtime_ns, chunk_size, held, staging, created_ms, updated_ms";
+const COLUMNS: &str = "path, size, sha256, md5, mtime_ns, chunk_size, held, staging, created_ms, \
+                       updated_ms, digest_at_commit, chunk_digest";
 
 impl StateDb {
     /// The upload kept for `path` under `root`, if any. A row whose digests are damaged counts
@@ -136,10 +145,13 @@ impl StateDb {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO uploads (root, path, size, sha256, md5, mtime_ns, chunk_size, held,
-                                      staging, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                      staging, created_ms, updated_ms, digest_at_commit,
+                                      chunk_digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT (root, path) DO UPDATE SET
                     size = excluded.size, sha256 = excluded.sha256, md5 = excluded.md5,
+                    digest_at_commit = excluded.digest_at_commit,
+                    chunk_digest = excluded.chunk_digest,
                     mtime_ns = excluded.mtime_ns, chunk_size = excluded.chunk_size,
                     held = excluded.held, staging = excluded.staging,
                     updated_ms = excluded.updated_ms,
@@ -159,7 +171,9 @@ impl StateDb {
                     encode_runs(&u.held),
                     u.staging,
                     u.created_ms,
-                    now
+                    now,
+                    u.digest_at_commit,
+                    i64::from(u.chunk_digest)
                 ])?;
             }
         }
@@ -219,6 +233,8 @@ mod tests {
             staging: staging.into(),
             created_ms: 1_000,
             updated_ms: 0,
+            digest_at_commit: false,
+            chunk_digest: 2,
         }
     }
 
@@ -256,6 +272,24 @@ mod tests {
         assert!(db.delete_upload("/r", "a", "s1.part").unwrap());
         assert_eq!(db.stored_uploads("/r").unwrap().len(), 1);
         assert!(db.save_uploads("/r", &[]).is_ok());
+
+        // A streamed upload keeps its kind.
+        let streamed = StoredUpload {
+            sha256: [0; 32],
+            md5: None,
+            digest_at_commit: true,
+            chunk_digest: 3,
+            ..upload("s", "s3.part")
+        };
+        db.save_uploads("/r", &[&streamed]).unwrap();
+        let found = db.find_upload("/r", "s").unwrap().unwrap();
+        assert_eq!(
+            StoredUpload {
+                updated_ms: 0,
+                ..found
+            },
+            streamed
+        );
     }
 
     #[test]

@@ -169,7 +169,7 @@ fn messages_out_of_order() {
         Message::PutChunk(PutChunk {
             id: 1,
             index: 0,
-            sha256: [0; 32],
+            digest: [0; 32],
             data: b"abc",
         }),
         Message::PutChunk(PutChunk::new(1, 5, b"abc")),

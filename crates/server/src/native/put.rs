@@ -1,17 +1,19 @@
-//! Uploads (`PutBegin`, `PutChunk`, `PutCommit`, `PutAbort`) and `Mkdir`, as in
-//! `docs/PROTOCOL.md` 1.8.
+//! Uploads (`PutBegin`, `PutChunk`, `PutCommit` or `PutCommitDigests`, `PutAbort`) and
+//! `Mkdir`, as in `docs/PROTOCOL.md` 1.8.
 //!
 //! ```text
 //! PutBegin  → PutReady{chunk size, chunks held}   or Error (nothing stored)
 //! PutChunk  → ChunkAck | ChunkRejected{digest-mismatch, bad-chunk, no-such-upload} | Error
-//! PutCommit → [empty Data every second while the file is read back] PutDone | Error
+//! PutCommit, PutCommitDigests
+//!           → [empty Data every second while the file is read back] PutDone | Error
 //! PutAbort  → PutAborted
 //! Mkdir     → FileInfo (the directory) | Error
 //! ```
 //!
 //! The checks of `PutBegin` run in this order, before anything is stored: `unsupported`,
-//! `read-only`, a duplicate id (a protocol violation: the connection is closed), `busy`, the
-//! name (`bad-request`, `outside-root`, `unsafe-name`), `too-large`, the place (`outside-root`,
+//! `read-only`, a duplicate id (a protocol violation: the connection is closed), `busy`,
+//! streamed-upload flags the session did not agree on (`bad-request`), the name
+//! (`bad-request`, `outside-root`, `unsafe-name`), `too-large`, the place (`outside-root`,
 //! `not-a-directory`, `not-a-file`, `already-exists`), `conflict`. Frames pipelined after a
 //! refused `PutBegin` find no open upload and get `no-such-upload`.
 
@@ -28,7 +30,8 @@ use crate::upload::{already_exists, Start, Upload, Verified};
 use crate::uploads::{Uploads, CLAIM_WAIT};
 use sfts_protocol::io::write_data;
 use sfts_protocol::{
-    checksum, Capabilities, ErrorCode, FileInfo, FileKind, Message, PutBegin, RejectReason,
+    checksum, Algorithm, Capabilities, ChunkDigest, Digest, ErrorCode, FileInfo, FileKind, Message,
+    PutBegin, RejectReason,
 };
 use sfts_state::NewTransfer;
 use std::collections::BTreeMap;
@@ -95,6 +98,7 @@ impl<'a> Native<'a> {
                 ),
             ));
         }
+        self.stream_flags_agreed(req)?;
         let parts = targets::check_name(&req.path)?;
         if let Some(limit) = uploads.policy.max_size.filter(|l| req.size > *l) {
             return Err(Refusal::new(
@@ -190,6 +194,28 @@ impl<'a> Native<'a> {
         Ok(upload)
     }
 
+    /// Refuses the streamed-upload flags of `PutBegin` unless both sides announced what they
+    /// need: `STREAM_PUT` for digest-at-commit, and `BLAKE3` too for BLAKE3 chunks.
+    fn stream_flags_agreed(&self, req: &PutBegin) -> Result<(), Refusal> {
+        let stream = self.common.has(Capabilities::STREAM_PUT);
+        if req.digest_at_commit && !stream {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "PutBegin asks for the digests at the commit, but this session did not agree on \
+                 STREAM_PUT",
+            ));
+        }
+        let blake3 = stream && self.common.has(Capabilities::BLAKE3);
+        if req.chunk_digest == ChunkDigest::Blake3 && !blake3 {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "PutBegin asks for BLAKE3 chunk digests, but this session did not agree on \
+                 STREAM_PUT and BLAKE3",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses writes this session may not make: the capability, then the server's policy.
     fn may_write(&self) -> Result<(), Refusal> {
         self.needs(Capabilities::UPLOAD, "Uploading", "UPLOAD")?;
@@ -199,12 +225,12 @@ impl<'a> Native<'a> {
         Ok(())
     }
 
-    /// `PutChunk`: checks the chunk (its upload, index, length and SHA-256) and stores it.
+    /// `PutChunk`: checks the chunk (its upload, index, length and digest) and stores it.
     pub(super) fn put_chunk(
         &mut self,
         id: u32,
         index: u64,
-        sha256: &[u8; 32],
+        digest: &[u8; 32],
         bytes: Range<usize>,
     ) -> Result<(), ServerError> {
         let peer = self.s.peer;
@@ -231,15 +257,16 @@ impl<'a> Native<'a> {
             );
             return self.send(&reject(RejectReason::BadChunk));
         }
-        if checksum::sha256(data) != *sha256 {
+        if u.chunk_digest.of(data) != *digest {
             warn!(
-                "rejected chunk {index} of '{}' from {peer}: it does not match its SHA-256 \
+                "rejected chunk {index} of '{}' from {peer}: it does not match its {} \
                  (corrupted in flight); the client sends it again",
-                u.path
+                u.path,
+                u.chunk_digest.algorithm()
             );
             return self.send(&reject(RejectReason::DigestMismatch));
         }
-        match u.store_chunk(index, data, sha256) {
+        match u.store_chunk(index, data, digest) {
             Ok(_) => {
                 if let Some(pct) = u.progress() {
                     let (held, total) = (u.held.len(), u.total);
@@ -282,9 +309,13 @@ impl<'a> Native<'a> {
         }
     }
 
-    /// `PutCommit`: checks that every chunk is there and that the whole file is the one
-    /// announced, then publishes it.
-    pub(super) fn put_commit(&mut self, id: u32) -> Result<(), ServerError> {
+    /// `PutCommit` (`at_commit` is `None`) or `PutCommitDigests`: checks that every chunk is
+    /// there and that the whole file is the one announced, then publishes it.
+    pub(super) fn put_commit(
+        &mut self,
+        id: u32,
+        at_commit: Option<Vec<Digest>>,
+    ) -> Result<(), ServerError> {
         let peer = self.s.peer;
         let Some(u) = self.uploads.get(&id) else {
             debug!("commit of upload id {id} from {peer}: no such upload");
@@ -292,6 +323,28 @@ impl<'a> Native<'a> {
                 ErrorCode::NoSuchUpload,
                 format!("no upload with id {id} is open on this connection"),
             );
+        };
+        let want = match (u.digest_at_commit, at_commit) {
+            (false, None) => u.announced(),
+            (true, Some(d)) if d.iter().any(|d| d.algorithm == Algorithm::Sha256) => d,
+            (at, _) => {
+                let message = match at {
+                    true => format!(
+                        "the upload of '{}' announced its digests for the commit: commit it \
+                         with PutCommitDigests, which carries at least the SHA-256",
+                        u.requested
+                    ),
+                    false => format!(
+                        "the upload of '{}' announced its digests in PutBegin: commit it with \
+                         PutCommit",
+                        u.requested
+                    ),
+                };
+                warn!("commit of '{}' from {peer} refused: {message}", u.path);
+                let u = self.uploads.remove(&id).expect("open");
+                self.keep(u, Outcome::Failed(&message));
+                return self.send_error(ErrorCode::BadRequest, message);
+            }
         };
         if let Some(first) = u.held.first_missing(u.total) {
             let missing = u.total - u.held.len();
@@ -314,7 +367,7 @@ impl<'a> Native<'a> {
             // before it, that one chunk is simply sent again.)
             self.keep_saved(&mut u);
         }
-        let hashed = u.hashed_on_arrival();
+        let hashed = u.hashed_on_arrival(&want);
         if u.total > 1 {
             info!(
                 "commit of '{}' from {peer}: all {} chunks held; {} ({})",
@@ -339,7 +392,7 @@ impl<'a> Native<'a> {
             super::drain(s, open, out, io)?;
             write_data(io, &[])
         });
-        let verified = u.verify(&mut self.data, &s.state.stop, &mut alive);
+        let verified = u.verify(&want, &mut self.data, &s.state.stop, &mut alive);
         let digests = match verified {
             Ok(Verified::Match(d)) => d,
             Ok(Verified::Mismatch(algorithm, found)) => {
@@ -348,10 +401,14 @@ impl<'a> Native<'a> {
                      file has {found}); discarded",
                     u.path
                 );
+                let when = if u.digest_at_commit {
+                    "sent with the commit"
+                } else {
+                    "announced when the upload began"
+                };
                 let message = format!(
-                    "the assembled '{}' does not match the {algorithm} announced when the \
-                     upload began (the server got {found}); the upload was discarded, start it \
-                     again",
+                    "the assembled '{}' does not match the {algorithm} {when} (the server got \
+                     {found}); the upload was discarded, start it again",
                     u.requested
                 );
                 u.discard(Outcome::Failed(&message));

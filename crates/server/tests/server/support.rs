@@ -5,8 +5,8 @@
 use md5::{Digest as _, Md5};
 use sfts_protocol::io::{read_message, write_message};
 use sfts_protocol::{
-    chunk_count, chunk_span, legacy, Algorithm, Capabilities, Digest, DigestSet, ErrorCode,
-    FileHeader, FileInfo, GetRequest, ListEntry, Message, PutBegin, PutChunk, PutReady,
+    chunk_count, chunk_span, legacy, Algorithm, Capabilities, ChunkDigest, Digest, DigestSet,
+    ErrorCode, FileHeader, FileInfo, GetRequest, ListEntry, Message, PutBegin, PutChunk, PutReady,
     RejectReason, MAGIC, PROTOCOL_VERSION,
 };
 use sfts_server::{Config, Server, ShutdownHandle};
@@ -273,6 +273,8 @@ pub fn begin(id: u32, path: &str, data: &[u8], chunk: u32) -> PutBegin {
         chunk_size: chunk,
         force: false,
         restart: false,
+        digest_at_commit: false,
+        chunk_digest: ChunkDigest::Sha256,
         sha256: Sha256::digest(data).into(),
         md5: Some(Md5::digest(data).into()),
     }
@@ -428,6 +430,26 @@ impl Native {
         self.send(&Message::PutChunk(PutChunk::new(id, index, bytes)));
     }
 
+    /// Sends chunk `index` of `data` with its `kind` digest.
+    pub fn send_chunk_with(
+        &mut self,
+        id: u32,
+        index: u64,
+        data: &[u8],
+        chunk: u32,
+        kind: ChunkDigest,
+    ) {
+        let (start, len) = chunk_span(data.len() as u64, chunk, index).expect("a chunk");
+        let bytes = &data[start as usize..(start + len as u64) as usize];
+        self.send(&Message::PutChunk(PutChunk::with(id, index, kind, bytes)));
+    }
+
+    /// `PutCommitDigests`, and its answer.
+    pub fn commit_with(&mut self, id: u32, digests: Vec<Digest>) -> Result<Vec<Digest>, Refused> {
+        self.send(&Message::PutCommitDigests { id, digests });
+        self.done(id)
+    }
+
     /// Sends chunk `index` and reads its answer.
     pub fn chunk(&mut self, id: u32, index: u64, data: &[u8], chunk: u32) -> Up {
         self.send_chunk(id, index, data, chunk);
@@ -437,6 +459,11 @@ impl Native {
     /// `PutCommit`, and its answer.
     pub fn commit(&mut self, id: u32) -> Result<Vec<Digest>, Refused> {
         self.send(&Message::PutCommit { id });
+        self.done(id)
+    }
+
+    /// The answer to the commit of upload `id`.
+    fn done(&mut self, id: u32) -> Result<Vec<Digest>, Refused> {
         match self.up() {
             Up::Done(got, digests) => {
                 assert_eq!(got, id);

@@ -179,7 +179,7 @@ fn bad_chunks_are_rejected_and_nothing_of_them_is_stored() {
     c.begin(&begin(3, "c.bin", &bytes, CHUNK)).unwrap();
     // Corrupted in flight: the digest does not match the bytes.
     let mut wrong = PutChunk::new(3, 1, &bytes[4096..8192]);
-    wrong.sha256[0] ^= 1;
+    wrong.digest[0] ^= 1;
     c.send(&Message::PutChunk(wrong));
     assert_eq!(c.up(), Up::Rejected(3, 1, RejectReason::DigestMismatch));
     // Past the end, and a length that is not the chunk's.
