@@ -33,14 +33,14 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use sfts_protocol::checksum::{from_hex, to_hex};
-use sfts_protocol::Algorithm;
+use sfts_protocol::{Algorithm, ChunkDigest};
 
 const MAGIC_LINE: &str = "sfts-journal 2";
 const MAGIC_LINE_V1: &str = "sfts-journal 1";
 
 /// The digest new journals record for each chunk: BLAKE3, several times cheaper than SHA-256,
 /// so checking a partial file before a resume costs little.
-pub const CHUNK_DIGEST: Algorithm = Algorithm::Blake3;
+pub const CHUNK_DIGEST: ChunkDigest = ChunkDigest::Blake3;
 
 /// One chunk's entry: its digest and, when known, the whole-file hash state after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub struct Journal {
     file: File,
     header: JournalHeader,
     /// How the chunk digests were computed.
-    algorithm: Algorithm,
+    chunk_digest: ChunkDigest,
     chunks: Vec<Option<Entry>>,
 }
 
@@ -109,7 +109,7 @@ impl Journal {
             header.size,
             header.mtime_ns,
             header.chunk_size,
-            CHUNK_DIGEST.name(),
+            CHUNK_DIGEST.algorithm().name(),
         );
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
@@ -118,7 +118,7 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             header,
-            algorithm: CHUNK_DIGEST,
+            chunk_digest: CHUNK_DIGEST,
             chunks: vec![None; count],
         })
     }
@@ -131,7 +131,7 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Some((header, algorithm, chunks)) = parse(BufReader::new(file))? else {
+        let Some((header, chunk_digest, chunks)) = parse(BufReader::new(file))? else {
             return Ok(None);
         };
         let file = OpenOptions::new().append(true).open(path)?;
@@ -139,7 +139,7 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             header,
-            algorithm,
+            chunk_digest,
             chunks,
         }))
     }
@@ -155,8 +155,8 @@ impl Journal {
     }
 
     /// How the chunk digests are computed (BLAKE3; SHA-256 in version 1 journals).
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+    pub fn chunk_digest(&self) -> ChunkDigest {
+        self.chunk_digest
     }
 
     /// The recorded digest of chunk `index`.
@@ -188,7 +188,7 @@ impl Journal {
         }
     }
 
-    /// Records that chunk `index` now holds bytes with this digest (of [`Journal::algorithm`])
+    /// Records that chunk `index` now holds bytes with this digest (of [`Journal::chunk_digest`])
     /// and, if given, that the whole-file hash state after it is `state`. One `write` call, so
     /// a crash leaves either the whole line or a torn one that `open` ignores.
     pub fn record(
@@ -225,7 +225,7 @@ impl Journal {
     }
 }
 
-type Parsed = (JournalHeader, Algorithm, Vec<Option<Entry>>);
+type Parsed = (JournalHeader, ChunkDigest, Vec<Option<Entry>>);
 
 fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
     let mut lines = reader.lines();
@@ -242,14 +242,14 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
     let size = field("size")?.and_then(|v| v.parse::<u64>().ok());
     let mtime_ns = field("mtime_ns")?.and_then(|v| v.parse::<i64>().ok());
     let chunk_size = field("chunk_size")?.and_then(|v| v.parse::<u32>().ok());
-    let algorithm = if version == 1 {
-        Some(Algorithm::Sha256)
+    let chunk_digest = if version == 1 {
+        Some(ChunkDigest::Sha256)
     } else {
         field("chunk_digest")?
             .and_then(|v| Algorithm::from_name(&v).ok())
-            .filter(|a| a.output_len() == 32)
+            .and_then(ChunkDigest::from_algorithm)
     };
-    let Some(algorithm) = algorithm else {
+    let Some(chunk_digest) = chunk_digest else {
         return Ok(None);
     };
     let (Some(path), Some(size), Some(mtime_ns), Some(chunk_size)) =
@@ -276,8 +276,10 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
         else {
             continue;
         };
-        let (Ok(index), Ok(bytes)) = (index.parse::<usize>(), from_hex(hex, algorithm.name()))
-        else {
+        let (Ok(index), Ok(bytes)) = (
+            index.parse::<usize>(),
+            from_hex(hex, chunk_digest.algorithm().name()),
+        ) else {
             continue;
         };
         let state = match state.map(|s| from_hex(s, "hash state")) {
@@ -289,7 +291,7 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
             *slot = Some(Entry { digest, state });
         }
     }
-    Ok(Some((header, algorithm, chunks)))
+    Ok(Some((header, chunk_digest, chunks)))
 }
 
 #[cfg(test)]
@@ -334,7 +336,7 @@ mod tests {
         assert_eq!(j.chunk(0), Some([1; 32]));
         assert_eq!(j.chunk(1), None);
         assert_eq!(j.chunk(2), Some([3; 32]));
-        assert_eq!(j.algorithm(), CHUNK_DIGEST);
+        assert_eq!(j.chunk_digest(), CHUNK_DIGEST);
         assert_eq!(j.state_after(0), None);
         assert_eq!(j.state_after(2), Some(&[2u8, 0xab][..]));
         j.record(1, [2; 32], None).unwrap();
@@ -389,7 +391,7 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let j = Journal::open(&path).unwrap().unwrap();
         assert_eq!(j.header(), &header());
-        assert_eq!(j.algorithm(), Algorithm::Sha256);
+        assert_eq!(j.chunk_digest(), ChunkDigest::Sha256);
         assert_eq!(j.chunk(0), Some([7; 32]));
         assert_eq!(j.state_after(0), None);
     }

@@ -32,9 +32,11 @@ use crate::interrupt::Interrupt;
 use crate::journal::{journal_path, Journal};
 use crate::output::{create_part, stdout_error, Destination, Sink};
 use crate::progress::Bytes;
-use crate::sinks::{chunk_digest, BufferSink, FileSink, StdoutSink};
+use crate::sinks::{BufferSink, FileSink, StdoutSink};
 use crate::transfer::verify;
-use sfts_protocol::{Algorithm, Capabilities, Digest, DigestSet, FileVersion, MultiHasher, TO_END};
+use sfts_protocol::{
+    Algorithm, Capabilities, ChunkDigest, Digest, DigestSet, FileVersion, MultiHasher, TO_END,
+};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -278,7 +280,7 @@ fn resume_file(
     let mut whole = MultiHasher::new(DigestSet::of(&[opts.algorithm]));
     let mut confirmed = 0u64;
     let mut buf = vec![0u8; header.chunk_size as usize];
-    let algorithm = journal.algorithm();
+    let kind = journal.chunk_digest();
     if journaled > 0 && !opts.quiet {
         eprintln!(
             "resuming '{}': checking the {} already downloaded",
@@ -309,36 +311,20 @@ fn resume_file(
         file.seek(SeekFrom::Start(start))
             .and_then(|_| file.read_exact(chunk))
             .map_err(|e| ClientError::local("cannot read", part, e))?;
-        if journal.chunk(index) == Some(chunk_digest(algorithm, chunk)) {
+        if journal.chunk(index) == Some(kind.of(chunk)) {
             whole.update(chunk);
             f.stats.reused += chunk.len() as u64;
             f.progress.advance(chunk.len());
         } else {
-            tracing::warn!(
-                "chunk {index} (bytes {start}..{end}) of '{}' no longer matches its journal \
-                 entry; fetching it again",
-                part.display()
-            );
             journal.forget(index);
-            let mut fresh = BufferSink::default();
-            let digests = DigestSet::default();
-            match f.fetch(start, end - start, digests, &mut version, &mut fresh, &kept)? {
-                Fetched::Done(_) => {}
-                Fetched::Changed(_) => {
-                    return Ok(Step::StartOver(format!(
-                        "'{}' changed on the server since the partial download began",
-                        opts.remote
-                    )))
-                }
-            }
-            let write = file
-                .seek(SeekFrom::Start(start))
-                .and_then(|_| io::Write::write_all(&mut file, &fresh.0));
-            write.map_err(|e| ClientError::local("cannot write to", part, e))?;
+            let Some(fresh) = refetch(f, part, index, &header, &mut version)? else {
+                return Ok(changed(opts));
+            };
+            write_at(&mut file, start, &fresh, part)?;
             journal
-                .record(index, chunk_digest(algorithm, &fresh.0), None)
+                .record(index, kind.of(&fresh), None)
                 .map_err(|e| ClientError::local("cannot write to", &jpath, e))?;
-            whole.update(&fresh.0);
+            whole.update(&fresh);
             f.stats.repaired += 1;
         }
         confirmed = end;
@@ -354,9 +340,7 @@ fn resume_file(
     }
 
     // Whatever lies past the verified part was never confirmed: drop it and fetch the rest.
-    file.set_len(confirmed)
-        .and_then(|()| file.seek(SeekFrom::Start(confirmed)).map(|_| ()))
-        .map_err(|e| ClientError::local("cannot truncate", part, e))?;
+    truncate_to(&mut file, confirmed, part)?;
     let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole);
     let digests = DigestSet::of(&[opts.algorithm]);
     let fetched = match f.fetch(confirmed, TO_END, digests, &mut version, &mut sink, &kept) {
@@ -382,7 +366,7 @@ fn fast_check(
 ) -> io::Result<Option<(MultiHasher, u64, u64)>> {
     use std::sync::mpsc::{channel, sync_channel};
     let header = journal.header();
-    let chunk_algorithm = journal.algorithm();
+    let kind = journal.chunk_digest();
     let expected: Vec<Option<[u8; 32]>> = (0..journaled).map(|i| journal.chunk(i)).collect();
     let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(2);
     let (give_back, spare) = channel::<Vec<u8>>();
@@ -390,7 +374,7 @@ fn fast_check(
         .name("chunk-check".into())
         .spawn(move || {
             for (index, buf) in rx {
-                if expected[index as usize] != Some(chunk_digest(chunk_algorithm, &buf)) {
+                if expected[index as usize] != Some(kind.of(&buf)) {
                     return false;
                 }
                 let _ = give_back.send(buf);
@@ -461,7 +445,7 @@ fn continue_from_state(
 ) -> Result<Step, ClientError> {
     let header = journal.header().clone();
     let jpath = journal.path().to_path_buf();
-    let algorithm = journal.algorithm();
+    let kind = journal.chunk_digest();
     let journaled = journal.confirmed_chunks();
     let expected: Vec<[u8; 32]> = (0..journaled).filter_map(|i| journal.chunk(i)).collect();
     let kept = Kept::Resumable(part.to_path_buf());
@@ -470,10 +454,8 @@ fn continue_from_state(
         mtime_ns: header.mtime_ns,
     });
     // Whatever lies past the journaled part was never confirmed: drop it.
-    file.set_len(confirmed)
-        .and_then(|()| file.seek(SeekFrom::Start(confirmed)).map(|_| ()))
-        .map_err(|e| ClientError::local("cannot truncate", part, e))?;
-    let check = PrefixCheck::start(part, &header, algorithm, expected.clone())
+    truncate_to(&mut file, confirmed, part)?;
+    let check = PrefixCheck::start(part, &header, kind, expected.clone())
         .map_err(|e| ClientError::local("cannot read", part, e))?;
     f.stats.reused += confirmed;
     f.progress.advance(confirmed as usize);
@@ -504,31 +486,17 @@ fn continue_from_state(
             .map_err(|e| ClientError::local("cannot open", part, e))?;
         for index in bad {
             let (start, end) = header.chunk_range(index);
-            tracing::warn!(
-                "chunk {index} (bytes {start}..{end}) of '{}' no longer matches its journal \
-                 entry; fetching it again",
-                part.display()
-            );
-            let mut fresh = BufferSink::default();
-            let none = DigestSet::default();
-            if let Fetched::Changed(_) =
-                f.fetch(start, end - start, none, &mut version, &mut fresh, &kept)?
-            {
-                return Ok(Step::StartOver(format!(
-                    "'{}' changed on the server since the partial download began",
-                    opts.remote
-                )));
-            }
-            if chunk_digest(algorithm, &fresh.0) != expected[index as usize] {
+            let Some(fresh) = refetch(f, part, index, &header, &mut version)? else {
+                return Ok(changed(opts));
+            };
+            if kind.of(&fresh) != expected[index as usize] {
                 // The saved hash state was computed over other bytes than the server has now.
                 return Ok(Step::StartOver(format!(
                     "chunk {index} of '{}' on the server is not what was downloaded before",
                     opts.remote
                 )));
             }
-            out.seek(SeekFrom::Start(start))
-                .and_then(|_| out.write_all(&fresh.0))
-                .map_err(|e| ClientError::local("cannot write to", part, e))?;
+            write_at(&mut out, start, &fresh, part)?;
             f.stats.repaired += 1;
             f.stats.reused -= end - start;
         }
@@ -538,6 +506,59 @@ fn continue_from_state(
 
 /// Alignment of the prefix check's read buffer.
 const PAGE: usize = 4096;
+
+/// Fetches chunk `index` again, alone and unhashed (its bytes on disk no longer match the
+/// journal); `None` when the file changed on the server meanwhile.
+fn refetch(
+    f: &mut Fetcher<'_>,
+    part: &Path,
+    index: u64,
+    header: &crate::journal::JournalHeader,
+    version: &mut Option<FileVersion>,
+) -> Result<Option<Vec<u8>>, ClientError> {
+    let (start, end) = header.chunk_range(index);
+    tracing::warn!(
+        "chunk {index} (bytes {start}..{end}) of '{}' no longer matches its journal entry; \
+         fetching it again",
+        part.display()
+    );
+    let mut fresh = BufferSink::default();
+    let kept = Kept::Resumable(part.to_path_buf());
+    match f.fetch(
+        start,
+        end - start,
+        DigestSet::default(),
+        version,
+        &mut fresh,
+        &kept,
+    )? {
+        Fetched::Done(_) => Ok(Some(fresh.0)),
+        Fetched::Changed(_) => Ok(None),
+    }
+}
+
+/// Why a resume starts over when the server's file changed under it.
+fn changed(opts: &GetOptions) -> Step {
+    Step::StartOver(format!(
+        "'{}' changed on the server since the partial download began",
+        opts.remote
+    ))
+}
+
+/// Writes a repaired chunk into the partial file at `start`.
+fn write_at(file: &mut File, start: u64, bytes: &[u8], part: &Path) -> Result<(), ClientError> {
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.write_all(bytes))
+        .map_err(|e| ClientError::local("cannot write to", part, e))
+}
+
+/// Cuts the partial file at `at` (what lies past it was never confirmed) and puts the cursor
+/// there.
+fn truncate_to(file: &mut File, at: u64, part: &Path) -> Result<(), ClientError> {
+    file.set_len(at)
+        .and_then(|()| file.seek(SeekFrom::Start(at)).map(|_| ()))
+        .map_err(|e| ClientError::local("cannot truncate", part, e))
+}
 
 /// Reads the journaled chunks of a partial file back on a second thread and names those whose
 /// digest no longer matches the journal.
@@ -550,7 +571,7 @@ impl PrefixCheck {
     fn start(
         part: &Path,
         header: &crate::journal::JournalHeader,
-        algorithm: Algorithm,
+        kind: ChunkDigest,
         expected: Vec<[u8; 32]>,
     ) -> io::Result<PrefixCheck> {
         let mut file = File::open(part)?;
@@ -575,7 +596,7 @@ impl PrefixCheck {
                     let (start, end) = header.chunk_range(index as u64);
                     let chunk = &mut buf[..(end - start) as usize];
                     match file.read_exact(chunk) {
-                        Ok(()) if chunk_digest(algorithm, chunk) == *want => {}
+                        Ok(()) if kind.of(chunk) == *want => {}
                         Ok(()) => bad.push(index as u64),
                         Err(e) => {
                             return Err(io::Error::new(

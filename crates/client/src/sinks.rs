@@ -9,25 +9,13 @@
 use crate::error::ClientError;
 use crate::fetch::RangeSink;
 use crate::journal::{Journal, JournalHeader};
-use sfts_protocol::{Algorithm, Digest, DigestSet, FileHeader, MultiHasher};
+use sfts_protocol::{Algorithm, ChunkDigest, Digest, DigestSet, FileHeader, MultiHasher};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
-
-/// The digest of `bytes` with a journal's chunk digest `algorithm` (BLAKE3, or SHA-256 in
-/// version 1 journals; both 32 bytes).
-pub fn chunk_digest(algorithm: Algorithm, bytes: &[u8]) -> [u8; 32] {
-    let mut h = MultiHasher::new(DigestSet::of(&[algorithm]));
-    h.update(bytes);
-    let d = h.finish().remove(0);
-    d.bytes
-        .as_slice()
-        .try_into()
-        .expect("journal chunk digests are 32 bytes")
-}
 
 /// Cuts the stream of written bytes into journal chunks, hashes each and records it.
 struct Chunker {
@@ -37,21 +25,21 @@ struct Chunker {
     /// Bytes seen so far.
     pos: u64,
     /// How chunks are digested.
-    algorithm: Algorithm,
+    kind: ChunkDigest,
     /// Hash of the current chunk so far.
     chunk: MultiHasher,
 }
 
 impl Chunker {
     fn new(journal: Journal, pos: u64) -> Chunker {
-        let algorithm = journal.algorithm();
+        let kind = journal.chunk_digest();
         Chunker {
             chunk_size: journal.header().chunk_size as u64,
             size: journal.header().size,
             journal,
             pos,
-            algorithm,
-            chunk: MultiHasher::new(DigestSet::of(&[algorithm])),
+            kind,
+            chunk: MultiHasher::new(DigestSet::of(&[kind.algorithm()])),
         }
     }
 
@@ -68,7 +56,7 @@ impl Chunker {
             if self.pos % self.chunk_size == 0 || self.pos == self.size {
                 let done = std::mem::replace(
                     &mut self.chunk,
-                    MultiHasher::new(DigestSet::of(&[self.algorithm])),
+                    MultiHasher::new(DigestSet::of(&[self.kind.algorithm()])),
                 );
                 let digest = done.finish().remove(0);
                 let bytes: [u8; 32] = digest.bytes.as_slice().try_into().expect("32 bytes");
@@ -422,9 +410,9 @@ mod tests {
         let (_, digest) = sink.finish();
         let j = Journal::open(&jpath).unwrap().unwrap();
         assert_eq!(j.confirmed_bytes(), 10);
-        assert_eq!(j.chunk(0), Some(chunk_digest(Algorithm::Blake3, b"abcd")));
-        assert_eq!(j.chunk(1), Some(chunk_digest(Algorithm::Blake3, b"efgh")));
-        assert_eq!(j.chunk(2), Some(chunk_digest(Algorithm::Blake3, b"ij")));
+        assert_eq!(j.chunk(0), Some(ChunkDigest::Blake3.of(b"abcd")));
+        assert_eq!(j.chunk(1), Some(ChunkDigest::Blake3.of(b"efgh")));
+        assert_eq!(j.chunk(2), Some(ChunkDigest::Blake3.of(b"ij")));
         // MD5's state cannot be saved.
         assert_eq!(j.state_after(0), None);
         let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Md5]));
@@ -453,6 +441,6 @@ mod tests {
             h.update(rest);
             assert_eq!(h.finish().remove(0), digest, "state after chunk {index}");
         }
-        assert_eq!(j.chunk(0), Some(chunk_digest(Algorithm::Blake3, b"abcd")));
+        assert_eq!(j.chunk(0), Some(ChunkDigest::Blake3.of(b"abcd")));
     }
 }
