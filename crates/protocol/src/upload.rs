@@ -109,17 +109,10 @@ impl PutBegin {
                     detail: "an upload needs the whole file's SHA-256",
                 })?;
         Ok(PutBegin {
-            id,
-            path: path.into(),
-            size,
-            mtime_ns,
-            chunk_size,
-            force: false,
-            restart: false,
             digest_at_commit: false,
-            chunk_digest: ChunkDigest::Sha256,
             sha256,
             md5: digests.iter().find_map(Digest::md5_bytes),
+            ..PutBegin::streamed(id, path, size, mtime_ns, chunk_size, ChunkDigest::Sha256)
         })
     }
 
