@@ -8,8 +8,8 @@
 //! otherwise (chunks out of order, an upload resumed from an earlier session) it reads the
 //! assembled file back. Either way it checks the SHA-256 (and MD5) of exactly the bytes
 //! written against the digests announced in `PutBegin` or, for a streamed upload
-//! (digest-at-commit), against those of `PutCommitDigests`, sets the modification time, flushes the file to the disk (files of [`SYNC_FROM`]
-//! bytes or more), and publishes it:
+//! (digest-at-commit), against those of `PutCommitDigests`, sets the modification time,
+//! flushes the file to the disk (files of [`SYNC_FROM`] bytes or more), and publishes it:
 //!
 //! * replacing a file (`force`, where the server allows it): `rename`, atomic;
 //! * otherwise `link` then `unlink` of the staging name: the link fails if the name exists, so
