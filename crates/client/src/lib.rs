@@ -25,6 +25,7 @@ pub mod legacy;
 pub mod listing;
 pub mod native;
 pub mod output;
+pub mod pagebuf;
 pub mod progress;
 pub mod resume;
 pub mod sinks;

@@ -31,6 +31,7 @@ use crate::fetch::{Fetched, Fetcher};
 use crate::interrupt::Interrupt;
 use crate::journal::{journal_path, Journal};
 use crate::output::{create_part, stdout_error, Destination, Sink};
+use crate::pagebuf::PageBuf;
 use crate::progress::Bytes;
 use crate::sinks::{BufferSink, FileSink, StdoutSink};
 use crate::transfer::verify;
@@ -504,9 +505,6 @@ fn continue_from_state(
     finish(opts, part, &jpath, sink, fetched, header.size)
 }
 
-/// Alignment of the prefix check's read buffer.
-const PAGE: usize = 4096;
-
 /// Fetches chunk `index` again, alone and unhashed (its bytes on disk no longer match the
 /// journal); `None` when the file changed on the server meanwhile.
 fn refetch(
@@ -582,12 +580,9 @@ impl PrefixCheck {
         let handle = std::thread::Builder::new()
             .name("prefix-check".into())
             .spawn(move || {
-                // Page-aligned: the kernel copies into a buffer that starts a few bytes past a
-                // page boundary (where the allocator puts a large Vec) several times slower
-                // on some CPUs (see crates/protocol/benches/README.md).
-                let mut space = vec![0u8; header.chunk_size as usize + PAGE];
-                let aligned = space.as_ptr().align_offset(PAGE).min(PAGE);
-                let buf = &mut space[aligned..aligned + header.chunk_size as usize];
+                // Page-aligned: see `PageBuf`.
+                let mut buf = PageBuf::with_capacity(header.chunk_size as usize);
+                buf.set_len(header.chunk_size as usize);
                 let mut bad = Vec::new();
                 for (index, want) in expected.iter().enumerate() {
                     if stopped.load(Ordering::Relaxed) {
