@@ -3,7 +3,7 @@
 //! When the server has to hash a file it always computes MD5, SHA-256 *and* BLAKE3 (so that a
 //! later request for any algorithm, or an original-protocol client, finds them in the cache)
 //! plus per-chunk SHA-256 at the transfer's chunk size, all in the one pass that sends the
-//! bytes (MD5, the slowest, on a helper thread: see [`crate::md5_thread`]; BLAKE3 costs the
+//! bytes (MD5, the slowest, on a helper thread: see [`crate::hash_thread`]; BLAKE3 costs the
 //! sending thread about a quarter of what its SHA-256 does). The bytes must arrive in file
 //! order; how they are split does not matter.
 //!
@@ -12,7 +12,7 @@
 //! waiting for its first `Data` frame, or for the `Trailer`, does not time out.
 
 use crate::error::ServerError;
-use crate::md5_thread::Md5Thread;
+use crate::hash_thread::HashThread;
 use sfts_protocol::{Algorithm, Digest, DigestSet, MultiHasher};
 use sfts_state::{CachedDigests, ChunkDigests};
 use std::io::{self, Read};
@@ -26,9 +26,9 @@ pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 /// 64 GiB at the default 1 MiB chunk) only the whole-file digests are computed and cached.
 pub const MAX_CHUNK_DIGESTS: u64 = 65_536;
 
-/// Files up to this size are hashed on one thread: a helper thread for MD5 costs more to
-/// start than MD5 takes over 64 KiB (about 0.1 ms), and trees hold many small files.
-pub const INLINE_MD5_MAX: u64 = 64 * 1024;
+/// Files up to this size are hashed on one thread: a helper thread costs more to start than
+/// MD5 takes over 64 KiB (about 0.1 ms), and trees hold many small files.
+pub const INLINE_HELPER_MAX: u64 = 64 * 1024;
 
 /// Every whole-file digest the cache holds, computed together.
 fn all() -> DigestSet {
@@ -51,8 +51,9 @@ fn finish_sha256(h: MultiHasher) -> [u8; 32] {
 /// Hashes one file, front to back: MD5, SHA-256, BLAKE3 and (when the file has few enough
 /// chunks) per-chunk SHA-256.
 pub struct FileHasher {
-    md5: Md5Thread,
-    /// SHA-256 and BLAKE3, on the caller's thread.
+    /// The digests computed on a helper thread (MD5; for a streamed upload SHA-256 and BLAKE3).
+    helper: HashThread,
+    /// The whole-file digests computed on the caller's thread.
     whole: MultiHasher,
     chunks: Option<ChunkHasher>,
     fed: u64,
@@ -69,11 +70,7 @@ impl FileHasher {
             done: Vec::new(),
         });
         FileHasher {
-            md5: if size <= INLINE_MD5_MAX {
-                Md5Thread::inline()
-            } else {
-                Md5Thread::start()
-            },
+            helper: helper(size, DigestSet::of(&[Algorithm::Md5])),
             whole: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])),
             chunks,
             fed: 0,
@@ -89,12 +86,13 @@ impl FileHasher {
         }
     }
 
-    /// [`FileHasher::whole_file`] without MD5 (SHA-256 and BLAKE3): for a streamed upload,
-    /// whose client may not want the MD5 (the slowest of the three) at all.
-    pub fn whole_file_but_md5() -> FileHasher {
+    /// [`FileHasher::whole_file`] without MD5 (SHA-256 and BLAKE3, both on the helper thread):
+    /// for a streamed upload, whose client may not want the MD5 (the slowest of the three) at
+    /// all, and whose connection thread already checks every chunk's BLAKE3.
+    pub fn whole_file_but_md5(size: u64) -> FileHasher {
         FileHasher {
-            md5: Md5Thread::none(),
-            whole: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])),
+            helper: helper(size, DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])),
+            whole: MultiHasher::new(DigestSet::EMPTY),
             chunks: None,
             fed: 0,
         }
@@ -111,7 +109,7 @@ impl FileHasher {
 
     /// Feeds the next bytes of the file.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.md5.update(bytes);
+        self.helper.update(bytes);
         self.whole.update(bytes);
         if let Some(c) = &mut self.chunks {
             c.update(bytes);
@@ -124,22 +122,29 @@ impl FileHasher {
         self.fed
     }
 
-    /// The digests of everything fed.
+    /// The digests of everything fed (one whose helper thread failed is missing).
     pub fn finish(self) -> CachedDigests {
         let mut out = CachedDigests {
-            md5: self.md5.finish(),
             chunks: self.chunks.map(ChunkHasher::finish),
             ..CachedDigests::default()
         };
-        for d in self.whole.finish() {
-            let bytes = d.bytes.try_into().ok();
+        for d in self.helper.finish().into_iter().chain(self.whole.finish()) {
             match d.algorithm {
-                Algorithm::Sha256 => out.sha256 = bytes,
-                Algorithm::Blake3 => out.blake3 = bytes,
-                Algorithm::Md5 => {}
+                Algorithm::Md5 => out.md5 = d.bytes.try_into().ok(),
+                Algorithm::Sha256 => out.sha256 = d.bytes.try_into().ok(),
+                Algorithm::Blake3 => out.blake3 = d.bytes.try_into().ok(),
             }
         }
         out
+    }
+}
+
+/// A helper thread for `set`, or inline hashing for a file too small to be worth a thread.
+fn helper(size: u64, set: DigestSet) -> HashThread {
+    if size <= INLINE_HELPER_MAX {
+        HashThread::inline(set)
+    } else {
+        HashThread::start(set)
     }
 }
 

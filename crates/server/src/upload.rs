@@ -193,7 +193,7 @@ impl<'a> Upload<'a> {
             next: 0,
             // A streamed upload's MD5 is only computed if its commit asks (read back then).
             hasher: if req.digest_at_commit {
-                FileHasher::whole_file_but_md5()
+                FileHasher::whole_file_but_md5(req.size)
             } else if one_chunk {
                 FileHasher::whole_file_but_sha256(req.size)
             } else {
