@@ -99,25 +99,42 @@ fn put_streams_to_a_new_server_and_hashes_first_for_an_older_one() {
     assert!(!stderr(&out).contains("hashing"), "{}", stderr(&out));
     assert_eq!(stdout(&out).split_whitespace().next(), Some(sha.as_str()));
     assert!(std::fs::read(server.root.join("s.bin")).unwrap() == data);
-    // The same server seen through a proxy that hides STREAM_PUT: the original flow.
-    let proxy = Proxy::start(
-        server.addr,
-        Behaviour {
-            hide_caps: sfts_protocol::Capabilities::STREAM_PUT,
+    // Its chunks carried BLAKE3 tree values, from which the server assembled the file's
+    // BLAKE3 and cached it: a BLAKE3 download is checked against that cached digest.
+    let blake3_get = |name: &str, out_name: &str| {
+        let out = run(client(work.path()).args([
+            "get",
+            &server.target(),
+            name,
+            "-o",
+            out_name,
+            "--checksum",
+            "blake3",
+        ]));
+        assert_ok(&out);
+        assert!(std::fs::read(work.path().join(out_name)).unwrap() == data);
+    };
+    blake3_get("s.bin", "back.bin");
+    // `put` through a proxy that hides `caps` from the server's Welcome, as `name`.
+    let put_hiding = |caps: u64, name: &str| {
+        let behaviour = Behaviour {
+            hide_caps: caps,
             ..Behaviour::default()
-        },
-    );
-    let out = run(client(work.path()).args([
-        "put",
-        &proxy.addr.to_string(),
-        "s.bin",
-        "old.bin",
-        "--chunk-size",
-        "1M",
-    ]));
-    assert_ok(&out);
-    assert!(stderr(&out).contains("hashing"), "{}", stderr(&out));
-    assert_eq!(stdout(&out).split_whitespace().next(), Some(sha.as_str()));
+        };
+        let proxy = Proxy::start(server.addr, behaviour);
+        let addr = proxy.addr.to_string();
+        let out =
+            run(client(work.path()).args(["put", &addr, "s.bin", name, "--chunk-size", "1M"]));
+        assert_ok(&out);
+        assert_eq!(stdout(&out).split_whitespace().next(), Some(sha.as_str()));
+        stderr(&out)
+    };
+    // Without BLAKE3_TREE: plain BLAKE3 chunk digests, same result.
+    put_hiding(sfts_protocol::Capabilities::BLAKE3_TREE, "plain.bin");
+    blake3_get("plain.bin", "back2.bin");
+    // Without STREAM_PUT: the original flow.
+    let err = put_hiding(sfts_protocol::Capabilities::STREAM_PUT, "old.bin");
+    assert!(err.contains("hashing"), "{err}");
     assert!(std::fs::read(server.root.join("old.bin")).unwrap() == data);
 }
 

@@ -117,7 +117,8 @@ impl<S: Read + Write> NativeSession<S> {
                     | Capabilities::PRIORITY
                     | Capabilities::AUTH
                     | Capabilities::BLAKE3
-                    | Capabilities::STREAM_PUT,
+                    | Capabilities::STREAM_PUT
+                    | Capabilities::BLAKE3_TREE,
             ),
             agent: AGENT.into(),
         }

@@ -21,8 +21,8 @@ use crate::upload::{
     disconnected, next_answer, open_upload, refusal, unexpected, Counters, PutOptions,
 };
 use sfts_protocol::{
-    chunk_count, chunk_span, Capabilities, ChunkDigest, ChunkRanges, Digest, DigestSet, Message,
-    MultiHasher, PutBegin,
+    blake3_tree, chunk_count, chunk_span, Capabilities, ChunkDigest, ChunkRanges, Digest,
+    DigestSet, Message, MultiHasher, PutBegin,
 };
 use std::collections::VecDeque;
 use std::fs::File;
@@ -52,9 +52,14 @@ pub fn available(f: &Fetcher<'_>) -> bool {
     f.server_has(Capabilities::UPLOAD | Capabilities::STREAM_PUT)
 }
 
-/// The chunk digest to use with this server: BLAKE3 where it has it.
-fn chunk_digest(f: &Fetcher<'_>) -> ChunkDigest {
-    if f.server_has(Capabilities::BLAKE3) {
+/// The chunk digest to use with this server for chunks of `chunk_size` bytes: BLAKE3 tree
+/// values where it has them and the size allows (the server then gets the whole-file BLAKE3
+/// without hashing the file again), else BLAKE3 where it has it.
+fn chunk_digest(f: &Fetcher<'_>, chunk_size: u32) -> ChunkDigest {
+    let clamped = sfts_protocol::clamp_chunk_size(chunk_size);
+    if f.server_has(Capabilities::BLAKE3_TREE) && blake3_tree::usable_chunk_size(clamped) {
+        ChunkDigest::Blake3Tree
+    } else if f.server_has(Capabilities::BLAKE3) {
         ChunkDigest::Blake3
     } else {
         ChunkDigest::Sha256
@@ -80,7 +85,7 @@ pub(crate) fn attempt(
     }
     let timeout = opts.conn.timeout;
     let remote = &opts.conn.remote;
-    let kind = chunk_digest(f);
+    let kind = chunk_digest(f, opts.conn.chunk_size);
     let begin = PutBegin {
         force: opts.force,
         restart,
@@ -207,8 +212,9 @@ impl Pipe<'_> {
                         .and_then(|_| local.file.read_exact(&mut scratch))
                         .and_then(|_| local.file.seek(SeekFrom::Start(at)))
                         .map_err(read_err)?;
+                    let digest = self.kind.of_chunk(start, local.size, &scratch);
                     f.session()?
-                        .send_chunk(1, index, &self.kind.of(&scratch), &scratch)
+                        .send_chunk(1, index, &digest, &scratch)
                         .map_err(|e| disconnected("sending a chunk", e))?;
                     in_flight.push_back((index, len));
                     continue;
@@ -218,13 +224,14 @@ impl Pipe<'_> {
                 }
                 let index = next;
                 next += 1;
-                let (_, len) = self.span(local.size, index)?;
+                let (start, len) = self.span(local.size, index)?;
                 let mut buf = self.pool.recv().map_err(|_| hasher_gone(&opts.local))?;
                 buf.set_len(len as usize);
                 local.file.read_exact(&mut buf).map_err(read_err)?;
                 if !self.have.contains(index) {
+                    let digest = self.kind.of_chunk(start, local.size, &buf);
                     f.session()?
-                        .send_chunk(1, index, &self.kind.of(&buf), &buf)
+                        .send_chunk(1, index, &digest, &buf)
                         .map_err(|e| disconnected("sending a chunk", e))?;
                     in_flight.push_back((index, len));
                 }

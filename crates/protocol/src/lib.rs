@@ -16,6 +16,7 @@
 //! belong to the `sfts-server` and `sfts-client` crates, which feed this crate a `TcpStream`.
 //! The byte-level specification lives in `docs/PROTOCOL.md`.
 
+pub mod blake3_tree;
 pub mod checksum;
 pub mod chunks;
 pub mod error;

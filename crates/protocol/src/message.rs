@@ -46,6 +46,9 @@ impl Capabilities {
     /// (flag bit 2) and, with [`Capabilities::BLAKE3`] too, check chunks with BLAKE3 (flag
     /// bit 3).
     pub const STREAM_PUT: u64 = 1 << 9;
+    /// With [`Capabilities::STREAM_PUT`]: chunks may be checked with their BLAKE3 tree values
+    /// ([`crate::ChunkDigest::Blake3Tree`], `PutBegin` flag bits 3 and 4).
+    pub const BLAKE3_TREE: u64 = 1 << 10;
 
     /// True when every bit of `bits` is set.
     pub fn has(self, bits: u64) -> bool {
@@ -930,6 +933,7 @@ pub(crate) mod tests {
         assert_eq!(Capabilities::PRIORITY, 0x40);
         assert_eq!(Capabilities::BLAKE3, 0x100);
         assert_eq!(Capabilities::STREAM_PUT, 0x200);
+        assert_eq!(Capabilities::BLAKE3_TREE, 0x400);
     }
 
     #[test]

@@ -171,7 +171,7 @@ fn put_begin() -> impl Strategy<Value = PutBegin> {
         ),
         (any::<bool>(), any::<bool>(), any::<[u8; 32]>()),
         proptest::option::of(any::<[u8; 16]>()),
-        (any::<bool>(), any::<bool>()),
+        (any::<bool>(), 0u8..3),
     )
         .prop_map(
             |(
@@ -180,10 +180,10 @@ fn put_begin() -> impl Strategy<Value = PutBegin> {
                 md5,
                 (at_commit, blake3),
             )| {
-                let chunk_digest = if blake3 {
-                    ChunkDigest::Blake3
-                } else {
-                    ChunkDigest::Sha256
+                let chunk_digest = match blake3 {
+                    0 => ChunkDigest::Sha256,
+                    1 => ChunkDigest::Blake3,
+                    _ => ChunkDigest::Blake3Tree,
                 };
                 // A digest-at-commit upload announces no digest: the fields are zero.
                 let (sha256, md5) = if at_commit {

@@ -12,8 +12,8 @@ use crate::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 /// (at least this) a server refuses `PutBegin` with `busy`.
 pub const GUARANTEED_OPEN_UPLOADS: usize = 4;
 
-/// The digest each `PutChunk` of an upload carries (`PutBegin` flag bit 3 picks BLAKE3). Both
-/// are 32 bytes, so the frame layout is the same.
+/// The digest each `PutChunk` of an upload carries (`PutBegin` flag bit 3 picks BLAKE3, bits
+/// 3 and 4 together BLAKE3 tree values). All are 32 bytes, so the frame layout is the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ChunkDigest {
     /// SHA-256: every server with `UPLOAD` checks it.
@@ -21,31 +21,61 @@ pub enum ChunkDigest {
     Sha256,
     /// BLAKE3 (capabilities `STREAM_PUT` and `BLAKE3`): several times faster to compute.
     Blake3,
+    /// The chunk's BLAKE3 chaining value at its place in the file (capabilities `STREAM_PUT`
+    /// and `BLAKE3_TREE`, chunk sizes that are a power of two): as fast as [`Self::Blake3`],
+    /// and the server assembles the whole file's BLAKE3 from them instead of hashing the file
+    /// a second time. See [`crate::blake3_tree`].
+    Blake3Tree,
 }
 
 impl ChunkDigest {
-    /// The digest of one chunk's bytes.
-    pub fn of(self, data: &[u8]) -> [u8; 32] {
+    /// The digest of the chunk `data` at byte `offset` of a file of `file_size` bytes.
+    pub fn of_chunk(self, offset: u64, file_size: u64, data: &[u8]) -> [u8; 32] {
         match self {
             ChunkDigest::Sha256 => checksum::sha256(data),
             ChunkDigest::Blake3 => checksum::blake3(data),
+            ChunkDigest::Blake3Tree => crate::blake3_tree::chunk_value(offset, file_size, data),
         }
+    }
+
+    /// The digest of `data` as a file of its own (one chunk, or a download's journal entry,
+    /// where the place does not matter).
+    pub fn of(self, data: &[u8]) -> [u8; 32] {
+        self.of_chunk(0, data.len() as u64, data)
     }
 
     /// The algorithm.
     pub fn algorithm(self) -> Algorithm {
         match self {
             ChunkDigest::Sha256 => Algorithm::Sha256,
-            ChunkDigest::Blake3 => Algorithm::Blake3,
+            ChunkDigest::Blake3 | ChunkDigest::Blake3Tree => Algorithm::Blake3,
         }
     }
 
-    /// The chunk digest of `algorithm`, if it can be one (MD5 cannot).
+    /// The chunk digest of `algorithm`, if it can be one (MD5 cannot); BLAKE3 is the plain one.
     pub fn from_algorithm(algorithm: Algorithm) -> Option<ChunkDigest> {
         match algorithm {
             Algorithm::Sha256 => Some(ChunkDigest::Sha256),
             Algorithm::Blake3 => Some(ChunkDigest::Blake3),
             Algorithm::Md5 => None,
+        }
+    }
+
+    /// A number for storing the kind: the algorithm's code (2 SHA-256, 3 BLAKE3), 4 for
+    /// BLAKE3 tree values.
+    pub fn code(self) -> u8 {
+        match self {
+            ChunkDigest::Blake3Tree => 4,
+            other => other.algorithm().code(),
+        }
+    }
+
+    /// Human-readable name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChunkDigest::Sha256 => "SHA-256",
+            ChunkDigest::Blake3 => "BLAKE3",
+            ChunkDigest::Blake3Tree => "BLAKE3 tree value",
         }
     }
 }
@@ -87,6 +117,7 @@ const FLAG_FORCE: u8 = 1 << 0;
 const FLAG_RESTART: u8 = 1 << 1;
 const FLAG_DIGEST_AT_COMMIT: u8 = 1 << 2;
 const FLAG_BLAKE3_CHUNKS: u8 = 1 << 3;
+const FLAG_BLAKE3_TREE: u8 = 1 << 4;
 
 impl PutBegin {
     /// A fresh (non-forced, resumable) upload, with the whole-file digests taken from
@@ -174,8 +205,10 @@ impl PutBegin {
         if self.digest_at_commit {
             flags |= FLAG_DIGEST_AT_COMMIT;
         }
-        if self.chunk_digest == ChunkDigest::Blake3 {
-            flags |= FLAG_BLAKE3_CHUNKS;
+        match self.chunk_digest {
+            ChunkDigest::Sha256 => {}
+            ChunkDigest::Blake3 => flags |= FLAG_BLAKE3_CHUNKS,
+            ChunkDigest::Blake3Tree => flags |= FLAG_BLAKE3_CHUNKS | FLAG_BLAKE3_TREE,
         }
         wire::put_u8(out, flags);
         out.extend_from_slice(&self.sha256);
@@ -195,10 +228,28 @@ impl PutBegin {
         let mtime_ns = c.i64("mtime")?;
         let chunk_size = c.u32("chunk size")?;
         let flags = c.u8("flags")?;
-        let known = FLAG_FORCE | FLAG_RESTART | FLAG_DIGEST_AT_COMMIT | FLAG_BLAKE3_CHUNKS;
+        let known = FLAG_FORCE
+            | FLAG_RESTART
+            | FLAG_DIGEST_AT_COMMIT
+            | FLAG_BLAKE3_CHUNKS
+            | FLAG_BLAKE3_TREE;
         if flags & !known != 0 {
             return Err(ProtocolError::malformed("PutBegin", "unknown flag bits"));
         }
+        let chunk_digest = match (
+            flags & FLAG_BLAKE3_CHUNKS != 0,
+            flags & FLAG_BLAKE3_TREE != 0,
+        ) {
+            (false, false) => ChunkDigest::Sha256,
+            (true, false) => ChunkDigest::Blake3,
+            (true, true) => ChunkDigest::Blake3Tree,
+            (false, true) => {
+                return Err(ProtocolError::malformed(
+                    "PutBegin",
+                    "flag bit 4 (BLAKE3 tree values) without bit 3 (BLAKE3 chunks)",
+                ))
+            }
+        };
         let digest_at_commit = flags & FLAG_DIGEST_AT_COMMIT != 0;
         let sha256 = array(c.take(32, "sha256")?);
         let md5 = match c.u8("md5 flag")? {
@@ -226,11 +277,7 @@ impl PutBegin {
             force: flags & FLAG_FORCE != 0,
             restart: flags & FLAG_RESTART != 0,
             digest_at_commit,
-            chunk_digest: if flags & FLAG_BLAKE3_CHUNKS != 0 {
-                ChunkDigest::Blake3
-            } else {
-                ChunkDigest::Sha256
-            },
+            chunk_digest,
             sha256,
             md5,
         })
@@ -314,7 +361,8 @@ impl<'a> PutChunk<'a> {
         PutChunk::with(id, index, ChunkDigest::Sha256, data)
     }
 
-    /// A chunk with its `kind` digest computed from `data`.
+    /// A chunk with its `kind` digest computed from `data` as a file of its own (see
+    /// [`ChunkDigest::of`]; a BLAKE3 tree value depends on the chunk's place in the file).
     pub fn with(id: u32, index: u64, kind: ChunkDigest, data: &'a [u8]) -> PutChunk<'a> {
         PutChunk {
             id,
@@ -324,8 +372,8 @@ impl<'a> PutChunk<'a> {
         }
     }
 
-    /// True when `data` matches `digest` as a `kind` digest (what the server checks before
-    /// storing).
+    /// True when `data` matches `digest` as a `kind` digest of `data` as a file of its own
+    /// (the server checks [`ChunkDigest::of_chunk`] at the chunk's place).
     pub fn digest_matches(&self, kind: ChunkDigest) -> bool {
         kind.of(self.data) == self.digest
     }
@@ -624,6 +672,17 @@ pub(crate) mod tests {
         assert_eq!(forced[34], 0x0d);
         let sha_chunks = PutBegin::streamed(7, "d/f", 5, -1, 4096, ChunkDigest::Sha256);
         assert_eq!(encoded(&Message::PutBegin(sha_chunks))[34], 0x04);
+        // BLAKE3 tree values: bits 3 and 4, 0x1c; bit 4 alone is malformed.
+        let tree = PutBegin::streamed(7, "d/f", 5, -1, 4096, ChunkDigest::Blake3Tree);
+        let mut tree_bytes = encoded(&Message::PutBegin(tree.clone()));
+        assert_eq!(tree_bytes[34], 0x1c);
+        let decoded = Message::decode(&tree_bytes).unwrap().map(|(m, _)| m);
+        assert_eq!(decoded, Some(Message::PutBegin(tree)));
+        tree_bytes[34] = 0x14;
+        assert!(matches!(
+            Message::decode(&tree_bytes),
+            Err(ProtocolError::Malformed { .. })
+        ));
 
         // A digest-at-commit PutBegin that still carries a SHA-256 or an MD5 is malformed.
         let mut bytes = want.clone();
@@ -669,6 +728,22 @@ pub(crate) mod tests {
         );
         assert_eq!(ChunkDigest::from_algorithm(Algorithm::Md5), None);
         assert_eq!(ChunkDigest::default().algorithm(), Algorithm::Sha256);
+        assert_eq!(ChunkDigest::Blake3Tree.algorithm(), Algorithm::Blake3);
+        let codes = [
+            ChunkDigest::Sha256,
+            ChunkDigest::Blake3,
+            ChunkDigest::Blake3Tree,
+        ];
+        assert_eq!(codes.map(ChunkDigest::code), [2, 3, 4]);
+        // A tree value of a whole file is its BLAKE3; of a chunk inside a file, it is not.
+        assert_eq!(
+            ChunkDigest::Blake3Tree.of(b"abc"),
+            ChunkDigest::Blake3.of(b"abc")
+        );
+        assert_ne!(
+            ChunkDigest::Blake3Tree.of_chunk(4096, 8192, &[7; 4096]),
+            ChunkDigest::Blake3.of(&[7; 4096])
+        );
     }
 
     #[test]

@@ -98,6 +98,18 @@ impl FileHasher {
         }
     }
 
+    /// SHA-256 only, on the helper thread: for a streamed upload with BLAKE3 tree chunk values,
+    /// whose whole-file BLAKE3 is assembled from them (its digests have no `md5` and no
+    /// `blake3`).
+    pub fn sha256_only(size: u64) -> FileHasher {
+        FileHasher {
+            helper: helper(size, DigestSet::of(&[Algorithm::Sha256])),
+            whole: MultiHasher::new(DigestSet::EMPTY),
+            chunks: None,
+            fed: 0,
+        }
+    }
+
     /// [`FileHasher::whole_file`] without SHA-256, for a file of one chunk whose SHA-256 (the
     /// chunk's, checked on arrival) is known: its digests then have no `sha256`.
     pub fn whole_file_but_sha256(size: u64) -> FileHasher {

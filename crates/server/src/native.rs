@@ -57,7 +57,8 @@ const CAPABILITIES: u64 = Capabilities::GET
     | Capabilities::LIST
     | Capabilities::PRIORITY
     | Capabilities::BLAKE3
-    | Capabilities::STREAM_PUT;
+    | Capabilities::STREAM_PUT
+    | Capabilities::BLAKE3_TREE;
 
 /// Queued replies are written out once they reach this size.
 const OUT_LIMIT: usize = 64 * 1024;

@@ -25,7 +25,8 @@ use crate::store::{Outcome, Record};
 use crate::targets::{self, Found};
 use crate::uploads::{remove_quietly, Claim, Uploads};
 use sfts_protocol::{
-    chunk_count, chunk_span, clamp_chunk_size, Algorithm, ChunkDigest, Digest, ErrorCode, PutBegin,
+    blake3_tree, chunk_count, chunk_span, clamp_chunk_size, Algorithm, ChunkDigest, Digest,
+    ErrorCode, PutBegin,
 };
 use sfts_state::{CachedDigests, StoredUpload};
 use std::fs::{self, File, OpenOptions};
@@ -115,6 +116,9 @@ struct Running {
     /// The SHA-256 of a file of one chunk sent with a SHA-256: that chunk's, checked when it
     /// arrived (its `hasher` computes the other digests only).
     sha256: Option<[u8; 32]>,
+    /// The chunks' BLAKE3 tree values, checked when they arrived, when the upload uses them:
+    /// the whole-file BLAKE3 is assembled from them (its `hasher` computes SHA-256 only).
+    tree: Option<Vec<[u8; 32]>>,
 }
 
 /// What the commit's check found.
@@ -192,7 +196,9 @@ impl<'a> Upload<'a> {
         let running = (held.len() == 0).then(|| Running {
             next: 0,
             // A streamed upload's MD5 is only computed if its commit asks (read back then).
-            hasher: if req.digest_at_commit {
+            hasher: if req.chunk_digest == ChunkDigest::Blake3Tree {
+                FileHasher::sha256_only(req.size)
+            } else if req.digest_at_commit {
                 FileHasher::whole_file_but_md5(req.size)
             } else if one_chunk {
                 FileHasher::whole_file_but_sha256(req.size)
@@ -200,6 +206,7 @@ impl<'a> Upload<'a> {
                 FileHasher::whole_file(req.size)
             },
             sha256: None,
+            tree: (req.chunk_digest == ChunkDigest::Blake3Tree).then(Vec::new),
         });
         let upload = Upload {
             id: req.id,
@@ -261,6 +268,9 @@ impl<'a> Upload<'a> {
                 if self.total == 1 && self.chunk_digest == ChunkDigest::Sha256 {
                     r.sha256 = Some(*digest);
                 }
+                if let Some(tree) = &mut r.tree {
+                    tree.push(*digest);
+                }
             }
             // Out of order: the commit reads the file back.
             Some(_) => self.running = None,
@@ -299,7 +309,7 @@ impl<'a> Upload<'a> {
             sha256: self.sha256,
             md5: self.md5,
             digest_at_commit: self.digest_at_commit,
-            chunk_digest: self.chunk_digest.algorithm().code(),
+            chunk_digest: self.chunk_digest.code(),
             mtime_ns: self.mtime_ns,
             chunk_size: self.chunk_size,
             held: self.held.runs().to_vec(),
@@ -363,6 +373,9 @@ impl<'a> Upload<'a> {
                 }
                 let mut got = r.hasher.finish();
                 got.sha256 = got.sha256.or(r.sha256);
+                if let Some(tree) = &r.tree {
+                    got.blake3 = blake3_tree::file_digest(self.chunk_size, self.size, tree);
+                }
                 Some(got)
             }
             _ => None,
@@ -527,8 +540,8 @@ fn known(digests: &CachedDigests, algorithm: Algorithm) -> Option<&[u8]> {
 /// is not known yet) with the same modification time and chunk digest. A streamed file that
 /// changed without changing its size or modification time is caught by the commit's check.
 fn same_file(row: &StoredUpload, req: &PutBegin) -> bool {
-    let kind = row.digest_at_commit == req.digest_at_commit
-        && row.chunk_digest == req.chunk_digest.algorithm().code();
+    let kind =
+        row.digest_at_commit == req.digest_at_commit && row.chunk_digest == req.chunk_digest.code();
     let content = if req.digest_at_commit {
         row.mtime_ns == req.mtime_ns
     } else {

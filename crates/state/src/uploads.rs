@@ -27,7 +27,8 @@ pub struct StoredUpload {
     /// A streamed upload: its whole-file digests come at the commit, so it is identified by
     /// path, size, modification time and chunk digest.
     pub digest_at_commit: bool,
-    /// The protocol's algorithm code of the chunks' digests (2 SHA-256, 3 BLAKE3).
+    /// The kind of the chunks' digests (`ChunkDigest::code`: 2 SHA-256, 3 BLAKE3, 4 BLAKE3
+    /// tree values).
     pub chunk_digest: u8,
     /// Modification time the published file gets, ns since the epoch.
     pub mtime_ns: i64,

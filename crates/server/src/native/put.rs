@@ -30,8 +30,8 @@ use crate::upload::{already_exists, Start, Upload, Verified};
 use crate::uploads::{Uploads, CLAIM_WAIT};
 use sfts_protocol::io::write_data;
 use sfts_protocol::{
-    checksum, Algorithm, Capabilities, ChunkDigest, Digest, ErrorCode, FileInfo, FileKind, Message,
-    PutBegin, RejectReason,
+    blake3_tree, checksum, clamp_chunk_size, Algorithm, Capabilities, ChunkDigest, Digest,
+    ErrorCode, FileInfo, FileKind, Message, PutBegin, RejectReason,
 };
 use sfts_state::NewTransfer;
 use std::collections::BTreeMap;
@@ -213,6 +213,25 @@ impl<'a> Native<'a> {
                  STREAM_PUT and BLAKE3",
             ));
         }
+        if req.chunk_digest == ChunkDigest::Blake3Tree {
+            if !(stream && self.common.has(Capabilities::BLAKE3_TREE)) {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    "PutBegin asks for BLAKE3 tree chunk values, but this session did not agree \
+                     on STREAM_PUT and BLAKE3_TREE",
+                ));
+            }
+            let chunk = clamp_chunk_size(req.chunk_size);
+            if !blake3_tree::usable_chunk_size(chunk) {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "PutBegin asks for BLAKE3 tree chunk values with chunks of {chunk} \
+                         bytes; they need a power of two"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -257,12 +276,13 @@ impl<'a> Native<'a> {
             );
             return self.send(&reject(RejectReason::BadChunk));
         }
-        if u.chunk_digest.of(data) != *digest {
+        let offset = index * u64::from(u.chunk_size);
+        if u.chunk_digest.of_chunk(offset, u.size, data) != *digest {
             warn!(
                 "rejected chunk {index} of '{}' from {peer}: it does not match its {} \
                  (corrupted in flight); the client sends it again",
                 u.path,
-                u.chunk_digest.algorithm()
+                u.chunk_digest.name()
             );
             return self.send(&reject(RejectReason::DigestMismatch));
         }

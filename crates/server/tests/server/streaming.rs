@@ -1,7 +1,8 @@
 //! Streamed uploads (capability `STREAM_PUT`): the whole-file digests come with the commit
 //! (`PutCommitDigests`), chunks carry BLAKE3 (or SHA-256) digests. In order and out of order,
 //! resumed, a wrong digest at the commit, flags the session did not agree on, corrupted
-//! chunks and the wrong kind of commit.
+//! chunks and the wrong kind of commit; BLAKE3 tree chunk values (capability `BLAKE3_TREE`),
+//! from which the server assembles the whole-file BLAKE3.
 
 use crate::support::{blake3_digest, both_digests, data, Native, Running, Up, ALL_CAPS};
 use sfts_protocol::{
@@ -189,6 +190,86 @@ fn streamed_flags_need_the_capabilities() {
     let b = streamed(1, "f", &bytes, ChunkDigest::Sha256);
     assert!(upload(&mut c, &b, &bytes, &[0], sha256_only(&bytes)).is_ok());
     assert!(nothing_staged(&server.root));
+}
+
+#[test]
+fn tree_values_give_the_whole_file_blake3() {
+    let server = Running::uploads();
+    let mut c = Native::connect(server.addr, STREAM_CAPS | Capabilities::BLAKE3_TREE);
+    assert!(c.caps.has(Capabilities::BLAKE3_TREE));
+    // Empty, one byte, one whole chunk, three chunks with a short one, 33 chunks and a byte
+    // (an uneven tree); in order, so no byte is hashed twice.
+    let c32 = CHUNK as usize;
+    for (n, len) in [0, 1, c32, 10_000, 33 * c32 + 1].into_iter().enumerate() {
+        let bytes = data(len, 20 + n as u32);
+        let name = format!("tree/{len}.bin");
+        let b = streamed(n as u32 + 1, &name, &bytes, ChunkDigest::Blake3Tree);
+        let order: Vec<u64> = (0..chunk_count(len as u64, CHUNK)).collect();
+        let done = upload(&mut c, &b, &bytes, &order, sha256_only(&bytes)).unwrap();
+        let want = vec![both_digests(&bytes)[1].clone(), blake3_digest(&bytes)];
+        assert_eq!(done, want, "{len} bytes");
+        assert_eq!(std::fs::read(server.root.join(&name)).unwrap(), bytes);
+        // The BLAKE3 may be part of the commit too.
+        let b = PutBegin {
+            force: true,
+            ..streamed(99, &name, &bytes, ChunkDigest::Blake3Tree)
+        };
+        assert_eq!(upload(&mut c, &b, &bytes, &order, want.clone()), Ok(want));
+    }
+    // Out of order: read back at the commit, same digests.
+    let bytes = data(20_000, 30);
+    let b = streamed(7, "tree/ooo.bin", &bytes, ChunkDigest::Blake3Tree);
+    let done = upload(&mut c, &b, &bytes, &[4, 0, 3, 1, 2], sha256_only(&bytes)).unwrap();
+    assert!(done.contains(&blake3_digest(&bytes)), "{done:?}");
+    assert!(nothing_staged(&server.root));
+}
+
+#[test]
+fn a_tree_value_only_fits_its_own_place() {
+    let server = Running::uploads();
+    let bytes = data(3 * CHUNK as usize, 31);
+    let mut c = Native::connect(server.addr, STREAM_CAPS | Capabilities::BLAKE3_TREE);
+    let b = streamed(1, "t.bin", &bytes, ChunkDigest::Blake3Tree);
+    c.begin(&b).unwrap();
+    // The plain BLAKE3 of chunk 1, and chunk 1's bytes with chunk 2's place: both wrong.
+    c.send_chunk_with(1, 1, &bytes, CHUNK, ChunkDigest::Blake3);
+    assert_eq!(c.up(), Up::Rejected(1, 1, RejectReason::DigestMismatch));
+    let chunk1 = &bytes[CHUNK as usize..2 * CHUNK as usize];
+    let size = bytes.len() as u64;
+    c.send(&sfts_protocol::Message::PutChunk(sfts_protocol::PutChunk {
+        id: 1,
+        index: 1,
+        digest: ChunkDigest::Blake3Tree.of_chunk(2 * u64::from(CHUNK), size, chunk1),
+        data: chunk1,
+    }));
+    assert_eq!(c.up(), Up::Rejected(1, 1, RejectReason::DigestMismatch));
+    for i in 0..3 {
+        c.send_chunk_with(1, i, &bytes, CHUNK, ChunkDigest::Blake3Tree);
+        assert_eq!(c.up(), Up::Ack(1, i));
+    }
+    let done = c.commit_with(1, sha256_only(&bytes)).unwrap();
+    assert_eq!(done[1], blake3_digest(&bytes));
+}
+
+#[test]
+fn tree_values_need_the_capability_and_a_power_of_two() {
+    let server = Running::uploads();
+    let bytes = data(100, 32);
+    let mut c = Native::connect(server.addr, STREAM_CAPS);
+    assert!(!c.caps.has(Capabilities::BLAKE3_TREE));
+    let b = streamed(1, "p.bin", &bytes, ChunkDigest::Blake3Tree);
+    let (code, message) = c.begin(&b).unwrap_err();
+    assert_eq!(code, ErrorCode::BadRequest, "{message}");
+    assert!(message.contains("BLAKE3_TREE"), "{message}");
+    let mut c = Native::connect(server.addr, STREAM_CAPS | Capabilities::BLAKE3_TREE);
+    let odd = PutBegin {
+        chunk_size: 5000,
+        ..b.clone()
+    };
+    let (code, message) = c.begin(&odd).unwrap_err();
+    assert_eq!(code, ErrorCode::BadRequest, "{message}");
+    assert!(message.contains("power of two"), "{message}");
+    assert!(upload(&mut c, &b, &bytes, &[0], sha256_only(&bytes)).is_ok());
 }
 
 #[test]

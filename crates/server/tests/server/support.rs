@@ -441,7 +441,12 @@ impl Native {
     ) {
         let (start, len) = chunk_span(data.len() as u64, chunk, index).expect("a chunk");
         let bytes = &data[start as usize..(start + len as u64) as usize];
-        self.send(&Message::PutChunk(PutChunk::with(id, index, kind, bytes)));
+        self.send(&Message::PutChunk(PutChunk {
+            id,
+            index,
+            digest: kind.of_chunk(start, data.len() as u64, bytes),
+            data: bytes,
+        }));
     }
 
     /// `PutCommitDigests`, and its answer.
