@@ -169,6 +169,17 @@ fn messages() -> Vec<(&'static str, Message<'static>)> {
                 ChunkDigest::Blake3,
             )),
         ),
+        (
+            "put-begin-tree",
+            Message::PutBegin(PutBegin::streamed(
+                9,
+                "d/h",
+                1 << 20,
+                -1,
+                4096,
+                ChunkDigest::Blake3Tree,
+            )),
+        ),
         ("put-chunk", Message::PutChunk(PutChunk::new(1, 2, b"xy"))),
         (
             "put-chunk-blake3",
