@@ -24,7 +24,6 @@ use crate::range::{self, Range};
 use crate::store::Outcome;
 use crate::tls::ServerStream;
 use crate::transfer::{Framing, Transfer, QUEUED_MAX};
-use sfts_protocol::frame::HEADER_LEN;
 use sfts_protocol::io::write_data;
 use sfts_protocol::{
     clamp_chunk_size, Algorithm, Capabilities, Digest, DigestSet, ErrorCode, FileHeader,
@@ -235,7 +234,7 @@ impl Native<'_> {
         } else {
             // The header (and any reply queued before it) goes out before the data streams.
             self.flush()?;
-            let need = HEADER_LEN + chunk as usize;
+            let need = transfer.buffer_len();
             if self.data.len() < need {
                 self.data.resize(need, 0);
             }
