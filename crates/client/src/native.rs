@@ -2,6 +2,7 @@
 //! `Trailer`. Generic over the stream so the tests drive it from memory.
 
 use crate::error::{ClientError, Kept};
+use crate::pagebuf::PageBuf;
 use crate::transfer::{early_read_failed, Context, Stop, Stopped};
 use sfts_protocol::frame::{Header, HEADER_LEN};
 use sfts_protocol::io::{read_message, write_message};
@@ -70,6 +71,10 @@ pub struct NativeSession<S> {
     stream: BufReader<S>,
     /// Receive buffer, reused for every frame (it grows to the largest frame and stays).
     buf: Vec<u8>,
+    /// Receive buffer of `Data` payloads, page-aligned: the kernel's copy into a buffer a few
+    /// bytes past a page boundary (where a `Vec` starts) runs several times slower on some
+    /// CPUs (see [`PageBuf`]).
+    data: PageBuf,
     /// Send buffer.
     scratch: Vec<u8>,
     /// Requests queued by [`queue`](Self::queue), written together.
@@ -82,6 +87,7 @@ impl<S: Read + Write> NativeSession<S> {
         NativeSession {
             stream: BufReader::with_capacity(READ_BUFFER, stream),
             buf: Vec::new(),
+            data: PageBuf::default(),
             scratch: Vec::new(),
             queued: Vec::new(),
         }
@@ -400,10 +406,15 @@ impl<S: Read + Write + Send> NativeSession<S> {
             let frame = read_head(&mut self.stream).and_then(|head| match head {
                 None => Ok(None),
                 Some(h) => {
-                    if self.buf.len() < h.payload_len {
-                        self.buf.resize(h.payload_len, 0);
-                    }
-                    let payload = &mut self.buf[..h.payload_len];
+                    let payload: &mut [u8] = if h.tag == sfts_protocol::frame::tag::DATA {
+                        self.data.reset(h.payload_len);
+                        &mut self.data
+                    } else {
+                        if self.buf.len() < h.payload_len {
+                            self.buf.resize(h.payload_len, 0);
+                        }
+                        &mut self.buf[..h.payload_len]
+                    };
                     read_payload(&mut self.stream, payload)?;
                     Message::decode_payload(h.tag, payload).map(Some)
                 }
@@ -452,7 +463,7 @@ impl<S: Read + Write + Send> NativeSession<S> {
         let stream = &mut self.stream;
         std::thread::scope(|scope| {
             let (tx, rx) = sync_channel::<Frame>(PIPELINE_DEPTH);
-            let (give_back, spare) = channel::<Vec<u8>>();
+            let (give_back, spare) = channel::<PageBuf>();
             scope.spawn(move || read_frames(stream, size, &tx, &spare));
             let mut received = 0u64;
             for frame in &rx {
@@ -489,8 +500,8 @@ const PIPELINE_DEPTH: usize = 4;
 
 /// What the reading thread hands over.
 enum Frame {
-    /// A `Data` payload.
-    Data(Vec<u8>),
+    /// A `Data` payload (page-aligned, like [`NativeSession`]'s own).
+    Data(PageBuf),
     /// The trailer, after exactly the announced bytes.
     Trailer(Vec<Digest>),
     /// The transfer stopped (server error, protocol violation, connection closed).
@@ -505,7 +516,7 @@ fn read_frames<S: Read>(
     stream: &mut BufReader<S>,
     size: u64,
     tx: &SyncSender<Frame>,
-    spare: &Receiver<Vec<u8>>,
+    spare: &Receiver<PageBuf>,
 ) {
     use sfts_protocol::frame::tag;
     let mut read = 0u64;
@@ -521,7 +532,7 @@ fn read_frames<S: Read>(
                     )))
                 } else {
                     let mut buf = spare.try_recv().unwrap_or_default();
-                    buf.resize(n, 0);
+                    buf.reset(n);
                     match read_payload(stream, &mut buf) {
                         Ok(()) if n == 0 => continue, // keep-alive
                         Ok(()) => {

@@ -49,6 +49,23 @@ impl PageBuf {
         );
         self.len = len;
     }
+
+    /// Makes the buffer `len` bytes long whatever its capacity: a buffer that is too small is
+    /// replaced by a bigger one (its bytes are then lost). For receive buffers, whose old
+    /// content does not matter.
+    pub fn reset(&mut self, len: usize) {
+        if len > self.capacity {
+            *self = PageBuf::with_capacity(len);
+        }
+        self.set_len(len);
+    }
+}
+
+impl Default for PageBuf {
+    /// An empty buffer of no capacity (it allocates one page).
+    fn default() -> PageBuf {
+        PageBuf::with_capacity(0)
+    }
 }
 
 impl Deref for PageBuf {
@@ -95,6 +112,17 @@ mod tests {
         assert_eq!(&b[..], b"0123456789");
         b.set_len(0);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn reset_grows_and_stays_aligned() {
+        let mut b = PageBuf::default();
+        assert!(b.is_empty());
+        b.reset(100_000);
+        assert_eq!(b.len(), 100_000);
+        assert_eq!(b.as_ptr() as usize % PAGE, 0);
+        b.reset(10);
+        assert_eq!(b.len(), 10);
     }
 
     #[test]
