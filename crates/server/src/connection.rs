@@ -44,6 +44,9 @@ pub const LEGACY_AUTH_REQUIRED: &str =
 pub struct ServerState {
     /// The served root, canonical.
     pub root: PathBuf,
+    /// The root's directory, open, for opening files without a walk (`None` where it could
+    /// not be opened: files are then found by the careful walk alone).
+    pub root_dir: Option<crate::beneath::RootDir>,
     /// How long a client may stay idle between requests (`--timeout`); also the window of
     /// the minimum rate.
     pub timeout: Duration,

@@ -28,6 +28,7 @@
 //! ```
 
 pub mod auth;
+mod beneath;
 mod chunkset;
 pub mod config;
 mod connection;

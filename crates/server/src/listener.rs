@@ -101,8 +101,12 @@ impl Server {
             None => None,
         };
         let auth = config.access.is_some();
+        let root_dir = crate::beneath::RootDir::open(&root)
+            .map_err(|e| tracing::debug!("the root stays closed ({e}); files are found by path"))
+            .ok();
         let state = Arc::new(ServerState {
             root,
+            root_dir,
             timeout: config.timeout,
             opening: config.opening_time(),
             pace: Pace {

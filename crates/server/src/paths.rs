@@ -17,6 +17,8 @@
 //! A residual race remains (someone with write access *inside* the root swapping a checked
 //! directory for a symlink between the check and the open); closing it needs `openat2` with
 //! `RESOLVE_BENEATH`, which std does not offer. Remote clients alone cannot trigger it.
+//! Downloads of paths without symlinks are opened that way ([`crate::beneath`]), which also
+//! saves the walk; this walk handles the rest.
 
 use sfts_protocol::{ErrorCode, MAX_PATH_LEN};
 use std::fmt;

@@ -16,6 +16,7 @@
 use super::Native;
 use super::OUT_LIMIT;
 use crate::auth::Access;
+use crate::beneath;
 use crate::digest::{self, hash_span, FileHasher, KeepAlive};
 use crate::error::ServerError;
 use crate::fileid::{relative_name, FileId};
@@ -133,20 +134,32 @@ impl Native<'_> {
         Ok(())
     }
 
-    /// Resolves, opens and checks the file, and decides the range.
+    /// Resolves, opens and checks the file, and decides the range: in one `openat2` when no
+    /// symlink is on the way (see [`crate::beneath`]), else by the careful walk.
     fn open(&self, req: &GetRequest) -> Result<Opened, Refusal> {
         let root = &self.s.state.root;
-        let resolved = paths::resolve(root, &req.path)?;
-        self.permit_resolved(Access::Read, &req.path, &resolved.path)?;
-        let file = File::open(&resolved.path).map_err(|e| paths::access_error(&req.path, &e))?;
-        // The open file's own metadata: the file the bytes will come from.
-        let meta = file.metadata().unwrap_or(resolved.metadata);
+        let quick = paths::check_syntax(&req.path).ok().and_then(|parts| {
+            let dir = self.s.state.root_dir.as_ref()?;
+            beneath::open_plain(dir, &parts)
+        });
+        let (file, meta, path) = match quick {
+            Some(p) => (p.file, p.metadata, p.path),
+            None => {
+                let resolved = paths::resolve(root, &req.path)?;
+                let file =
+                    File::open(&resolved.path).map_err(|e| paths::access_error(&req.path, &e))?;
+                // The open file's own metadata: the file the bytes will come from.
+                let meta = file.metadata().unwrap_or(resolved.metadata);
+                (file, meta, resolved.path)
+            }
+        };
+        self.permit_resolved(Access::Read, &req.path, &path)?;
         let id = FileId::of(&meta);
         let range = range::plan(req, &id, self.common.has(Capabilities::RESUME))?;
         Ok(Opened {
             file,
             id,
-            key: id.key(relative_name(root, &resolved.path)),
+            key: id.key(relative_name(root, &path)),
             range,
         })
     }
