@@ -269,6 +269,8 @@ impl Args {
             prefix: "server",
             file_level: self.log_level,
             console_level: LevelFilter::INFO,
+            // A long-lived process with bursts (a line per file of a tree): the default queue.
+            buffered_lines: None,
         }
     }
 }
