@@ -136,6 +136,9 @@ pub fn serve(s: &Session<'_>, mut link: Link, first: [u8; 4]) -> Result<(), Serv
         // The size went out with the metadata, so the data is exactly what was hashed, even
         // if the file grows meanwhile; a shrinking file ends the transfer short (the original
         // protocol has no way to say so; the client notices the missing bytes).
+        #[cfg(target_os = "linux")]
+        return transfer.run_zero_copy(&file, out, &mut buf);
+        #[cfg(not(target_os = "linux"))]
         transfer.run(&mut file, out, &mut buf, None)
     });
     s.guard.end_file();

@@ -200,7 +200,8 @@ impl Native<'_> {
     /// Sends the range (hashing around it when needed) and returns the trailer's digests.
     ///
     /// A small range that needs no reading around it is queued with the other replies (a
-    /// tree of small files goes out in a few large writes); a larger one streams.
+    /// tree of small files goes out in a few large writes); a larger one streams, with
+    /// `sendfile` when nothing is hashed and the connection is plain TCP.
     fn send_range(
         &mut self,
         req: &GetRequest,
@@ -267,12 +268,13 @@ impl Native<'_> {
                     .seek(SeekFrom::Start(range.offset))
                     .map_err(read_err)?;
             }
-            transfer.run(
-                &mut o.file,
-                self.io.get_mut(),
-                &mut self.data,
-                hasher.as_deref_mut(),
-            )?;
+            match (hasher.as_deref_mut(), self.io.get_mut()) {
+                #[cfg(target_os = "linux")]
+                (None, ServerStream::Plain(link)) => {
+                    transfer.run_zero_copy(&o.file, link, &mut self.data)?
+                }
+                (h, stream) => transfer.run(&mut o.file, stream, &mut self.data, h)?,
+            }
             if let Some(h) = hasher.as_deref_mut() {
                 let rest = size - h.fed();
                 let mut alive = keepalive(self.io.get_mut());

@@ -256,7 +256,7 @@ fn range_with(path: &str, offset: u64, length: u64, digests: &[Algorithm]) -> Ge
 }
 
 #[test]
-fn the_first_frame_is_small_and_the_others_chunk_sized() {
+fn the_first_frame_is_small_and_the_others_chunk_sized_however_the_bytes_are_sent() {
     let server = Running::with_state();
     let bytes = data((3 << 20) + 5, 22);
     server.put("f.bin", &bytes);
@@ -270,8 +270,8 @@ fn the_first_frame_is_small_and_the_others_chunk_sized() {
         }
         v
     };
-    // Hashed while sent, then from the cache, then with no digests at all: the same bytes,
-    // cut the same way.
+    // Hashed while sent (read into a buffer), then from the cache and with no digests at all
+    // (sendfile on this plain connection): the same bytes, cut the same way.
     for digests in [&[Algorithm::Sha256][..], &[Algorithm::Sha256], &[]] {
         let mut req = whole("f.bin", digests);
         req.chunk_size = 1 << 20;
