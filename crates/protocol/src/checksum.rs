@@ -52,6 +52,15 @@ impl Algorithm {
         }
     }
 
+    /// Name as written in messages to people (`MD5`, `SHA-256`, `BLAKE3`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+            Algorithm::Blake3 => "BLAKE3",
+        }
+    }
+
     /// The algorithm for a name (`md5`, `sha256`, `sha-256`; any case).
     pub fn from_name(name: &str) -> Result<Algorithm> {
         match name.to_ascii_lowercase().as_str() {
@@ -445,6 +454,10 @@ mod tests {
             "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
         );
         assert_eq!(Algorithm::from_name("BLAKE3").unwrap(), Algorithm::Blake3);
+        assert_eq!(
+            Algorithm::ALL.map(Algorithm::label),
+            ["MD5", "SHA-256", "BLAKE3"]
+        );
         assert_eq!(Algorithm::from_code(3).unwrap(), Algorithm::Blake3);
         assert!(DigestSet::from_bits(0b100)
             .unwrap()

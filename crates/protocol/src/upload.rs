@@ -73,9 +73,8 @@ impl ChunkDigest {
     /// Human-readable name, for messages.
     pub fn name(self) -> &'static str {
         match self {
-            ChunkDigest::Sha256 => "SHA-256",
-            ChunkDigest::Blake3 => "BLAKE3",
             ChunkDigest::Blake3Tree => "BLAKE3 tree value",
+            other => other.algorithm().label(),
         }
     }
 }

@@ -86,24 +86,12 @@ impl FileHasher {
         }
     }
 
-    /// [`FileHasher::whole_file`] without MD5 (SHA-256 and BLAKE3, both on the helper thread):
-    /// for a streamed upload, whose client may not want the MD5 (the slowest of the three) at
-    /// all, and whose connection thread already checks every chunk's BLAKE3.
-    pub fn whole_file_but_md5(size: u64) -> FileHasher {
+    /// The whole-file digests of `set` only, all on the helper thread: for a streamed upload,
+    /// whose connection thread already checks every chunk's digest (and whose client may not
+    /// want the MD5, the slowest of the three, at all).
+    pub fn on_helper(size: u64, set: DigestSet) -> FileHasher {
         FileHasher {
-            helper: helper(size, DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])),
-            whole: MultiHasher::new(DigestSet::EMPTY),
-            chunks: None,
-            fed: 0,
-        }
-    }
-
-    /// SHA-256 only, on the helper thread: for a streamed upload with BLAKE3 tree chunk values,
-    /// whose whole-file BLAKE3 is assembled from them (its digests have no `md5` and no
-    /// `blake3`).
-    pub fn sha256_only(size: u64) -> FileHasher {
-        FileHasher {
-            helper: helper(size, DigestSet::of(&[Algorithm::Sha256])),
+            helper: helper(size, set),
             whole: MultiHasher::new(DigestSet::EMPTY),
             chunks: None,
             fed: 0,
@@ -209,7 +197,8 @@ pub fn all_known(known: &CachedDigests, shown: DigestSet) -> Vec<Digest> {
         .collect()
 }
 
-fn digest(known: &CachedDigests, algorithm: Algorithm) -> Option<Digest> {
+/// The digest of `algorithm` in `known`, if it was computed.
+pub fn digest(known: &CachedDigests, algorithm: Algorithm) -> Option<Digest> {
     let bytes = match algorithm {
         Algorithm::Md5 => known.md5?.to_vec(),
         Algorithm::Sha256 => known.sha256?.to_vec(),

@@ -17,7 +17,7 @@
 //!   either nothing or the whole file.
 
 use crate::chunkset::ChunkSet;
-use crate::digest::{hash_span, FileHasher, KeepAlive};
+use crate::digest::{self, hash_span, FileHasher, KeepAlive};
 use crate::error::ServerError;
 use crate::fileid::{relative_name, FileId};
 use crate::paths::{self, Refusal};
@@ -26,7 +26,7 @@ use crate::targets::{self, Found};
 use crate::uploads::{remove_quietly, Claim, Uploads};
 use sfts_protocol::{
     blake3_tree, chunk_count, chunk_span, clamp_chunk_size, Algorithm, ChunkDigest, Digest,
-    ErrorCode, PutBegin,
+    DigestSet, ErrorCode, PutBegin,
 };
 use sfts_state::{CachedDigests, StoredUpload};
 use std::fs::{self, File, OpenOptions};
@@ -196,10 +196,12 @@ impl<'a> Upload<'a> {
         let running = (held.len() == 0).then(|| Running {
             next: 0,
             // A streamed upload's MD5 is only computed if its commit asks (read back then).
+            // With BLAKE3 tree values the whole-file BLAKE3 is assembled from them.
             hasher: if req.chunk_digest == ChunkDigest::Blake3Tree {
-                FileHasher::sha256_only(req.size)
+                FileHasher::on_helper(req.size, DigestSet::of(&[Algorithm::Sha256]))
             } else if req.digest_at_commit {
-                FileHasher::whole_file_but_md5(req.size)
+                let set = DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3]);
+                FileHasher::on_helper(req.size, set)
             } else if one_chunk {
                 FileHasher::whole_file_but_sha256(req.size)
             } else {
@@ -326,11 +328,23 @@ impl<'a> Upload<'a> {
     }
 
     /// True when a commit checking `want` needs no read-back: every chunk was hashed as it
-    /// was stored, into every digest of `want` (a streamed upload's MD5 is not).
+    /// was stored, into every digest of `want`.
     pub fn hashed_on_arrival(&self, want: &[Digest]) -> bool {
-        let md5_skipped =
-            self.digest_at_commit && want.iter().any(|d| d.algorithm == Algorithm::Md5);
-        self.running.as_ref().is_some_and(|r| r.next == self.total) && !md5_skipped
+        let complete = self.running.as_ref().is_some_and(|r| r.next == self.total);
+        complete
+            && want
+                .iter()
+                .all(|d| self.hashed_into().contains(d.algorithm))
+    }
+
+    /// The whole-file digests that chunks stored in order go into: all of them, but a
+    /// streamed upload's (or one with BLAKE3 tree values) skip the MD5.
+    fn hashed_into(&self) -> DigestSet {
+        if self.digest_at_commit || self.chunk_digest == ChunkDigest::Blake3Tree {
+            DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])
+        } else {
+            DigestSet::of(&Algorithm::ALL)
+        }
     }
 
     /// The whole-file digests announced in `PutBegin` (none for a streamed upload).
@@ -383,7 +397,13 @@ impl<'a> Upload<'a> {
         // Read back when chunks came out of order (or from an earlier session), or when the
         // commit asks for a digest not computed on the way (a streamed upload's MD5).
         let got = match on_arrival {
-            Some(got) if want.iter().all(|d| known(&got, d.algorithm).is_some()) => got,
+            Some(got)
+                if want
+                    .iter()
+                    .all(|d| digest::digest(&got, d.algorithm).is_some()) =>
+            {
+                got
+            }
             _ => {
                 let mut hasher = FileHasher::whole_file(self.size);
                 (&self.file).seek(SeekFrom::Start(0)).map_err(read_err)?;
@@ -406,23 +426,16 @@ impl<'a> Upload<'a> {
         };
         if !want.iter().any(|d| d.algorithm == Algorithm::Sha256) {
             return Ok(Verified::Mismatch(
-                "SHA-256",
+                Algorithm::Sha256.label(),
                 "no SHA-256 to compare with".into(),
             ));
         }
         for d in want {
-            let name = match d.algorithm {
-                Algorithm::Sha256 => "SHA-256",
-                Algorithm::Md5 => "MD5",
-                Algorithm::Blake3 => "BLAKE3",
-            };
-            let found = known(&got, d.algorithm);
+            let found = digest::digest(&got, d.algorithm);
             // Every digest is computed; one missing would be a bug, and counts as different.
-            if found != Some(&d.bytes[..]) {
-                let found = found
-                    .map(sfts_protocol::checksum::to_hex)
-                    .unwrap_or_default();
-                return Ok(Verified::Mismatch(name, found));
+            if found.as_ref() != Some(d) {
+                let found = found.map(|f| f.to_hex()).unwrap_or_default();
+                return Ok(Verified::Mismatch(d.algorithm.label(), found));
             }
         }
         Ok(Verified::Match(got))
@@ -523,15 +536,6 @@ impl<'a> Upload<'a> {
 impl Drop for Upload<'_> {
     fn drop(&mut self) {
         self.uploads.unregister(&self.staging);
-    }
-}
-
-/// The digest of `algorithm` in `digests`, if it was computed.
-fn known(digests: &CachedDigests, algorithm: Algorithm) -> Option<&[u8]> {
-    match algorithm {
-        Algorithm::Sha256 => digests.sha256.as_ref().map(|b| &b[..]),
-        Algorithm::Md5 => digests.md5.as_ref().map(|b| &b[..]),
-        Algorithm::Blake3 => digests.blake3.as_ref().map(|b| &b[..]),
     }
 }
 
