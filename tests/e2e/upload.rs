@@ -115,6 +115,37 @@ fn put_streams_to_a_new_server_and_hashes_first_for_an_older_one() {
         assert!(std::fs::read(work.path().join(out_name)).unwrap() == data);
     };
     blake3_get("s.bin", "back.bin");
+    // That BLAKE3 is what the commit was checked with; the server hashed nothing else, so
+    // the first SHA-256 download hashes the file on its way (and caches its SHA-256).
+    let published = |logs: &str| {
+        logs.lines()
+            .find(|l| l.contains("published 's.bin'"))
+            .map(str::to_string)
+    };
+    assert!(wait_until(Duration::from_secs(10), || published(
+        &server.logs()
+    )
+    .is_some()));
+    let line = published(&server.logs()).unwrap();
+    assert!(
+        line.contains(", blake3 ") && !line.contains("sha256"),
+        "{line}"
+    );
+    let out = run(client(work.path()).args([
+        "get",
+        &server.target(),
+        "s.bin",
+        "-o",
+        "sha.bin",
+        "--checksum",
+        "sha256",
+    ]));
+    assert_ok(&out);
+    assert_eq!(printed_digest(&stdout(&out)), sha);
+    assert!(std::fs::read(work.path().join("sha.bin")).unwrap() == data);
+    assert!(wait_until(Duration::from_secs(10), || server
+        .logs()
+        .contains("hashing 's.bin' while sending")));
     // `put` through a proxy that hides `caps` from the server's Welcome, as `name`.
     let put_hiding = |caps: u64, name: &str| {
         let behaviour = Behaviour {

@@ -53,7 +53,8 @@ pub struct PutOptions {
 /// A finished upload.
 #[derive(Debug, Clone)]
 pub struct PutOutcome {
-    /// The published file's SHA-256 (equal to ours).
+    /// The published file's SHA-256: ours, which the server's SHA-256 (or, for an upload
+    /// with BLAKE3 tree values, its BLAKE3) matched.
     pub sha256: Digest,
     /// Its MD5, as the server computed it (if it sent one).
     pub md5: Option<Digest>,
@@ -315,14 +316,20 @@ fn upload_on(
     };
     let sha = sha256_of(&ours).cloned().expect("hashed");
     let md5 = done.iter().find(|d| d.algorithm == Algorithm::Md5).cloned();
-    match done.iter().find(|d| d.algorithm == Algorithm::Sha256) {
-        Some(theirs) => crate::transfer::verify(&remote, theirs, &sha, Kept::Nothing)?,
-        None => {
-            return Err(ClientError::Protocol {
-                detail: "its PutDone carries no sha256 digest".into(),
-                kept: Kept::Nothing,
-            })
+    // Every digest both sides computed must agree, and there must be one: the SHA-256, or
+    // the BLAKE3 of an upload with tree values (whose server hashes nothing else).
+    let mut compared = false;
+    for theirs in &done {
+        if let Some(mine) = ours.iter().find(|d| d.algorithm == theirs.algorithm) {
+            crate::transfer::verify(&remote, theirs, mine, Kept::Nothing)?;
+            compared |= mine.algorithm != Algorithm::Md5;
         }
+    }
+    if !compared {
+        return Err(ClientError::Protocol {
+            detail: "its PutDone carries neither a sha256 nor a blake3 digest of ours".into(),
+            kept: Kept::Nothing,
+        });
     }
     let retries = f.stats.retries - retries_before;
     tracing::info!(

@@ -1,12 +1,16 @@
 //! A streamed `put` (capability `STREAM_PUT`): the local file is read once, while it is sent.
 //!
 //! The reading thread takes a buffer from a small pool, fills it with the next chunk, gives
-//! it its per-chunk digest (BLAKE3 when the server has `BLAKE3`, else SHA-256), writes it to
-//! the socket and hands it to a second thread, which feeds it to the whole-file SHA-256 and
-//! gives it back to the pool. The whole-file hash thus runs on the second core, overlapped
-//! with reading and sending; no chunk is ever copied or allocated twice. Chunks the server
-//! already holds (a resume) are read and hashed but not sent. The whole-file digests go to
-//! the server at the end, in `PutCommitDigests`, which it checks against what it assembled.
+//! it its per-chunk digest (BLAKE3 tree values when the server has `BLAKE3_TREE`, BLAKE3 when
+//! it has `BLAKE3`, else SHA-256), writes it to the socket and hands it to a second thread,
+//! which feeds it to the whole-file SHA-256 and gives it back to the pool. The whole-file
+//! hash thus runs on the second core, overlapped with reading and sending; no chunk is ever
+//! copied or allocated twice. Chunks the server already holds (a resume) are read and hashed
+//! but not sent. The whole-file digest goes to the server at the end, in `PutCommitDigests`,
+//! which it checks against what it assembled: with tree values the BLAKE3, merged from the
+//! chunks' values on both sides (so the server hashes nothing but the chunks it checks), else
+//! the SHA-256. The SHA-256 is what the user is shown either way: equal BLAKE3s mean equal
+//! bytes, so it is the published file's.
 //!
 //! A streamed upload is identified on the server by path, size, modification time and chunk
 //! digest (its SHA-256 is not known up front); a file changed without changing those is
@@ -21,8 +25,8 @@ use crate::upload::{
     disconnected, next_answer, open_upload, refusal, unexpected, Counters, PutOptions,
 };
 use sfts_protocol::{
-    blake3_tree, chunk_count, chunk_span, Capabilities, ChunkDigest, ChunkRanges, Digest,
-    DigestSet, Message, MultiHasher, PutBegin,
+    blake3_tree, chunk_count, chunk_span, Algorithm, Capabilities, ChunkDigest, ChunkRanges,
+    Digest, DigestSet, Message, MultiHasher, PutBegin,
 };
 use std::collections::VecDeque;
 use std::fs::File;
@@ -118,7 +122,7 @@ pub(crate) fn attempt(
         .file
         .seek(SeekFrom::Start(0))
         .map_err(|e| ClientError::local("cannot read", &opts.local, e))?;
-    let ours = std::thread::scope(|s| {
+    let (mut ours, tree) = std::thread::scope(|s| {
         let (to_hash, hashing) = sync_channel::<PageBuf>(POOL);
         let (give_back, pool) = channel::<PageBuf>();
         for _ in 0..POOL {
@@ -139,14 +143,33 @@ pub(crate) fn attempt(
         let sent = pipe.run(f, opts, local, counters);
         // The pipe is gone (its sender with it): the hasher finishes what it was given.
         let digests = hasher.join().map_err(|_| hasher_gone(&opts.local))?;
-        sent.map(|()| digests)
+        sent.map(|tree| (digests, tree))
     })?;
     unchanged(&opts.local, local)?;
+    // With tree values the commit carries the BLAKE3 merged from them, and only that: the
+    // server checks every digest a commit carries, and a SHA-256 would make it hash the file.
+    let commit = match kind {
+        ChunkDigest::Blake3Tree => {
+            let blake3 = blake3_tree::file_digest(cs, local.size, &tree).ok_or_else(|| {
+                ClientError::Protocol {
+                    detail: "the chunks' BLAKE3 tree values do not make up the file".into(),
+                    kept: Kept::Nothing,
+                }
+            })?;
+            let blake3 = Digest {
+                algorithm: Algorithm::Blake3,
+                bytes: blake3.to_vec(),
+            };
+            ours.push(blake3.clone());
+            vec![blake3]
+        }
+        _ => ours.clone(),
+    };
     let session = f.session()?;
     session
         .send(&Message::PutCommitDigests {
             id: 1,
-            digests: ours.clone(),
+            digests: commit,
         })
         .map_err(|e| disconnected("committing the upload", e))?;
     match session.recv("waiting for the server to verify the upload", timeout)? {
@@ -180,19 +203,21 @@ struct Pipe<'h> {
 
 impl Pipe<'_> {
     /// Reads every chunk in order, sends those the server lacks with a window of
-    /// unacknowledged ones, and re-sends the ones it finds corrupted.
+    /// unacknowledged ones, and re-sends the ones it finds corrupted. Returns the chunks'
+    /// BLAKE3 tree values, in order, when the upload uses them (else nothing).
     fn run(
         self,
         f: &mut Fetcher<'_>,
         opts: &PutOptions,
         local: &mut Streamed,
         counters: &mut Counters,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Vec<[u8; 32]>, ClientError> {
         let read_err = |e| ClientError::local("cannot read", &opts.local, e);
         let window = crate::upload::window(self.cs);
         let mut in_flight: VecDeque<(u64, u32)> = VecDeque::new();
         let mut again: VecDeque<u64> = VecDeque::new();
         let mut scratch = Vec::new();
+        let mut tree = Vec::new();
         let mut next = 0u64;
         while next < self.total || !again.is_empty() || !in_flight.is_empty() {
             if f.interrupted() {
@@ -228,12 +253,19 @@ impl Pipe<'_> {
                 let mut buf = self.pool.recv().map_err(|_| hasher_gone(&opts.local))?;
                 buf.set_len(len as usize);
                 local.file.read_exact(&mut buf).map_err(read_err)?;
+                let tree_value = self.kind == ChunkDigest::Blake3Tree;
                 if !self.have.contains(index) {
                     let digest = self.kind.of_chunk(start, local.size, &buf);
                     f.session()?
                         .send_chunk(1, index, &digest, &buf)
                         .map_err(|e| disconnected("sending a chunk", e))?;
                     in_flight.push_back((index, len));
+                    if tree_value {
+                        tree.push(digest);
+                    }
+                } else if tree_value {
+                    // Held already: its value is still part of the file's BLAKE3.
+                    tree.push(self.kind.of_chunk(start, local.size, &buf));
                 }
                 self.to_hash
                     .send(buf)
@@ -243,7 +275,7 @@ impl Pipe<'_> {
                 again.push_back(index);
             }
         }
-        Ok(())
+        Ok(tree)
     }
 
     /// Where chunk `index` is.

@@ -139,9 +139,10 @@ impl FileHasher {
     }
 }
 
-/// A helper thread for `set`, or inline hashing for a file too small to be worth a thread.
+/// A helper thread for `set`, or inline hashing for a file too small to be worth a thread (or
+/// for nothing to hash at all).
 fn helper(size: u64, set: DigestSet) -> HashThread {
-    if size <= INLINE_HELPER_MAX {
+    if size <= INLINE_HELPER_MAX || set == DigestSet::EMPTY {
         HashThread::inline(set)
     } else {
         HashThread::start(set)

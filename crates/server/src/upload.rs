@@ -8,7 +8,8 @@
 //! otherwise (chunks out of order, an upload resumed from an earlier session) it reads the
 //! assembled file back. Either way it checks the SHA-256 (and MD5) of exactly the bytes
 //! written against the digests announced in `PutBegin` or, for a streamed upload
-//! (digest-at-commit), against those of `PutCommitDigests`, sets the modification time,
+//! (digest-at-commit), against those of `PutCommitDigests` (for one with BLAKE3 tree values:
+//! the BLAKE3 merged from the chunks' checked values, and nothing hashed here), sets the modification time,
 //! flushes the file to the disk (files of [`SYNC_FROM`] bytes or more), and publishes it:
 //!
 //! * replacing a file (`force`, where the server allows it): `rename`, atomic;
@@ -196,9 +197,10 @@ impl<'a> Upload<'a> {
         let running = (held.len() == 0).then(|| Running {
             next: 0,
             // A streamed upload's MD5 is only computed if its commit asks (read back then).
-            // With BLAKE3 tree values the whole-file BLAKE3 is assembled from them.
+            // With BLAKE3 tree values the whole-file BLAKE3 is assembled from them, and it is
+            // the digest the commit is checked with: nothing is hashed here at all.
             hasher: if req.chunk_digest == ChunkDigest::Blake3Tree {
-                FileHasher::on_helper(req.size, DigestSet::of(&[Algorithm::Sha256]))
+                FileHasher::on_helper(req.size, DigestSet::EMPTY)
             } else if req.digest_at_commit {
                 let set = DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3]);
                 FileHasher::on_helper(req.size, set)
@@ -338,12 +340,26 @@ impl<'a> Upload<'a> {
     }
 
     /// The whole-file digests that chunks stored in order go into: all of them, but a
-    /// streamed upload's (or one with BLAKE3 tree values) skip the MD5.
+    /// streamed upload's skip the MD5, and one with BLAKE3 tree values only has the BLAKE3
+    /// assembled from them.
     fn hashed_into(&self) -> DigestSet {
-        if self.digest_at_commit || self.chunk_digest == ChunkDigest::Blake3Tree {
+        if self.chunk_digest == ChunkDigest::Blake3Tree {
+            DigestSet::of(&[Algorithm::Blake3])
+        } else if self.digest_at_commit {
             DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])
         } else {
             DigestSet::of(&Algorithm::ALL)
+        }
+    }
+
+    /// The whole-file digest every commit of this upload must carry: the BLAKE3 with BLAKE3
+    /// tree values (the server assembles it from the chunks' checked values), otherwise the
+    /// SHA-256. Any other digest the commit carries is checked too.
+    pub fn required(&self) -> Algorithm {
+        if self.chunk_digest == ChunkDigest::Blake3Tree {
+            Algorithm::Blake3
+        } else {
+            Algorithm::Sha256
         }
     }
 
@@ -363,8 +379,8 @@ impl<'a> Upload<'a> {
         out
     }
 
-    /// Checks the assembled file against `want` (which has a SHA-256; the announced digests,
-    /// or those of `PutCommitDigests`): from the digests computed as the chunks were stored,
+    /// Checks the assembled file against `want` (which has the [`Upload::required`] digest;
+    /// the announced digests, or those of `PutCommitDigests`): from the digests computed as the chunks were stored,
     /// or by reading it back, with keep-alives while it reads. `buf` is any reusable buffer
     /// (at least 64 KiB is best).
     pub fn verify<F: FnMut() -> io::Result<()>>(
@@ -424,10 +440,11 @@ impl<'a> Upload<'a> {
                 hasher.finish()
             }
         };
-        if !want.iter().any(|d| d.algorithm == Algorithm::Sha256) {
+        let required = self.required();
+        if !want.iter().any(|d| d.algorithm == required) {
             return Ok(Verified::Mismatch(
-                Algorithm::Sha256.label(),
-                "no SHA-256 to compare with".into(),
+                required.label(),
+                format!("no {} to compare with", required.label()),
             ));
         }
         for d in want {

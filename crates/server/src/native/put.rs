@@ -30,8 +30,8 @@ use crate::upload::{already_exists, Start, Upload, Verified};
 use crate::uploads::{Uploads, CLAIM_WAIT};
 use sfts_protocol::io::write_data;
 use sfts_protocol::{
-    blake3_tree, checksum, clamp_chunk_size, Algorithm, Capabilities, ChunkDigest, Digest,
-    ErrorCode, FileInfo, FileKind, Message, PutBegin, RejectReason,
+    blake3_tree, checksum, clamp_chunk_size, Capabilities, ChunkDigest, Digest, ErrorCode,
+    FileInfo, FileKind, Message, PutBegin, RejectReason,
 };
 use sfts_state::NewTransfer;
 use std::collections::BTreeMap;
@@ -344,15 +344,17 @@ impl<'a> Native<'a> {
                 format!("no upload with id {id} is open on this connection"),
             );
         };
+        let required = u.required();
         let want = match (u.digest_at_commit, at_commit) {
             (false, None) => u.announced(),
-            (true, Some(d)) if d.iter().any(|d| d.algorithm == Algorithm::Sha256) => d,
+            (true, Some(d)) if d.iter().any(|d| d.algorithm == required) => d,
             (at, _) => {
                 let message = match at {
                     true => format!(
                         "the upload of '{}' announced its digests for the commit: commit it \
-                         with PutCommitDigests, which carries at least the SHA-256",
-                        u.requested
+                         with PutCommitDigests, which carries at least the {}",
+                        u.requested,
+                        required.label()
                     ),
                     false => format!(
                         "the upload of '{}' announced its digests in PutBegin: commit it with \
@@ -481,13 +483,15 @@ impl<'a> Native<'a> {
         if let Some(key) = u.cache_key(&target) {
             self.s.state.store.remember(&key, &digests);
         }
-        let sha = digests
-            .sha256
-            .map(|d| checksum::to_hex(&d))
-            .unwrap_or_default();
+        // A file sent with BLAKE3 tree values was checked with its BLAKE3 only.
+        let (label, digest) = match (digests.sha256, digests.blake3) {
+            (Some(sha), _) => ("sha256", checksum::to_hex(&sha)),
+            (None, Some(b3)) => ("blake3", checksum::to_hex(&b3)),
+            (None, None) => ("sha256", String::new()),
+        };
         let secs = u.began.elapsed().as_secs_f64();
         info!(
-            "published '{}' from {peer}: {}, sha256 {sha}, {} received on this connection in \
+            "published '{}' from {peer}: {}, {label} {digest}, {} received on this connection in \
              {} ({:.1} MB/s), checked in {}",
             u.path,
             bytes_text(u.size),

@@ -2,7 +2,8 @@
 //! (`PutCommitDigests`), chunks carry BLAKE3 (or SHA-256) digests. In order and out of order,
 //! resumed, a wrong digest at the commit, flags the session did not agree on, corrupted
 //! chunks and the wrong kind of commit; BLAKE3 tree chunk values (capability `BLAKE3_TREE`),
-//! from which the server assembles the whole-file BLAKE3.
+//! from which the server assembles the whole-file BLAKE3 that such an upload is committed
+//! with.
 
 use crate::support::{blake3_digest, both_digests, data, Native, Running, Up, ALL_CAPS};
 use sfts_protocol::{
@@ -20,9 +21,14 @@ fn streamed(id: u32, path: &str, bytes: &[u8], kind: ChunkDigest) -> PutBegin {
     PutBegin::streamed(id, path, bytes.len() as u64, MTIME, CHUNK, kind)
 }
 
-/// The SHA-256 alone, as `sfts-client put` commits.
+/// The SHA-256 alone, as `sfts-client put` commits without BLAKE3 tree values.
 fn sha256_only(bytes: &[u8]) -> Vec<Digest> {
     both_digests(bytes)[1..].to_vec()
+}
+
+/// The BLAKE3 alone, as `sfts-client put` commits with BLAKE3 tree values.
+fn blake3_only(bytes: &[u8]) -> Vec<Digest> {
+    vec![blake3_digest(bytes)]
 }
 
 fn nothing_staged(root: &Path) -> bool {
@@ -205,23 +211,67 @@ fn tree_values_give_the_whole_file_blake3() {
         let name = format!("tree/{len}.bin");
         let b = streamed(n as u32 + 1, &name, &bytes, ChunkDigest::Blake3Tree);
         let order: Vec<u64> = (0..chunk_count(len as u64, CHUNK)).collect();
-        let done = upload(&mut c, &b, &bytes, &order, sha256_only(&bytes)).unwrap();
-        let want = vec![both_digests(&bytes)[1].clone(), blake3_digest(&bytes)];
-        assert_eq!(done, want, "{len} bytes");
+        let done = upload(&mut c, &b, &bytes, &order, blake3_only(&bytes)).unwrap();
+        // Checked with the BLAKE3 assembled from the values; no byte was hashed again, so
+        // there is no SHA-256 to report.
+        assert_eq!(done, blake3_only(&bytes), "{len} bytes");
         assert_eq!(std::fs::read(server.root.join(&name)).unwrap(), bytes);
-        // The BLAKE3 may be part of the commit too.
+        // A SHA-256 in the commit is checked too: the file is read back for it.
         let b = PutBegin {
             force: true,
             ..streamed(99, &name, &bytes, ChunkDigest::Blake3Tree)
         };
-        assert_eq!(upload(&mut c, &b, &bytes, &order, want.clone()), Ok(want));
+        let want = vec![both_digests(&bytes)[1].clone(), blake3_digest(&bytes)];
+        let done = upload(&mut c, &b, &bytes, &order, want.clone()).unwrap();
+        assert!(
+            want.iter().all(|d| done.contains(d)),
+            "{len} bytes: {done:?}"
+        );
+        // And a wrong one is found.
+        let b = PutBegin {
+            force: true,
+            ..streamed(100, &name, &bytes, ChunkDigest::Blake3Tree)
+        };
+        let mut lie = want.clone();
+        lie[0] = both_digests(&data(len + 1, 1))[1].clone();
+        let (code, message) = upload(&mut c, &b, &bytes, &order, lie).unwrap_err();
+        assert_eq!(code, ErrorCode::ChecksumMismatch, "{len} bytes: {message}");
+        assert!(message.contains("SHA-256"), "{message}");
     }
     // Out of order: read back at the commit, same digests.
     let bytes = data(20_000, 30);
     let b = streamed(7, "tree/ooo.bin", &bytes, ChunkDigest::Blake3Tree);
-    let done = upload(&mut c, &b, &bytes, &[4, 0, 3, 1, 2], sha256_only(&bytes)).unwrap();
+    let done = upload(&mut c, &b, &bytes, &[4, 0, 3, 1, 2], blake3_only(&bytes)).unwrap();
     assert!(done.contains(&blake3_digest(&bytes)), "{done:?}");
     assert!(nothing_staged(&server.root));
+}
+
+#[test]
+fn a_tree_upload_is_checked_with_its_blake3() {
+    let server = Running::uploads();
+    let bytes = data(10_000, 33);
+    let other = data(10_000, 34);
+    let mut c = Native::connect(server.addr, STREAM_CAPS | Capabilities::BLAKE3_TREE);
+    // Another file's BLAKE3: the assembled one differs, nothing is published.
+    let b = streamed(1, "tw.bin", &bytes, ChunkDigest::Blake3Tree);
+    let (code, message) = upload(&mut c, &b, &bytes, &[0, 1, 2], blake3_only(&other)).unwrap_err();
+    assert_eq!(code, ErrorCode::ChecksumMismatch, "{message}");
+    assert!(message.contains("BLAKE3"), "{message}");
+    assert!(!server.root.join("tw.bin").exists(), "never published");
+    assert!(nothing_staged(&server.root));
+    // A SHA-256 alone does not do: the BLAKE3 is what the server checks such an upload with.
+    let b = streamed(2, "tw.bin", &bytes, ChunkDigest::Blake3Tree);
+    let (code, message) = upload(&mut c, &b, &bytes, &[0, 1, 2], sha256_only(&bytes)).unwrap_err();
+    assert_eq!(code, ErrorCode::BadRequest, "{message}");
+    assert!(message.contains("at least the BLAKE3"), "{message}");
+    assert!(!server.root.join("tw.bin").exists());
+    // The chunks are kept: the upload resumes and commits with its BLAKE3 (read back, as
+    // the chunks came in an earlier upload).
+    let b = streamed(3, "tw.bin", &bytes, ChunkDigest::Blake3Tree);
+    assert!(!c.begin(&b).unwrap().have.is_empty());
+    let done = c.commit_with(3, blake3_only(&bytes)).unwrap();
+    assert!(done.contains(&blake3_digest(&bytes)), "{done:?}");
+    assert_eq!(std::fs::read(server.root.join("tw.bin")).unwrap(), bytes);
 }
 
 #[test]
@@ -247,8 +297,8 @@ fn a_tree_value_only_fits_its_own_place() {
         c.send_chunk_with(1, i, &bytes, CHUNK, ChunkDigest::Blake3Tree);
         assert_eq!(c.up(), Up::Ack(1, i));
     }
-    let done = c.commit_with(1, sha256_only(&bytes)).unwrap();
-    assert_eq!(done[1], blake3_digest(&bytes));
+    let done = c.commit_with(1, blake3_only(&bytes)).unwrap();
+    assert_eq!(done, blake3_only(&bytes));
 }
 
 #[test]
@@ -269,7 +319,7 @@ fn tree_values_need_the_capability_and_a_power_of_two() {
     let (code, message) = c.begin(&odd).unwrap_err();
     assert_eq!(code, ErrorCode::BadRequest, "{message}");
     assert!(message.contains("power of two"), "{message}");
-    assert!(upload(&mut c, &b, &bytes, &[0], sha256_only(&bytes)).is_ok());
+    assert!(upload(&mut c, &b, &bytes, &[0], blake3_only(&bytes)).is_ok());
 }
 
 #[test]
