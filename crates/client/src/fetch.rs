@@ -44,8 +44,9 @@ pub trait RangeSink: Write {
         Ok(())
     }
 
-    /// True when writing and hashing a byte here is so cheap that a large transfer is
-    /// received on one thread rather than handed frame by frame to a second one.
+    /// True when writing and hashing a byte here is so cheap that only a very large
+    /// transfer is handed frame by frame to a second thread ([`Threads::LargeOnly`]); others
+    /// are received on one.
     fn cheap(&self) -> bool {
         false
     }
@@ -343,7 +344,7 @@ impl<'a> Fetcher<'a> {
             };
             let live = self.live.as_mut().expect("connected");
             let threads = if sink.cheap() {
-                Threads::One
+                Threads::LargeOnly
             } else {
                 Threads::Auto
             };

@@ -397,7 +397,7 @@ impl<S: Read + Write + Send> NativeSession<S> {
         ctx: &Context<'_>,
         threads: Threads,
     ) -> Result<Vec<Digest>, Stopped> {
-        if threads == Threads::Auto && header.length >= PIPELINE_MIN {
+        if threads.two_for(header.length) {
             return self.receive_pipelined(header, sink, ctx);
         }
         let size = header.length;
@@ -483,17 +483,38 @@ impl<S: Read + Write + Send> NativeSession<S> {
     }
 }
 
-/// How many threads receive a transfer.
+/// How many threads receive a transfer: two (one reads, one writes and hashes) from a size
+/// on, one below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
-    /// Two for a large transfer (one reads, one writes and hashes), one for a small one.
+    /// Two from [`PIPELINE_MIN`].
     Auto,
-    /// One: the sink's work is cheaper than handing frames over.
-    One,
+    /// Two only from [`CHEAP_PIPELINE_MIN`]: the sink's work is about as cheap as handing
+    /// frames over.
+    LargeOnly,
+}
+
+impl Threads {
+    /// True when a transfer of `length` bytes is received on two threads.
+    fn two_for(self, length: u64) -> bool {
+        length
+            >= match self {
+                Threads::Auto => PIPELINE_MIN,
+                Threads::LargeOnly => CHEAP_PIPELINE_MIN,
+            }
+    }
 }
 
 /// Transfers at least this long are received on two threads.
 const PIPELINE_MIN: u64 = 4 << 20;
+
+/// Transfers at least this long are received on two threads even when writing and hashing
+/// costs little more than the hand-over (BLAKE3 to standard output). The second thread then
+/// costs about a seventh more CPU, and wins a fifth of the time of a 1 GiB download when the
+/// other core has room; below this size a download is more likely one of many running at
+/// once, with no core to spare: 64 concurrent 16 MiB downloads lost a fifth of their
+/// aggregate rate on two threads each (docs/PERFORMANCE.md).
+const CHEAP_PIPELINE_MIN: u64 = 64 << 20;
 
 /// Frames read ahead of the writing and hashing thread.
 const PIPELINE_DEPTH: usize = 4;
@@ -886,6 +907,15 @@ mod tests {
         let e = session(b"OK".to_vec()).1.unwrap_err();
         assert!(matches!(e, ClientError::Handshake { .. }), "{e}");
         assert!(e.to_string().contains("--protocol legacy"));
+    }
+
+    #[test]
+    fn cheap_sinks_get_a_second_thread_only_for_very_large_transfers() {
+        const MIB: u64 = 1 << 20;
+        assert!(!Threads::Auto.two_for(MIB) && Threads::Auto.two_for(4 * MIB));
+        // 64 clients fetching 16 MiB each: one thread per client.
+        assert!(!Threads::LargeOnly.two_for(16 * MIB));
+        assert!(Threads::LargeOnly.two_for(64 * MIB) && Threads::LargeOnly.two_for(1 << 30));
     }
 
     #[test]

@@ -338,7 +338,7 @@ impl StdoutSink {
 
 impl RangeSink for StdoutSink {
     /// BLAKE3 hashes at several GB/s on one core: handing each frame to a second thread costs
-    /// more than hashing it on the receiving one.
+    /// about as much CPU as hashing it on the receiving one.
     fn cheap(&self) -> bool {
         self.algorithm == Algorithm::Blake3
     }
