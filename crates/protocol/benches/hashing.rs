@@ -24,7 +24,7 @@ use criterion::{measurement::WallTime, SamplingMode};
 use md5::{Digest as _, Md5};
 use sfts_protocol::checksum::{self, digest_reader, HashingWriter};
 use sfts_protocol::{Algorithm, DigestSet, MultiHasher};
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use std::hint::black_box;
 use std::io::{self, Write};
 

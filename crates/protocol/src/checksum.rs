@@ -4,7 +4,7 @@
 use crate::error::{ProtocolError, Result};
 use md5::{Digest as _, Md5};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use std::fmt;
 use std::io::{self, Read, Write};
 

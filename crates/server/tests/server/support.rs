@@ -10,7 +10,7 @@ use sfts_protocol::{
     RejectReason, MAGIC, PROTOCOL_VERSION,
 };
 use sfts_server::{Config, Server, ShutdownHandle};
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
