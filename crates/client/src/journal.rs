@@ -9,9 +9,9 @@
 //! size 67108864
 //! mtime_ns 1763797036000000000
 //! chunk_size 1048576
-//! chunk_digest blake3
+//! chunk_digest xxh3-128
 //! --
-//! 0 3f0c…(64 hex digits: BLAKE3 of chunk 0 as written to the partial file) 02d1a7…
+//! 0 3f0c…(32 hex digits: XXH3-128 of chunk 0 as written to the partial file) 02d1a7…
 //! 1 9a11… 02c4f0…
 //! ```
 //!
@@ -25,22 +25,20 @@
 //! (a crash in the middle of the append) is ignored. A repaired chunk is appended again; the
 //! last line for an index wins.
 //!
-//! Version 1 journals (no `chunk_digest` line, SHA-256 chunk digests, no states) written by
-//! earlier releases are still resumed.
+//! The chunk digest is XXH3-128 ([`crate::chunk_check`] says why a non-cryptographic one).
+//! Journals of earlier releases are still resumed: version 2 with `chunk_digest blake3`,
+//! version 1 (no `chunk_digest` line, SHA-256 chunk digests, no states). An earlier release
+//! that finds `chunk_digest xxh3-128` does not know it and starts the download over.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use crate::chunk_check::{self, ChunkCheck};
 use sfts_protocol::checksum::{from_hex, to_hex};
-use sfts_protocol::{Algorithm, ChunkDigest};
 
 const MAGIC_LINE: &str = "sfts-journal 2";
 const MAGIC_LINE_V1: &str = "sfts-journal 1";
-
-/// The digest new journals record for each chunk: BLAKE3, several times cheaper than SHA-256,
-/// so checking a partial file before a resume costs little.
-pub const CHUNK_DIGEST: ChunkDigest = ChunkDigest::Blake3;
 
 /// One chunk's entry: its digest and, when known, the whole-file hash state after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +82,7 @@ pub struct Journal {
     file: File,
     header: JournalHeader,
     /// How the chunk digests were computed.
-    chunk_digest: ChunkDigest,
+    chunk_digest: ChunkCheck,
     chunks: Vec<Option<Entry>>,
 }
 
@@ -109,7 +107,7 @@ impl Journal {
             header.size,
             header.mtime_ns,
             header.chunk_size,
-            CHUNK_DIGEST.algorithm().name(),
+            chunk_check::NEW.name(),
         );
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
@@ -118,7 +116,7 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             header,
-            chunk_digest: CHUNK_DIGEST,
+            chunk_digest: chunk_check::NEW,
             chunks: vec![None; count],
         })
     }
@@ -154,8 +152,9 @@ impl Journal {
         &self.path
     }
 
-    /// How the chunk digests are computed (BLAKE3; SHA-256 in version 1 journals).
-    pub fn chunk_digest(&self) -> ChunkDigest {
+    /// How the chunk digests are computed (XXH3-128; BLAKE3 or SHA-256 in journals of
+    /// earlier releases).
+    pub fn chunk_digest(&self) -> ChunkCheck {
         self.chunk_digest
     }
 
@@ -203,9 +202,10 @@ impl Journal {
                 format!("chunk {index} is beyond the end of the file"),
             ));
         };
+        let hex = to_hex(&digest[..self.chunk_digest.digest_len()]);
         let line = match &state {
-            Some(state) => format!("{index} {} {}\n", to_hex(&digest), to_hex(state)),
-            None => format!("{index} {}\n", to_hex(&digest)),
+            Some(state) => format!("{index} {hex} {}\n", to_hex(state)),
+            None => format!("{index} {hex}\n"),
         };
         self.file.write_all(line.as_bytes())?;
         *slot = Some(Entry { digest, state });
@@ -225,7 +225,7 @@ impl Journal {
     }
 }
 
-type Parsed = (JournalHeader, ChunkDigest, Vec<Option<Entry>>);
+type Parsed = (JournalHeader, ChunkCheck, Vec<Option<Entry>>);
 
 fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
     let mut lines = reader.lines();
@@ -243,11 +243,9 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
     let mtime_ns = field("mtime_ns")?.and_then(|v| v.parse::<i64>().ok());
     let chunk_size = field("chunk_size")?.and_then(|v| v.parse::<u32>().ok());
     let chunk_digest = if version == 1 {
-        Some(ChunkDigest::Sha256)
+        Some(ChunkCheck::Sha256)
     } else {
-        field("chunk_digest")?
-            .and_then(|v| Algorithm::from_name(&v).ok())
-            .and_then(ChunkDigest::from_algorithm)
+        field("chunk_digest")?.and_then(|v| ChunkCheck::from_name(&v))
     };
     let Some(chunk_digest) = chunk_digest else {
         return Ok(None);
@@ -276,18 +274,21 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
         else {
             continue;
         };
-        let (Ok(index), Ok(bytes)) = (
-            index.parse::<usize>(),
-            from_hex(hex, chunk_digest.algorithm().name()),
-        ) else {
+        let (Ok(index), Ok(bytes)) = (index.parse::<usize>(), from_hex(hex, chunk_digest.name()))
+        else {
             continue;
         };
+        if bytes.len() != chunk_digest.digest_len() {
+            continue;
+        }
+        let mut digest = [0u8; 32];
+        digest[..bytes.len()].copy_from_slice(&bytes);
         let state = match state.map(|s| from_hex(s, "hash state")) {
             None => None,
             Some(Ok(state)) => Some(state),
             Some(Err(_)) => continue,
         };
-        if let (Some(slot), Ok(digest)) = (chunks.get_mut(index), <[u8; 32]>::try_from(bytes)) {
+        if let Some(slot) = chunks.get_mut(index) {
             *slot = Some(Entry { digest, state });
         }
     }
@@ -325,27 +326,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(&dir.path().join("out.bin"));
         assert!(path.ends_with("out.bin.sfts-journal"));
+        let d = |n: u8| chunk_check::NEW.of(&[n; 4]);
         let mut j = Journal::create(&path, header()).unwrap();
-        j.record(0, [1; 32], None).unwrap();
-        j.record(2, [3; 32], Some(vec![2, 0xab])).unwrap();
+        j.record(0, d(1), None).unwrap();
+        j.record(2, d(3), Some(vec![2, 0xab])).unwrap();
         assert_eq!(j.confirmed_chunks(), 1);
         assert_eq!(j.confirmed_bytes(), 4);
         drop(j);
         let mut j = Journal::open(&path).unwrap().unwrap();
         assert_eq!(j.header(), &header());
-        assert_eq!(j.chunk(0), Some([1; 32]));
+        assert_eq!(j.chunk(0), Some(d(1)));
         assert_eq!(j.chunk(1), None);
-        assert_eq!(j.chunk(2), Some([3; 32]));
-        assert_eq!(j.chunk_digest(), CHUNK_DIGEST);
+        assert_eq!(j.chunk(2), Some(d(3)));
+        assert_eq!(j.chunk_digest(), ChunkCheck::Xxh3);
         assert_eq!(j.state_after(0), None);
         assert_eq!(j.state_after(2), Some(&[2u8, 0xab][..]));
-        j.record(1, [2; 32], None).unwrap();
+        j.record(1, d(2), None).unwrap();
         assert_eq!(j.confirmed_bytes(), 10);
         // A repair appends again; the last line wins.
-        j.record(0, [9; 32], None).unwrap();
+        j.record(0, d(9), None).unwrap();
         drop(j);
         let j = Journal::open(&path).unwrap().unwrap();
-        assert_eq!(j.chunk(0), Some([9; 32]));
+        assert_eq!(j.chunk(0), Some(d(9)));
         assert_eq!(j.confirmed_chunks(), 3);
     }
 
@@ -371,7 +373,7 @@ mod tests {
         drop(j);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         // The crash cut the line inside the state's hex.
-        f.write_all(format!("1 {} 0203f", to_hex(&[5; 32])).as_bytes())
+        f.write_all(format!("1 {} 0203f", to_hex(&[5; 16])).as_bytes())
             .unwrap();
         let j = Journal::open(&path).unwrap().unwrap();
         assert_eq!(j.state_after(0), Some(&[2u8, 3, 4][..]));
@@ -379,19 +381,26 @@ mod tests {
         assert_eq!(j.confirmed_chunks(), 1);
     }
 
+    /// A journal of `header()` written by hand: the magic line, `extra` header lines, the
+    /// chunk lines.
+    fn by_hand(dir: &Path, magic: &str, extra: &str, lines: &str) -> PathBuf {
+        let path = dir.join("j");
+        let text = format!(
+            "{magic}\npath a/b.bin\nsize 10\nmtime_ns 1700000000123456789\nchunk_size 4\n\
+             {extra}--\n{lines}"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     #[test]
     fn version_1_journals_still_resume_with_sha256_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        let text = format!(
-            "sfts-journal 1\npath a/b.bin\nsize 10\nmtime_ns 1700000000123456789\n\
-             chunk_size 4\n--\n0 {}\n",
-            to_hex(&[7; 32])
-        );
-        std::fs::write(&path, text).unwrap();
+        let lines = format!("0 {}\n", to_hex(&[7; 32]));
+        let path = by_hand(dir.path(), MAGIC_LINE_V1, "", &lines);
         let j = Journal::open(&path).unwrap().unwrap();
         assert_eq!(j.header(), &header());
-        assert_eq!(j.chunk_digest(), ChunkDigest::Sha256);
+        assert_eq!(j.chunk_digest(), ChunkCheck::Sha256);
         assert_eq!(j.chunk(0), Some([7; 32]));
         assert_eq!(j.state_after(0), None);
     }
@@ -403,10 +412,28 @@ mod tests {
         drop(Journal::create(&path, header()).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("sfts-journal 2\n"), "{text}");
-        assert!(text.contains("\nchunk_digest blake3\n--\n"), "{text}");
+        assert!(text.contains("\nchunk_digest xxh3-128\n--\n"), "{text}");
         // A version 2 journal with an unknown chunk digest is not understood.
-        std::fs::write(&path, text.replace("blake3", "crc32")).unwrap();
+        std::fs::write(&path, text.replace("xxh3-128", "crc32")).unwrap();
         assert!(Journal::open(&path).unwrap().is_none());
+    }
+
+    #[test]
+    fn blake3_journals_of_earlier_releases_still_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        // Chunk 1's line has a digest of the wrong length (XXH3's): not a record.
+        let lines = format!("0 {} 0a0b\n1 {}\n", to_hex(&[7; 32]), to_hex(&[8; 16]));
+        let path = by_hand(dir.path(), MAGIC_LINE, "chunk_digest blake3\n", &lines);
+        let mut j = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(j.chunk_digest(), ChunkCheck::Blake3);
+        assert_eq!(j.chunk(0), Some([7; 32]));
+        assert_eq!(j.state_after(0), Some(&[0x0a, 0x0b][..]));
+        assert_eq!(j.chunk(1), None);
+        // Records appended to it stay BLAKE3-sized.
+        j.record(1, [9; 32], None).unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(j.chunk(1), Some([9; 32]));
     }
 
     #[test]

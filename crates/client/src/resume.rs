@@ -24,6 +24,7 @@
 //! handled below this module by [`Fetcher`]. To standard output there is nothing to resume,
 //! but a dropped connection is still re-established and continued.
 
+use crate::chunk_check::ChunkCheck;
 use crate::cli::GetOptions;
 use crate::download::Outcome;
 use crate::error::{ClientError, Kept};
@@ -35,9 +36,7 @@ use crate::pagebuf::PageBuf;
 use crate::progress::Bytes;
 use crate::sinks::{BufferSink, FileSink, StdoutSink};
 use crate::transfer::verify;
-use sfts_protocol::{
-    Algorithm, Capabilities, ChunkDigest, Digest, DigestSet, FileVersion, MultiHasher, TO_END,
-};
+use sfts_protocol::{Algorithm, Capabilities, Digest, DigestSet, FileVersion, MultiHasher, TO_END};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -576,7 +575,7 @@ impl PrefixCheck {
     fn start(
         part: &Path,
         header: &crate::journal::JournalHeader,
-        kind: ChunkDigest,
+        kind: ChunkCheck,
         expected: Vec<[u8; 32]>,
     ) -> io::Result<PrefixCheck> {
         let file = Arc::new(File::open(part)?);
@@ -741,7 +740,7 @@ mod tests {
             mtime_ns: 0,
             chunk_size: chunk,
         };
-        let kind = ChunkDigest::Blake3;
+        let kind = ChunkCheck::Xxh3;
         let expected: Vec<[u8; 32]> = (0..header.chunk_count())
             .map(|i| {
                 let (start, end) = header.chunk_range(i);

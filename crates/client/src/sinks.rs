@@ -6,10 +6,11 @@
 //! * [`StdoutSink`]: standard output and the whole-file digest;
 //! * [`BufferSink`]: one chunk in memory (repairs of a partial file).
 
+use crate::chunk_check::{ChunkCheck, ChunkHasher};
 use crate::error::ClientError;
 use crate::fetch::RangeSink;
 use crate::journal::{Journal, JournalHeader};
-use sfts_protocol::{Algorithm, ChunkDigest, Digest, DigestSet, FileHeader, MultiHasher};
+use sfts_protocol::{Algorithm, Digest, DigestSet, FileHeader, MultiHasher};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -25,9 +26,9 @@ struct Chunker {
     /// Bytes seen so far.
     pos: u64,
     /// How chunks are digested.
-    kind: ChunkDigest,
+    kind: ChunkCheck,
     /// Hash of the current chunk so far.
-    chunk: MultiHasher,
+    chunk: ChunkHasher,
 }
 
 impl Chunker {
@@ -39,7 +40,7 @@ impl Chunker {
             journal,
             pos,
             kind,
-            chunk: MultiHasher::new(DigestSet::of(&[kind.algorithm()])),
+            chunk: kind.hasher(),
         }
     }
 
@@ -54,12 +55,8 @@ impl Chunker {
             self.pos += n as u64;
             rest = &rest[n..];
             if self.pos % self.chunk_size == 0 || self.pos == self.size {
-                let done = std::mem::replace(
-                    &mut self.chunk,
-                    MultiHasher::new(DigestSet::of(&[self.kind.algorithm()])),
-                );
-                let digest = done.finish().remove(0);
-                let bytes: [u8; 32] = digest.bytes.as_slice().try_into().expect("32 bytes");
+                let done = std::mem::replace(&mut self.chunk, self.kind.hasher());
+                let bytes = done.finish();
                 // The state belongs to the end of `buf`, so only to a chunk that ends there.
                 let state = if rest.is_empty() { state.take() } else { None };
                 self.journal
@@ -410,9 +407,9 @@ mod tests {
         let (_, digest) = sink.finish();
         let j = Journal::open(&jpath).unwrap().unwrap();
         assert_eq!(j.confirmed_bytes(), 10);
-        assert_eq!(j.chunk(0), Some(ChunkDigest::Blake3.of(b"abcd")));
-        assert_eq!(j.chunk(1), Some(ChunkDigest::Blake3.of(b"efgh")));
-        assert_eq!(j.chunk(2), Some(ChunkDigest::Blake3.of(b"ij")));
+        assert_eq!(j.chunk(0), Some(ChunkCheck::Xxh3.of(b"abcd")));
+        assert_eq!(j.chunk(1), Some(ChunkCheck::Xxh3.of(b"efgh")));
+        assert_eq!(j.chunk(2), Some(ChunkCheck::Xxh3.of(b"ij")));
         // MD5's state cannot be saved.
         assert_eq!(j.state_after(0), None);
         let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Md5]));
@@ -441,6 +438,6 @@ mod tests {
             h.update(rest);
             assert_eq!(h.finish().remove(0), digest, "state after chunk {index}");
         }
-        assert_eq!(j.chunk(0), Some(ChunkDigest::Blake3.of(b"abcd")));
+        assert_eq!(j.chunk(0), Some(ChunkCheck::Xxh3.of(b"abcd")));
     }
 }
