@@ -123,6 +123,26 @@ fn tree_of_2000_small_files_round_trips_with_mtimes_and_empty_dirs() {
     assert_ok(&out);
     assert_eq!(json(&out)["files"], 2);
     assert_eq!(snapshot(&src), snapshot(&work.path().join("copy")));
+
+    // A local file that differs is kept unless --force replaces it.
+    let mine = work.path().join("copy/d1/e1/f1.dat");
+    std::fs::write(&mine, b"my own edit").unwrap();
+    let target = server.target();
+    let get_again = |force: bool| {
+        let mut args = vec!["get", "-r", &target, "tree", "-o", "copy", "--json"];
+        args.extend(force.then_some("--force"));
+        run(client(work.path()).args(args))
+    };
+    let out = get_again(false);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("exists and differs; use --force"), "{said}");
+    assert_eq!(std::fs::read(&mine).unwrap(), b"my own edit");
+    let out = get_again(true);
+    assert_ok(&out);
+    assert_eq!(json(&out)["files"], 1);
+    assert_eq!(snapshot(&src), snapshot(&work.path().join("copy")));
+    assert!(!work.path().join("copy/d1/e1/f1.dat.sfts-part").exists());
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub mod address;
 pub mod chunk_check;
 pub mod cli;
 pub mod connect;
+pub mod dir_handle;
 pub mod download;
 pub mod error;
 pub mod fetch;

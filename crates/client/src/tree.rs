@@ -15,12 +15,13 @@
 //! `symlink` entries, which `get -r` skips; `put -r` skips local symlinks (both say so).
 
 use crate::cli::GetOptions;
+use crate::dir_handle::{DirHandle, Published};
 use crate::error::{ClientError, Kept};
 use crate::fetch::Fetcher;
 use crate::interrupt::Interrupt;
 use crate::listing::list;
 use crate::native::Request;
-use crate::output::{base_name, create_part, part_path, Destination, OutputSpec, Sink};
+use crate::output::{base_name, part_path, Destination, OutputSpec};
 use crate::progress::Bytes;
 use crate::sinks::FileSink;
 use crate::transfer::{into_error, verify, Context};
@@ -187,6 +188,10 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
     };
     let mut f = Fetcher::connect(opts, interrupt)?;
     let listing = list(&mut f, &opts.remote, true)?;
+    // In a directory this run creates, no local file can be in the way: nothing to look at
+    // (one that appears meanwhile is still never replaced: see `DirHandle::publish`).
+    let fresh = matches!(fs::symlink_metadata(&out_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound);
     fs::create_dir_all(&out_dir).map_err(|e| ClientError::local("cannot create", &out_dir, e))?;
     let mut out = TreeOutcome::default();
     let mut dirs = Vec::new();
@@ -207,26 +212,44 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
                 out.dirs += 1;
                 dirs.push((local, entry.mtime_ns));
             }
-            // One look at the local name: absent (the usual case), the same file, or another.
-            EntryKind::File => match fs::symlink_metadata(&local) {
-                Ok(m) if is_same(&m, entry.size, entry.mtime_ns) => out.unchanged += 1,
-                Ok(_) if !opts.force => out.failed.push((
-                    entry.name.clone(),
-                    format!(
-                        "'{}' exists and differs; use --force to replace it",
-                        local.display()
-                    ),
-                )),
-                _ if entry.size <= opts.chunk_size as u64 => small.push((entry.clone(), local)),
-                _ => large.push((entry.clone(), local)),
-            },
+            // One look at the local name: absent (the usual case), the same file, or another
+            // (replaced with --force).
+            EntryKind::File => {
+                let looked = if fresh {
+                    Err(std::io::ErrorKind::NotFound.into())
+                } else {
+                    fs::symlink_metadata(&local)
+                };
+                let replace = match looked {
+                    Ok(m) if is_same(&m, entry.size, entry.mtime_ns) => {
+                        out.unchanged += 1;
+                        continue;
+                    }
+                    Ok(_) if !opts.force => {
+                        let why = format!(
+                            "'{}' exists and differs; use --force to replace it",
+                            local.display()
+                        );
+                        out.failed.push((entry.name.clone(), why));
+                        continue;
+                    }
+                    Ok(_) => true,
+                    Err(_) => false,
+                };
+                let item = (entry.clone(), local, replace);
+                if entry.size <= opts.chunk_size as u64 {
+                    small.push(item);
+                } else {
+                    large.push(item);
+                }
+            }
             kind => {
                 tracing::warn!("skipping '{}' ({}: not followed)", entry.name, kind.name());
                 out.skipped += 1;
             }
         }
     }
-    let total: u64 = small.iter().chain(&large).map(|(e, _)| e.size).sum();
+    let total: u64 = small.iter().chain(&large).map(|(e, _, _)| e.size).sum();
     f.progress.set_total(total);
     tracing::info!(
         "'{}': {} file(s) to fetch ({}), {} unchanged, {} director(ies)",
@@ -237,7 +260,7 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
         out.dirs
     );
     get_small_files(&mut f, opts, small, &mut out)?;
-    for (entry, local) in large {
+    for (entry, local, replace) in large {
         if f.interrupted() {
             return Err(ClientError::Interrupted {
                 kept: Kept::Nothing,
@@ -248,7 +271,7 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
         one.output = OutputSpec::Path(local.clone());
         one.recursive = false;
         one.quiet = true;
-        one.force = true; // checked above: absent, or differing with --force
+        one.force = replace; // differing with --force; otherwise absent when looked at
         let dest = Destination::plan(&one.output, &one.remote, true)?;
         match crate::resume::get_native(&one, &dest, interrupt) {
             Ok(o) => {
@@ -280,15 +303,22 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
     Ok(out)
 }
 
-/// Fetches small files pipelined on one connection.
+/// A file of a tree to fetch: what the server listed, where it goes, and whether a file
+/// already there is replaced (it differs, and --force).
+type Planned = (ListEntry, PathBuf, bool);
+
+/// Fetches small files pipelined on one connection, each written beside its final name and
+/// renamed to it through a descriptor of its directory ([`DirHandle`]).
 fn get_small_files(
     f: &mut Fetcher<'_>,
     opts: &GetOptions,
-    files: Vec<(ListEntry, PathBuf)>,
+    files: Vec<Planned>,
     out: &mut TreeOutcome,
 ) -> Result<(), ClientError> {
-    let mut queue: VecDeque<(ListEntry, PathBuf)> = files.into();
-    let mut in_flight: VecDeque<(ListEntry, PathBuf)> = VecDeque::new();
+    let mut queue: VecDeque<Planned> = files.into();
+    let mut in_flight: VecDeque<Planned> = VecDeque::new();
+    // The listing goes directory by directory: one open directory at a time is enough.
+    let mut dir: Option<DirHandle> = None;
     let mut failed_in_a_row = 0u32;
     let digests = DigestSet::of(&[opts.algorithm]);
     let server = opts.server.to_string();
@@ -303,7 +333,7 @@ fn get_small_files(
             if in_flight.len() <= GET_WINDOW - GET_BATCH && !queue.is_empty() {
                 let session = f.session()?;
                 while in_flight.len() < GET_WINDOW {
-                    let Some((entry, local)) = queue.pop_front() else {
+                    let Some((entry, local, replace)) = queue.pop_front() else {
                         break;
                     };
                     let get = GetRequest::whole(
@@ -312,13 +342,14 @@ fn get_small_files(
                         digests,
                     );
                     session.queue(&Message::Get(get));
-                    in_flight.push_back((entry, local));
+                    in_flight.push_back((entry, local, replace));
                 }
                 session
                     .send_queued()
                     .map_err(|e| disconnected("asking for files", e))?;
             }
-            let (entry, local) = in_flight.front().cloned().expect("a request is in flight");
+            let (entry, local, replace) =
+                in_flight.front().cloned().expect("a request is in flight");
             let remote = join_remote(&opts.remote, &entry.name);
             let req = Request {
                 server: &server,
@@ -337,7 +368,24 @@ fn get_small_files(
                 Err(e) => return Err(e),
             };
             let part = part_path(&local);
-            let file = create_part(&part)?;
+            let (parent, name) = match (local.parent(), local.file_name()) {
+                (Some(p), Some(n)) => (p, n),
+                _ => {
+                    return Err(ClientError::Usage(format!(
+                        "'{}' is not a file name",
+                        local.display()
+                    )))
+                }
+            };
+            if dir.as_ref().is_none_or(|d| d.path() != parent) {
+                let opened = DirHandle::open(parent)
+                    .map_err(|e| ClientError::local("cannot open", parent, e))?;
+                dir = Some(opened);
+            }
+            let dir = dir.as_ref().expect("opened above");
+            let file = dir
+                .create_part(name)
+                .map_err(|e| ClientError::local("cannot create", &part, e))?;
             let mut sink = FileSink::fresh(
                 file,
                 PathBuf::new(),
@@ -358,7 +406,7 @@ fn get_small_files(
             let theirs = match received {
                 Ok(d) => d,
                 Err(stopped) => {
-                    let _ = fs::remove_file(&part);
+                    let _ = dir.remove_part(name);
                     let e = into_error(stopped, header.size, Kept::Nothing);
                     return Err(match e {
                         ClientError::ConnectionLost { reason, .. } => ClientError::Disconnected {
@@ -377,14 +425,23 @@ fn get_small_files(
                 return Ok(());
             }
             set_mtime(&file, &part, entry.mtime_ns);
-            let dest = Destination::File {
-                target: local.clone(),
-                part,
+            // No fsync here: one for the whole tree at the end.
+            drop(file);
+            let why = match dir.publish(name, replace) {
+                Ok(Published::Done) => {
+                    out.files += 1;
+                    return Ok(());
+                }
+                Ok(Published::Exists) => format!(
+                    "'{}' appeared while the tree was fetched; use --force to replace it",
+                    local.display()
+                ),
+                Err(e) => {
+                    ClientError::local("cannot rename the download to", &local, e).to_string()
+                }
             };
-            match dest.publish_with(Sink::File(file), true, false) {
-                Ok(()) => out.files += 1,
-                Err(e) => out.failed.push((entry.name.clone(), e.to_string())),
-            }
+            let _ = dir.remove_part(name);
+            out.failed.push((entry.name.clone(), why));
             Ok(())
         })();
         match step {

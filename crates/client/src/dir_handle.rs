@@ -1,0 +1,212 @@
+//! Creating and publishing many small files in one directory through a descriptor of it.
+//!
+//! `get -r` writes each small file as `<name>.sfts-part` and renames it to `<name>` once it
+//! is verified. By full path, every `open`, `stat` and `rename` walks all the components of
+//! the output directory again; relative to a descriptor of the file's own directory it walks
+//! one. The rename is `renameat2(RENAME_NOREPLACE)`, so a file that appeared under the name
+//! meanwhile is never replaced unless replacing was asked for, without a `stat` first (file
+//! systems without the flag get the `stat` and a plain `renameat`). On tmpfs, 10,000 files
+//! of 4 KiB six directories deep: create, write, set the time, `stat` and rename by path
+//! 280–330 ms; relative, without the `stat`, 230–240 ms.
+
+use crate::output::PART_SUFFIX;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// An open directory.
+pub struct DirHandle {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+/// How a publication ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published {
+    /// The file is under its name.
+    Done,
+    /// Something already had the name and replacing it was not asked for; the temporary
+    /// file is left for the caller to remove.
+    Exists,
+}
+
+impl DirHandle {
+    /// Opens `path` (a directory; a symbolic link to one is followed, like a path would be).
+    pub fn open(path: &Path) -> io::Result<DirHandle> {
+        let c = c_path(path.as_os_str())?;
+        // SAFETY: `c` is a NUL-terminated path; the result is checked before use.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DirHandle {
+            path: path.to_path_buf(),
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates `<name>.sfts-part` for writing, always new (`O_EXCL`: a symbolic link planted
+    /// under that name is never followed); a stale one from an earlier run is removed first.
+    pub fn create_part(&self, name: &OsStr) -> io::Result<File> {
+        let part = c_path(&part_name(name))?;
+        match self.create(&part) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            created => return created,
+        }
+        self.unlink(&part)?;
+        tracing::info!(
+            "replacing stale '{}'",
+            self.path.join(part_name(name)).display()
+        );
+        self.create(&part)
+    }
+
+    /// Removes `<name>.sfts-part` (a download that failed); a missing one is fine.
+    pub fn remove_part(&self, name: &OsStr) -> io::Result<()> {
+        match self.unlink(&c_path(&part_name(name))?) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Renames `<name>.sfts-part` to `name`; an existing `name` is replaced only if
+    /// `replace`.
+    pub fn publish(&self, name: &OsStr, replace: bool) -> io::Result<Published> {
+        let (part, target) = (c_path(&part_name(name))?, c_path(name)?);
+        let flags = if replace { 0 } else { libc::RENAME_NOREPLACE };
+        match self.rename(&part, &target, flags) {
+            Ok(()) => return Ok(Published::Done),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(Published::Exists),
+            // The file system does not know the flag: look, then rename.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) && !replace => {
+            }
+            Err(e) => return Err(e),
+        }
+        if self.exists(&target)? {
+            return Ok(Published::Exists);
+        }
+        self.rename(&part, &target, 0).map(|()| Published::Done)
+    }
+
+    fn create(&self, name: &CString) -> io::Result<File> {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+        // SAFETY: a valid directory descriptor and NUL-terminated name; checked below.
+        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), name.as_ptr(), flags, 0o666) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    fn unlink(&self, name: &CString) -> io::Result<()> {
+        // SAFETY: a valid directory descriptor and NUL-terminated name.
+        let r = unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.as_ptr(), 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn rename(&self, from: &CString, to: &CString, flags: libc::c_uint) -> io::Result<()> {
+        let dir = self.fd.as_raw_fd();
+        // SAFETY: valid directory descriptors and NUL-terminated names.
+        let r = unsafe { libc::renameat2(dir, from.as_ptr(), dir, to.as_ptr(), flags) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn exists(&self, name: &CString) -> io::Result<bool> {
+        // SAFETY: `stat` is plain data; valid descriptor, name and buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let flags = libc::AT_SYMLINK_NOFOLLOW;
+        let r = unsafe { libc::fstatat(self.fd.as_raw_fd(), name.as_ptr(), &mut st, flags) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::NotFound => Ok(false),
+            _ => Err(e),
+        }
+    }
+}
+
+/// `<name>.sfts-part`.
+fn part_name(name: &OsStr) -> OsString {
+    let mut part = name.to_owned();
+    part.push(PART_SUFFIX);
+    part
+}
+
+fn c_path(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{}' contains a NUL byte", name.to_string_lossy()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn create_publish_and_never_replace_unasked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DirHandle::open(dir.path()).unwrap();
+        assert_eq!(d.path(), dir.path());
+        let name = OsStr::new("a.bin");
+        d.create_part(name).unwrap().write_all(b"one").unwrap();
+        assert!(dir.path().join("a.bin.sfts-part").exists());
+        assert_eq!(d.publish(name, false).unwrap(), Published::Done);
+        assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"one");
+        assert!(!dir.path().join("a.bin.sfts-part").exists());
+        // The name is taken: not replaced unless asked, and the part stays for the caller.
+        d.create_part(name).unwrap().write_all(b"two").unwrap();
+        assert_eq!(d.publish(name, false).unwrap(), Published::Exists);
+        assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"one");
+        assert_eq!(d.publish(name, true).unwrap(), Published::Done);
+        assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"two");
+        // A failed download's part goes; removing a missing one is fine.
+        d.create_part(name).unwrap();
+        d.remove_part(name).unwrap();
+        assert!(!dir.path().join("a.bin.sfts-part").exists());
+        d.remove_part(name).unwrap();
+    }
+
+    #[test]
+    fn a_stale_part_or_a_planted_link_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DirHandle::open(dir.path()).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("b.sfts-part")).unwrap();
+        d.create_part(OsStr::new("b"))
+            .unwrap()
+            .write_all(b"new")
+            .unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let part = dir.path().join("b.sfts-part");
+        assert!(!std::fs::symlink_metadata(&part).unwrap().is_symlink());
+        assert!(DirHandle::open(&victim).is_err(), "not a directory");
+    }
+}
