@@ -61,7 +61,8 @@ pub fn available(f: &Fetcher<'_>) -> bool {
 /// without hashing the file again), else BLAKE3 where it has it.
 fn chunk_digest(f: &Fetcher<'_>, chunk_size: u32) -> ChunkDigest {
     let clamped = sfts_protocol::clamp_chunk_size(chunk_size);
-    if f.server_has(Capabilities::BLAKE3_TREE) && blake3_tree::usable_chunk_size(clamped) {
+    let tree = Capabilities::BLAKE3 | Capabilities::BLAKE3_TREE;
+    if f.server_has(tree) && blake3_tree::usable_chunk_size(clamped) {
         ChunkDigest::Blake3Tree
     } else if f.server_has(Capabilities::BLAKE3) {
         ChunkDigest::Blake3

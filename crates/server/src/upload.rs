@@ -199,8 +199,11 @@ impl<'a> Upload<'a> {
             // A streamed upload's MD5 is only computed if its commit asks (read back then).
             // With BLAKE3 tree values the whole-file BLAKE3 is assembled from them, and it is
             // the digest the commit is checked with: nothing is hashed here at all.
-            hasher: if req.chunk_digest == ChunkDigest::Blake3Tree {
+            hasher: if req.chunk_digest == ChunkDigest::Blake3Tree && req.digest_at_commit {
                 FileHasher::on_helper(req.size, DigestSet::EMPTY)
+            } else if req.chunk_digest == ChunkDigest::Blake3Tree {
+                // The SHA-256 was announced up front: it is what the commit checks.
+                FileHasher::on_helper(req.size, DigestSet::of(&[Algorithm::Sha256]))
             } else if req.digest_at_commit {
                 let set = DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3]);
                 FileHasher::on_helper(req.size, set)
@@ -340,26 +343,41 @@ impl<'a> Upload<'a> {
     }
 
     /// The whole-file digests that chunks stored in order go into: all of them, but a
-    /// streamed upload's skip the MD5, and one with BLAKE3 tree values only has the BLAKE3
-    /// assembled from them.
+    /// streamed upload's skip the MD5, and one with BLAKE3 tree values and its digests at
+    /// the commit only has the BLAKE3 assembled from them.
     fn hashed_into(&self) -> DigestSet {
-        if self.chunk_digest == ChunkDigest::Blake3Tree {
+        if self.commits_with_blake3() {
             DigestSet::of(&[Algorithm::Blake3])
-        } else if self.digest_at_commit {
+        } else if self.digest_at_commit || self.chunk_digest == ChunkDigest::Blake3Tree {
             DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])
         } else {
             DigestSet::of(&Algorithm::ALL)
         }
     }
 
-    /// The whole-file digest every commit of this upload must carry: the BLAKE3 with BLAKE3
-    /// tree values (the server assembles it from the chunks' checked values), otherwise the
-    /// SHA-256. Any other digest the commit carries is checked too.
-    pub fn required(&self) -> Algorithm {
-        if self.chunk_digest == ChunkDigest::Blake3Tree {
-            Algorithm::Blake3
+    /// A streamed upload with BLAKE3 tree values: its commit is checked with the BLAKE3
+    /// assembled from the chunks' checked values, and nothing is hashed on arrival.
+    fn commits_with_blake3(&self) -> bool {
+        self.digest_at_commit && self.chunk_digest == ChunkDigest::Blake3Tree
+    }
+
+    /// True when `want`, the digests of a commit, has what this upload is checked with: the
+    /// SHA-256, or for a streamed upload with tree values the BLAKE3 or the SHA-256 (which
+    /// then costs a read of the whole file: what clients before this rule sent). Any other
+    /// digest given is checked too.
+    pub fn commit_has_enough(&self, want: &[Digest]) -> bool {
+        want.iter().any(|d| {
+            d.algorithm == Algorithm::Sha256
+                || (d.algorithm == Algorithm::Blake3 && self.commits_with_blake3())
+        })
+    }
+
+    /// What [`Upload::commit_has_enough`] asks for, in words.
+    pub fn required(&self) -> &'static str {
+        if self.commits_with_blake3() {
+            "the BLAKE3 or the SHA-256"
         } else {
-            Algorithm::Sha256
+            "the SHA-256"
         }
     }
 
@@ -379,7 +397,7 @@ impl<'a> Upload<'a> {
         out
     }
 
-    /// Checks the assembled file against `want` (which has the [`Upload::required`] digest;
+    /// Checks the assembled file against `want` (enough of it: [`Upload::commit_has_enough`];
     /// the announced digests, or those of `PutCommitDigests`): from the digests computed as the chunks were stored,
     /// or by reading it back, with keep-alives while it reads. `buf` is any reusable buffer
     /// (at least 64 KiB is best).
@@ -440,11 +458,10 @@ impl<'a> Upload<'a> {
                 hasher.finish()
             }
         };
-        let required = self.required();
-        if !want.iter().any(|d| d.algorithm == required) {
+        if !self.commit_has_enough(want) {
             return Ok(Verified::Mismatch(
-                required.label(),
-                format!("no {} to compare with", required.label()),
+                Algorithm::Sha256.label(),
+                format!("no digest to compare with: it needs {}", self.required()),
             ));
         }
         for d in want {

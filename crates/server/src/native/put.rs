@@ -195,7 +195,8 @@ impl<'a> Native<'a> {
     }
 
     /// Refuses the streamed-upload flags of `PutBegin` unless both sides announced what they
-    /// need: `STREAM_PUT` for digest-at-commit, and `BLAKE3` too for BLAKE3 chunks.
+    /// need: `STREAM_PUT` for digest-at-commit, `BLAKE3` too for BLAKE3 chunks, and
+    /// `BLAKE3_TREE` as well for tree values (whose `PutDone` carries the BLAKE3).
     fn stream_flags_agreed(&self, req: &PutBegin) -> Result<(), Refusal> {
         let stream = self.common.has(Capabilities::STREAM_PUT);
         if req.digest_at_commit && !stream {
@@ -214,11 +215,11 @@ impl<'a> Native<'a> {
             ));
         }
         if req.chunk_digest == ChunkDigest::Blake3Tree {
-            if !(stream && self.common.has(Capabilities::BLAKE3_TREE)) {
+            if !(blake3 && self.common.has(Capabilities::BLAKE3_TREE)) {
                 return Err(Refusal::new(
                     ErrorCode::BadRequest,
                     "PutBegin asks for BLAKE3 tree chunk values, but this session did not agree \
-                     on STREAM_PUT and BLAKE3_TREE",
+                     on STREAM_PUT, BLAKE3 and BLAKE3_TREE",
                 ));
             }
             let chunk = clamp_chunk_size(req.chunk_size);
@@ -344,17 +345,16 @@ impl<'a> Native<'a> {
                 format!("no upload with id {id} is open on this connection"),
             );
         };
-        let required = u.required();
         let want = match (u.digest_at_commit, at_commit) {
             (false, None) => u.announced(),
-            (true, Some(d)) if d.iter().any(|d| d.algorithm == required) => d,
+            (true, Some(d)) if u.commit_has_enough(&d) => d,
             (at, _) => {
                 let message = match at {
                     true => format!(
                         "the upload of '{}' announced its digests for the commit: commit it \
-                         with PutCommitDigests, which carries at least the {}",
+                         with PutCommitDigests, which carries at least {}",
                         u.requested,
-                        required.label()
+                        u.required()
                     ),
                     false => format!(
                         "the upload of '{}' announced its digests in PutBegin: commit it with \

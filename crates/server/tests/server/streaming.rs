@@ -259,19 +259,63 @@ fn a_tree_upload_is_checked_with_its_blake3() {
     assert!(message.contains("BLAKE3"), "{message}");
     assert!(!server.root.join("tw.bin").exists(), "never published");
     assert!(nothing_staged(&server.root));
-    // A SHA-256 alone does not do: the BLAKE3 is what the server checks such an upload with.
+    // A commit with neither the BLAKE3 nor the SHA-256 (an MD5 alone) is refused; the
+    // chunks are kept.
     let b = streamed(2, "tw.bin", &bytes, ChunkDigest::Blake3Tree);
-    let (code, message) = upload(&mut c, &b, &bytes, &[0, 1, 2], sha256_only(&bytes)).unwrap_err();
+    let md5 = vec![both_digests(&bytes)[0].clone()];
+    let (code, message) = upload(&mut c, &b, &bytes, &[0, 1, 2], md5).unwrap_err();
     assert_eq!(code, ErrorCode::BadRequest, "{message}");
-    assert!(message.contains("at least the BLAKE3"), "{message}");
+    assert!(
+        message.contains("at least the BLAKE3 or the SHA-256"),
+        "{message}"
+    );
     assert!(!server.root.join("tw.bin").exists());
-    // The chunks are kept: the upload resumes and commits with its BLAKE3 (read back, as
-    // the chunks came in an earlier upload).
+    // The SHA-256 alone (what clients sent before the BLAKE3 rule) still commits: read back.
     let b = streamed(3, "tw.bin", &bytes, ChunkDigest::Blake3Tree);
     assert!(!c.begin(&b).unwrap().have.is_empty());
-    let done = c.commit_with(3, blake3_only(&bytes)).unwrap();
+    let done = c.commit_with(3, sha256_only(&bytes)).unwrap();
     assert!(done.contains(&blake3_digest(&bytes)), "{done:?}");
+    assert!(done.contains(&sha256_only(&bytes)[0]), "{done:?}");
     assert_eq!(std::fs::read(server.root.join("tw.bin")).unwrap(), bytes);
+}
+
+#[test]
+fn tree_values_with_the_sha256_announced_up_front_commit_with_it() {
+    let server = Running::uploads();
+    let bytes = data(10_000, 35);
+    let mut c = Native::connect(server.addr, STREAM_CAPS | Capabilities::BLAKE3_TREE);
+    let b = PutBegin {
+        chunk_digest: ChunkDigest::Blake3Tree,
+        ..crate::support::begin(1, "up-front.bin", &bytes, CHUNK)
+    };
+    c.begin(&b).unwrap();
+    for i in 0..3 {
+        c.send_chunk_with(1, i, &bytes, CHUNK, ChunkDigest::Blake3Tree);
+        assert_eq!(c.up(), Up::Ack(1, i));
+    }
+    // Checked with the announced SHA-256 (and MD5), hashed as the chunks arrived.
+    let done = c.commit(1).unwrap();
+    assert!(done.contains(&sha256_only(&bytes)[0]), "{done:?}");
+    assert!(done.contains(&blake3_digest(&bytes)), "{done:?}");
+    assert_eq!(
+        std::fs::read(server.root.join("up-front.bin")).unwrap(),
+        bytes
+    );
+    // A file that is not the announced one is not published.
+    let other = data(10_000, 36);
+    let b = PutBegin {
+        chunk_digest: ChunkDigest::Blake3Tree,
+        sha256: crate::support::begin(2, "x", &other, CHUNK).sha256,
+        md5: None,
+        ..crate::support::begin(2, "lie.bin", &bytes, CHUNK)
+    };
+    c.begin(&b).unwrap();
+    for i in 0..3 {
+        c.send_chunk_with(2, i, &bytes, CHUNK, ChunkDigest::Blake3Tree);
+        assert_eq!(c.up(), Up::Ack(2, i));
+    }
+    assert_eq!(c.commit(2).unwrap_err().0, ErrorCode::ChecksumMismatch);
+    assert!(!server.root.join("lie.bin").exists());
 }
 
 #[test]
