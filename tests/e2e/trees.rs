@@ -165,3 +165,30 @@ fn get_r_skips_symlinks_leading_out_of_the_root() {
         b"a"
     );
 }
+
+#[test]
+fn get_r_into_the_current_directory_looks_at_what_is_there() {
+    let server = Server::start();
+    std::fs::create_dir_all(server.root.join("t/sub")).unwrap();
+    std::fs::write(server.root.join("t/sub/a.txt"), b"a").unwrap();
+    std::fs::write(server.root.join("t/b.txt"), b"b").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // The current directory exists, so its files are looked at first (clap refuses `-o ""`).
+    std::fs::write(work.path().join("b.txt"), b"mine").unwrap();
+    let get =
+        || run(client(work.path()).args(["get", "-r", &server.target(), "t", "-o", ".", "--json"]));
+    let out = get();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(work.path().join("b.txt")).unwrap(), b"mine");
+    assert_eq!(std::fs::read(work.path().join("sub/a.txt")).unwrap(), b"a");
+    std::fs::remove_file(work.path().join("b.txt")).unwrap();
+    let out = get();
+    assert_ok(&out);
+    assert_eq!(std::fs::read(work.path().join("b.txt")).unwrap(), b"b");
+    let v = json(&out);
+    assert_eq!(
+        (v["files"].as_u64(), v["unchanged"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+}

@@ -1,10 +1,14 @@
 //! How a resume journal's chunk digests are computed.
 //!
-//! They only ever prove that a chunk of the partial file still holds the bytes the client
-//! received and hashed into the whole-file digest (what the server's digest is compared
-//! with at the end). Nothing remote is checked with them, and whoever could forge one could
-//! rewrite the journal as well, so they need to catch accidents (a torn write after a crash,
-//! a disk error, another program writing to the file), not an adversary. New journals use
+//! They prove that a chunk of the partial file still holds the bytes the client received and
+//! hashed into the whole-file digest (what the server's digest is compared with at the end),
+//! and that a chunk fetched again to repair one damaged on disk is the same as before (the
+//! saved whole-file hash state covers it already). Either way they catch accidents: a torn
+//! write after a crash, a disk error, another program writing to the file, a transmission
+//! error. They are not a defence against an adversary: whoever can write the partial can
+//! rewrite the journal too, and bytes from the network are protected against tampering by
+//! TLS (without it, whoever can change the bytes can change the server's digests with them),
+//! not by any digest. New journals use
 //! XXH3-128 (the `twox-hash` crate: about 12 GB/s on one core here, BLAKE3 about 3): a
 //! resume reads back and checks everything it already has, and that check is most of what
 //! a resume after 90 % costs. Older journals name BLAKE3 (version 2) or SHA-256 (version 1)

@@ -35,15 +35,12 @@ pub enum Published {
 
 impl DirHandle {
     /// Opens `path` (a directory; a symbolic link to one is followed, like a path would be).
+    /// `O_PATH`: the `*at` calls need no read permission on it, as calls by path need none.
     pub fn open(path: &Path) -> io::Result<DirHandle> {
         let c = c_path(path.as_os_str())?;
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
         // SAFETY: `c` is a NUL-terminated path; the result is checked before use.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -90,16 +87,24 @@ impl DirHandle {
         let flags = if replace { 0 } else { libc::RENAME_NOREPLACE };
         match self.rename(&part, &target, flags) {
             Ok(()) => return Ok(Published::Done),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(Published::Exists),
-            // The file system does not know the flag: look, then rename.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) && !replace => {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !replace => {
+                return Ok(Published::Exists)
             }
+            // The file system does not know the flag, or the kernel `renameat2`: look (unless
+            // replacing), then a plain `renameat`.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {}
             Err(e) => return Err(e),
         }
-        if self.exists(&target)? {
+        if !replace && self.exists(&target)? {
             return Ok(Published::Exists);
         }
-        self.rename(&part, &target, 0).map(|()| Published::Done)
+        let dir = self.fd.as_raw_fd();
+        // SAFETY: valid directory descriptors and NUL-terminated names.
+        let r = unsafe { libc::renameat(dir, part.as_ptr(), dir, target.as_ptr()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Published::Done)
     }
 
     fn create(&self, name: &CString) -> io::Result<File> {

@@ -20,7 +20,7 @@
 //! third field is the whole-file hash state after that chunk (see
 //! [`sfts_protocol::MultiHasher::save`]; only for SHA-256 downloads), so a resume continues the
 //! whole-file digest from there instead of hashing everything it already has again. On resume
-//! each recorded chunk is still read back and checked against its line (on a second thread,
+//! each recorded chunk is still read back and checked against its line (on helper threads,
 //! while the rest downloads); a chunk that no longer matches is fetched again. A torn last line
 //! (a crash in the middle of the append) is ignored. A repaired chunk is appended again; the
 //! last line for an index wins.

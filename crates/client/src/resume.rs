@@ -1,15 +1,15 @@
 //! A native download that never loses progress.
 //!
-//! To a file, the bytes go to `<target>.sfts-part` and every completed chunk's SHA-256 to
-//! `<target>.sfts-journal` (see [`crate::journal`]). A rerun after any interruption finds both
+//! To a file, the bytes go to `<target>.sfts-part` and every completed chunk's digest
+//! (XXH3-128; see [`crate::chunk_check`]) to `<target>.sfts-journal` (see [`crate::journal`]). A rerun after any interruption finds both
 //! and resumes:
 //!
 //! 1. asks the server for the file's size and modification time (`Stat`): if they differ from
 //!    the journal's, the file changed; the partial is discarded and the download starts over;
 //! 2. when the journal holds the whole-file hash state after its last chunk (SHA-256
 //!    downloads), continues the whole-file digest from that state and fetches the rest from
-//!    there at once, while a second thread reads each journaled chunk back and checks its
-//!    digest; a chunk that no longer matches is fetched again afterwards and must be exactly
+//!    there at once, while helper threads (one per core, at most four) read each journaled
+//!    chunk back and check its digest; a chunk that no longer matches is fetched again afterwards and must be exactly
 //!    what was downloaded before (else the saved state would not describe the file, and the
 //!    download starts over);
 //! 3. otherwise (MD5 and BLAKE3 downloads, journals of older releases) reads each journaled
@@ -355,7 +355,7 @@ fn resume_file(
 }
 
 /// Reads the journaled chunks of the partial once: the whole-file digest on this thread, each
-/// chunk's SHA-256 checked against the journal on another. `Some((hasher, bytes, chunks))`
+/// chunk's digest checked against the journal on another. `Some((hasher, bytes, chunks))`
 /// when every chunk present on disk matched; `None` when one did not (the caller then checks
 /// chunk by chunk and repairs).
 fn fast_check(

@@ -186,10 +186,17 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
         OutputSpec::Path(p) => p.clone(),
         OutputSpec::Default => PathBuf::from(base_name(&opts.remote).unwrap_or(".")),
     };
+    // An empty output path (from a library caller; the command line refuses one) is the
+    // current directory, which exists.
+    let out_dir = match out_dir.as_os_str().is_empty() {
+        true => PathBuf::from("."),
+        false => out_dir,
+    };
     let mut f = Fetcher::connect(opts, interrupt)?;
     let listing = list(&mut f, &opts.remote, true)?;
     // In a directory this run creates, no local file can be in the way: nothing to look at
-    // (one that appears meanwhile is still never replaced: see `DirHandle::publish`).
+    // (a small file that appears meanwhile is still never replaced: see `DirHandle::publish`;
+    // a large one is looked for just before its rename).
     let fresh = matches!(fs::symlink_metadata(&out_dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound);
     fs::create_dir_all(&out_dir).map_err(|e| ClientError::local("cannot create", &out_dir, e))?;
