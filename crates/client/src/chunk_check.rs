@@ -14,7 +14,7 @@
 //! a resume after 90 % costs. Older journals name BLAKE3 (version 2) or SHA-256 (version 1)
 //! and are still resumed with them.
 
-use sfts_protocol::{checksum, ChunkDigest};
+use sfts_protocol::{Algorithm, DigestSet, MultiHasher};
 use twox_hash::XxHash3_128;
 
 /// A journal's chunk digest.
@@ -59,32 +59,30 @@ impl ChunkCheck {
     /// The digest of `data`.
     pub fn of(self, data: &[u8]) -> [u8; 32] {
         match self {
-            ChunkCheck::Sha256 => ChunkDigest::Sha256.of(data),
-            ChunkCheck::Blake3 => checksum::blake3(data),
             ChunkCheck::Xxh3 => padded(XxHash3_128::oneshot(data)),
+            _ => {
+                let mut h = self.hasher();
+                h.update(data);
+                h.finish()
+            }
         }
     }
 
     /// A hasher for data that comes in pieces.
     pub fn hasher(self) -> ChunkHasher {
-        match self {
-            ChunkCheck::Sha256 | ChunkCheck::Blake3 => {
-                let algorithm = match self {
-                    ChunkCheck::Sha256 => sfts_protocol::Algorithm::Sha256,
-                    _ => sfts_protocol::Algorithm::Blake3,
-                };
-                let set = sfts_protocol::DigestSet::of(&[algorithm]);
-                ChunkHasher::Multi(sfts_protocol::MultiHasher::new(set))
-            }
-            ChunkCheck::Xxh3 => ChunkHasher::Xxh3(Box::new(XxHash3_128::new())),
-        }
+        let algorithm = match self {
+            ChunkCheck::Sha256 => Algorithm::Sha256,
+            ChunkCheck::Blake3 => Algorithm::Blake3,
+            ChunkCheck::Xxh3 => return ChunkHasher::Xxh3(Box::new(XxHash3_128::new())),
+        };
+        ChunkHasher::Multi(MultiHasher::new(DigestSet::of(&[algorithm])))
     }
 }
 
 /// [`ChunkCheck::of`] over data fed in pieces.
 pub enum ChunkHasher {
     /// SHA-256 or BLAKE3.
-    Multi(sfts_protocol::MultiHasher),
+    Multi(MultiHasher),
     /// XXH3-128.
     Xxh3(Box<XxHash3_128>),
 }
@@ -120,6 +118,7 @@ fn padded(value: u128) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sfts_protocol::{checksum, ChunkDigest};
 
     #[test]
     fn known_answers() {
@@ -136,6 +135,10 @@ mod tests {
         assert_eq!(
             ChunkCheck::Blake3.of(b"abc"),
             ChunkDigest::Blake3.of(b"abc")
+        );
+        assert_eq!(
+            ChunkCheck::Sha256.of(b"abc"),
+            ChunkDigest::Sha256.of(b"abc")
         );
     }
 

@@ -9,7 +9,8 @@
 //! of 4 KiB six directories deep: create, write, set the time, `stat` and rename by path
 //! 280–330 ms; relative, without the `stat`, 230–240 ms.
 
-use crate::output::PART_SUFFIX;
+use crate::error::ClientError;
+use crate::output::{create_replacing_stale, PART_SUFFIX};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -57,19 +58,13 @@ impl DirHandle {
     }
 
     /// Creates `<name>.sfts-part` for writing, always new (`O_EXCL`: a symbolic link planted
-    /// under that name is never followed); a stale one from an earlier run is removed first.
-    pub fn create_part(&self, name: &OsStr) -> io::Result<File> {
-        let part = c_path(&part_name(name))?;
-        match self.create(&part) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            created => return created,
-        }
-        self.unlink(&part)?;
-        tracing::info!(
-            "replacing stale '{}'",
-            self.path.join(part_name(name)).display()
-        );
-        self.create(&part)
+    /// under that name is never followed); a stale one from an earlier run is removed first
+    /// ([`create_replacing_stale`], as for a single download).
+    pub fn create_part(&self, name: &OsStr) -> Result<File, ClientError> {
+        let shown = self.path.join(part_name(name));
+        let part =
+            c_path(&part_name(name)).map_err(|e| ClientError::local("cannot create", &shown, e))?;
+        create_replacing_stale(&shown, || self.create(&part), || self.unlink(&part))
     }
 
     /// Removes `<name>.sfts-part` (a download that failed); a missing one is fine.

@@ -157,12 +157,26 @@ impl Destination {
 /// name is taken, it is removed and the file created again (a tree of small files usually
 /// takes one system call per file, not an `unlink` that fails and then the `open`).
 pub fn create_part(part: &Path) -> Result<File, ClientError> {
-    let create = || OpenOptions::new().write(true).create_new(true).open(part);
+    create_replacing_stale(
+        part,
+        || OpenOptions::new().write(true).create_new(true).open(part),
+        || fs::remove_file(part),
+    )
+}
+
+/// [`create_part`]'s way, with the system calls given: `create` (which must create the file
+/// new) and, when the name is taken, `remove` (a name already gone is fine) and `create`
+/// again. `part` names the file in messages.
+pub fn create_replacing_stale(
+    part: &Path,
+    create: impl Fn() -> io::Result<File>,
+    remove: impl FnOnce() -> io::Result<()>,
+) -> Result<File, ClientError> {
     match create() {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         created => return created.map_err(|e| ClientError::local("cannot create", part, e)),
     }
-    match fs::remove_file(part) {
+    match remove() {
         Ok(()) => tracing::info!("replacing stale '{}'", part.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ClientError::local("cannot replace", part, e)),

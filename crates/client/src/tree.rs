@@ -166,6 +166,26 @@ fn join_remote(dir: &str, name: &str) -> String {
     }
 }
 
+/// What lies at the local name of a listed file.
+enum Local {
+    /// Nothing (or nothing readable).
+    Absent,
+    /// A file with the listed size and modification time.
+    Same,
+    /// Something else.
+    Differs,
+}
+
+impl Local {
+    fn of(local: &Path, entry: &ListEntry) -> Local {
+        match fs::symlink_metadata(local) {
+            Ok(m) if is_same(&m, entry.size, entry.mtime_ns) => Local::Same,
+            Ok(_) => Local::Differs,
+            Err(_) => Local::Absent,
+        }
+    }
+}
+
 /// True when `m` is a file's, with this size and modification time.
 fn is_same(m: &Metadata, size: u64, mtime: i64) -> bool {
     m.is_file() && m.len() == size && mtime_ns(m) == mtime
@@ -219,20 +239,20 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
                 out.dirs += 1;
                 dirs.push((local, entry.mtime_ns));
             }
-            // One look at the local name: absent (the usual case), the same file, or another
-            // (replaced with --force).
+            // One look at the local name (none in a directory this run created): absent (the
+            // usual case), the same file, or another (replaced with --force).
             EntryKind::File => {
-                let looked = if fresh {
-                    Err(std::io::ErrorKind::NotFound.into())
-                } else {
-                    fs::symlink_metadata(&local)
+                let found = match fresh {
+                    true => Local::Absent,
+                    false => Local::of(&local, entry),
                 };
-                let replace = match looked {
-                    Ok(m) if is_same(&m, entry.size, entry.mtime_ns) => {
+                let replace = match found {
+                    Local::Absent => false,
+                    Local::Same => {
                         out.unchanged += 1;
                         continue;
                     }
-                    Ok(_) if !opts.force => {
+                    Local::Differs if !opts.force => {
                         let why = format!(
                             "'{}' exists and differs; use --force to replace it",
                             local.display()
@@ -240,8 +260,7 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
                         out.failed.push((entry.name.clone(), why));
                         continue;
                     }
-                    Ok(_) => true,
-                    Err(_) => false,
+                    Local::Differs => true,
                 };
                 let item = (entry.clone(), local, replace);
                 if entry.size <= opts.chunk_size as u64 {
@@ -390,9 +409,7 @@ fn get_small_files(
                 dir = Some(opened);
             }
             let dir = dir.as_ref().expect("opened above");
-            let file = dir
-                .create_part(name)
-                .map_err(|e| ClientError::local("cannot create", &part, e))?;
+            let file = dir.create_part(name)?;
             let mut sink = FileSink::fresh(
                 file,
                 PathBuf::new(),

@@ -183,7 +183,7 @@ pub(crate) fn attempt(
 /// The hashing thread: SHA-256 of every buffer it is given, in order; each buffer goes back
 /// to the pool.
 fn whole_file_digests(hashing: Receiver<PageBuf>, give_back: Sender<PageBuf>) -> Vec<Digest> {
-    let mut whole = MultiHasher::new(DigestSet::of(&[sfts_protocol::Algorithm::Sha256]));
+    let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
     for buf in hashing {
         whole.update(&buf);
         // The reader may have stopped taking buffers back: that is fine.
