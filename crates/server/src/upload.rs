@@ -194,26 +194,26 @@ impl<'a> Upload<'a> {
         // A resumed upload holds chunks from before: they are read back at the commit.
         let one_chunk =
             chunk_count(req.size, chunk_size) == 1 && req.chunk_digest == ChunkDigest::Sha256;
+        let tree = req.chunk_digest == ChunkDigest::Blake3Tree;
         let running = (held.len() == 0).then(|| Running {
             next: 0,
-            // A streamed upload's MD5 is only computed if its commit asks (read back then).
-            // With BLAKE3 tree values the whole-file BLAKE3 is assembled from them, and it is
-            // the digest the commit is checked with: nothing is hashed here at all.
-            hasher: if req.chunk_digest == ChunkDigest::Blake3Tree && req.digest_at_commit {
-                FileHasher::on_helper(req.size, DigestSet::EMPTY)
-            } else if req.chunk_digest == ChunkDigest::Blake3Tree {
-                // The SHA-256 was announced up front: it is what the commit checks.
-                FileHasher::on_helper(req.size, DigestSet::of(&[Algorithm::Sha256]))
-            } else if req.digest_at_commit {
-                let set = DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3]);
-                FileHasher::on_helper(req.size, set)
+            // A streamed upload hashes on the helper thread, except the BLAKE3 that tree
+            // values give (with its digests at the commit, that is all it needs: nothing is
+            // hashed here at all).
+            hasher: if tree || req.digest_at_commit {
+                let into = hashed_into(req.chunk_digest, req.digest_at_commit);
+                let hashed: Vec<Algorithm> = into
+                    .iter()
+                    .filter(|a| !(tree && *a == Algorithm::Blake3))
+                    .collect();
+                FileHasher::on_helper(req.size, DigestSet::of(&hashed))
             } else if one_chunk {
                 FileHasher::whole_file_but_sha256(req.size)
             } else {
                 FileHasher::whole_file(req.size)
             },
             sha256: None,
-            tree: (req.chunk_digest == ChunkDigest::Blake3Tree).then(Vec::new),
+            tree: tree.then(Vec::new),
         });
         let upload = Upload {
             id: req.id,
@@ -336,23 +336,8 @@ impl<'a> Upload<'a> {
     /// was stored, into every digest of `want`.
     pub fn hashed_on_arrival(&self, want: &[Digest]) -> bool {
         let complete = self.running.as_ref().is_some_and(|r| r.next == self.total);
-        complete
-            && want
-                .iter()
-                .all(|d| self.hashed_into().contains(d.algorithm))
-    }
-
-    /// The whole-file digests that chunks stored in order go into: all of them, but a
-    /// streamed upload's skip the MD5, and one with BLAKE3 tree values and its digests at
-    /// the commit only has the BLAKE3 assembled from them.
-    fn hashed_into(&self) -> DigestSet {
-        if self.commits_with_blake3() {
-            DigestSet::of(&[Algorithm::Blake3])
-        } else if self.digest_at_commit || self.chunk_digest == ChunkDigest::Blake3Tree {
-            DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])
-        } else {
-            DigestSet::of(&Algorithm::ALL)
-        }
+        let into = hashed_into(self.chunk_digest, self.digest_at_commit);
+        complete && want.iter().all(|d| into.contains(d.algorithm))
     }
 
     /// A streamed upload with BLAKE3 tree values: its commit is checked with the BLAKE3
@@ -577,6 +562,20 @@ impl Drop for Upload<'_> {
 /// same kind of upload; an ordinary one with the same SHA-256, a streamed one (whose digest
 /// is not known yet) with the same modification time and chunk digest. A streamed file that
 /// changed without changing its size or modification time is caught by the commit's check.
+/// The whole-file digests that chunks of `kind` stored in order go into (`at_commit`: the
+/// digests come with the commit): all of them, but a streamed upload or one with BLAKE3 tree
+/// values skips the MD5 (computed only if the commit asks, by reading back), and a streamed
+/// one with tree values only has the BLAKE3 assembled from them.
+fn hashed_into(kind: ChunkDigest, at_commit: bool) -> DigestSet {
+    match (kind, at_commit) {
+        (ChunkDigest::Blake3Tree, true) => DigestSet::of(&[Algorithm::Blake3]),
+        (ChunkDigest::Blake3Tree, false) | (_, true) => {
+            DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])
+        }
+        _ => DigestSet::of(&Algorithm::ALL),
+    }
+}
+
 fn same_file(row: &StoredUpload, req: &PutBegin) -> bool {
     let kind =
         row.digest_at_commit == req.digest_at_commit && row.chunk_digest == req.chunk_digest.code();
