@@ -8,7 +8,9 @@
 //!
 //! Receiving a streamed upload: the connection's thread checks each chunk's BLAKE3 and writes
 //! it; the helper computes the whole-file SHA-256 and BLAKE3 (measured on a 1 GiB `put` from
-//! tmpfs: see docs/PERFORMANCE.md).
+//! tmpfs: see docs/PERFORMANCE.md). An upload with BLAKE3 tree values and its digests at the
+//! commit (what `sfts-client put` sends) needs no helper: its BLAKE3 is assembled from the
+//! chunks' values and nothing else is hashed.
 //!
 //! The bytes are copied into a small pool of recycled buffers (a copy costs about a tenth of
 //! the MD5 over the same bytes) and handed over through a bounded channel, which holds the
