@@ -286,6 +286,7 @@ fn init_logging(global: &GlobalArgs) -> Option<LogGuard> {
         // Started once per command (64 at once in the benchmark): a queue of the default
         // 128,000 lines cost every start 4 ms of page faults.
         buffered_lines: Some(sfts_logging::SMALL_QUEUE),
+        console_in_background: false,
     };
     match sfts_logging::init(&config) {
         Ok(guard) => Some(guard),

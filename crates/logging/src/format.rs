@@ -1,6 +1,8 @@
 //! The SFTS log line format.
 
-use std::fmt;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -21,6 +23,37 @@ pub fn level_name(level: &Level) -> &'static str {
     }
 }
 
+/// The local time of the current second as `YYYY-MM-DD HH:MM:SS`, formatted again only when
+/// the second changes (a burst of lines, one per file of a tree, shares it).
+struct Stamp {
+    second: Option<u64>,
+    text: String,
+}
+
+impl Stamp {
+    fn now(&mut self) -> &str {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
+        if second.is_none() || second != self.second {
+            let local: chrono::DateTime<chrono::Local> = now.into();
+            self.text.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(self.text, "{}", local.format("%Y-%m-%d %H:%M:%S"));
+            self.second = second;
+        }
+        &self.text
+    }
+}
+
+thread_local! {
+    static STAMP: RefCell<Stamp> = const {
+        RefCell::new(Stamp {
+            second: None,
+            text: String::new(),
+        })
+    };
+}
+
 impl<S, N> FormatEvent<S, N> for SftsFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -32,12 +65,12 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
+        STAMP.with_borrow_mut(|stamp| writer.write_str(stamp.now()))?;
         write!(
             writer,
-            "{now} - {name} - {} - ",
+            " - {name} - {} - ",
             level_name(event.metadata().level())
         )?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
@@ -99,5 +132,26 @@ mod tests {
             (b'-', b'-', b' ', b':', b':')
         );
         assert!(stamp.chars().filter(char::is_ascii_digit).count() == 14);
+    }
+
+    #[test]
+    fn the_stamp_is_the_local_time_of_this_second() {
+        let mut stamp = Stamp {
+            second: None,
+            text: String::new(),
+        };
+        for _ in 0..3 {
+            let before = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+            let got = stamp.now().to_owned();
+            let after = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+            assert!(got == before || got == after, "{before} {got} {after}");
+        }
+        // A stamp kept from another second is formatted again.
+        stamp.second = Some(0);
+        stamp.text = "1970-01-01 00:00:00".into();
+        let before = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+        let got = stamp.now().to_owned();
+        let after = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+        assert!(got == before || got == after, "{before} {got} {after}");
     }
 }

@@ -7,18 +7,23 @@
 //! ```
 //!
 //! with local time, the thread's name (`main`, `client-17`, ...) and the level spelt `DEBUG`,
-//! `INFO`, `WARNING` or `ERROR`. The file is `<dir>/<prefix>_YYYYMMDD_HHMMSS.log`, written by a
-//! background thread so logging never blocks a transfer; keep the returned [`LogGuard`] alive
-//! until exit so the last lines are flushed. The console is standard error, so standard output
+//! `INFO`, `WARNING` or `ERROR`. A line is formatted once for both outputs. The file is
+//! `<dir>/<prefix>_YYYYMMDD_HHMMSS.log`, written by a background thread in batches so logging
+//! never blocks a transfer; keep the returned [`LogGuard`] alive until exit so the last lines
+//! are flushed. The console is standard error, so standard output
 //! stays free for data and machine-readable output.
 
 mod format;
 
 pub use format::SftsFormat;
 
-use std::io;
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tracing::level_filters::LevelFilter;
+use tracing::Metadata;
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt, OptionalWriter};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, Layer};
@@ -55,15 +60,22 @@ pub struct LogConfig {
     /// 32 bytes a line: 4 MiB, about 4 ms of page faults, for the default. `Some(n)`: `n`
     /// lines, and a full queue makes the logging thread wait instead of dropping lines.
     pub buffered_lines: Option<usize>,
+    /// Write the console's lines from a background thread, in batches, as the file's are:
+    /// a burst of lines (one per file of a tree) then costs the logging thread no `write`
+    /// to standard error, and a console that does not keep up never holds up the work (its
+    /// lines wait in the queue; past a full default queue they are dropped from the console
+    /// only). For long-lived servers; a client drawing a progress bar on the same terminal
+    /// keeps its console lines in step with the bar by writing them itself.
+    pub console_in_background: bool,
 }
 
 /// A bounded queue for short-lived programs such as the client, which log a few lines:
 /// [`LogConfig::buffered_lines`].
 pub const SMALL_QUEUE: usize = 4096;
 
-/// Keeps the background log writer alive; dropping it flushes the file.
+/// Keeps the background log writers alive; dropping it flushes them.
 pub struct LogGuard {
-    _file: Option<tracing_appender::non_blocking::WorkerGuard>,
+    _workers: Vec<tracing_appender::non_blocking::WorkerGuard>,
     path: Option<PathBuf>,
 }
 
@@ -82,48 +94,103 @@ pub fn file_name(prefix: &str) -> String {
     )
 }
 
-/// Installs the global logger described by `config`.
-pub fn init(config: &LogConfig) -> Result<LogGuard, LogError> {
-    let console = fmt::layer()
-        .event_format(SftsFormat)
-        .with_writer(io::stderr)
-        .with_filter(config.console_level);
+/// Bytes a background writer gathers before a `write`: it also writes whenever its queue
+/// runs empty, so a line waits only while more lines are queued behind it.
+const BATCH_BYTES: usize = 64 * 1024;
 
-    let (file_layer, guard, path) = match &config.dir {
+/// Installs the global logger described by `config`.
+///
+/// Each event is formatted once and the line handed to the file and the console writers that
+/// take its level. The file's writer runs on a background thread and writes lines in batches
+/// ([`BATCH_BYTES`]); so does the console's with [`LogConfig::console_in_background`].
+pub fn init(config: &LogConfig) -> Result<LogGuard, LogError> {
+    let mut workers = Vec::new();
+    let console = if config.console_in_background {
+        let (writer, guard) = background(io::stderr(), config.buffered_lines);
+        workers.push(guard);
+        BoxMakeWriter::new(writer)
+    } else {
+        BoxMakeWriter::new(io::stderr)
+    };
+    let console = UpTo {
+        inner: console,
+        max: config.console_level,
+    };
+
+    let (writer, level, path) = match &config.dir {
         Some(dir) => {
             let err = |source| LogError::Dir {
                 dir: dir.clone(),
                 source,
             };
             std::fs::create_dir_all(dir).map_err(err)?;
-            let name = file_name(config.prefix);
-            let path = dir.join(&name);
+            let path = dir.join(file_name(config.prefix));
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(err)?;
-            let (writer, guard) = match config.buffered_lines {
-                None => tracing_appender::non_blocking(file),
-                Some(lines) => tracing_appender::non_blocking::NonBlockingBuilder::default()
-                    .buffered_lines_limit(lines)
-                    .lossy(false)
-                    .finish(file),
+            let (writer, guard) = background(file, config.buffered_lines);
+            workers.push(guard);
+            let file = UpTo {
+                inner: writer,
+                max: config.file_level,
             };
-            let layer = fmt::layer()
-                .event_format(SftsFormat)
-                .with_writer(writer)
-                .with_ansi(false)
-                .with_filter(config.file_level);
-            (Some(layer), Some(guard), Some(path))
+            let level = config.file_level.max(config.console_level);
+            (BoxMakeWriter::new(file.and(console)), level, Some(path))
         }
-        None => (None, None, None),
+        None => (BoxMakeWriter::new(console), config.console_level, None),
     };
 
+    let layer = fmt::layer()
+        .event_format(SftsFormat)
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_filter(level);
     tracing_subscriber::registry()
-        .with(console)
-        .with(file_layer)
+        .with(layer)
         .try_init()
         .map_err(|_| LogError::AlreadyInitialised)?;
-    Ok(LogGuard { _file: guard, path })
+    Ok(LogGuard {
+        _workers: workers,
+        path,
+    })
+}
+
+/// A writer on its own thread, fed through a queue of `lines` (see
+/// [`LogConfig::buffered_lines`]), writing to `out` in batches.
+fn background<W: Write + Send + 'static>(
+    out: W,
+    lines: Option<usize>,
+) -> (NonBlocking, WorkerGuard) {
+    let out = BufWriter::with_capacity(BATCH_BYTES, out);
+    match lines {
+        None => tracing_appender::non_blocking(out),
+        Some(lines) => NonBlockingBuilder::default()
+            .buffered_lines_limit(lines)
+            .lossy(false)
+            .finish(out),
+    }
+}
+
+/// A writer that takes the events of `max` and less detailed levels only.
+struct UpTo<M> {
+    inner: M,
+    max: LevelFilter,
+}
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for UpTo<M> {
+    type Writer = OptionalWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        OptionalWriter::some(self.inner.make_writer())
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        if *meta.level() <= self.max {
+            OptionalWriter::some(self.inner.make_writer_for(meta))
+        } else {
+            OptionalWriter::none()
+        }
+    }
 }

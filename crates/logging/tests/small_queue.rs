@@ -14,6 +14,7 @@ fn a_burst_larger_than_the_queue_loses_no_line() {
         file_level: LevelFilter::INFO,
         console_level: LevelFilter::OFF,
         buffered_lines: Some(4),
+        console_in_background: false,
     })
     .unwrap();
     let path = guard.path().unwrap().to_path_buf();

@@ -271,6 +271,7 @@ impl Args {
             console_level: LevelFilter::INFO,
             // A long-lived process with bursts (a line per file of a tree): the default queue.
             buffered_lines: None,
+            console_in_background: true,
         }
     }
 }
