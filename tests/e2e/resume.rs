@@ -58,6 +58,21 @@ fn download_then_kill_with(
     size()
 }
 
+/// A server holding `name` (`size` random bytes from `seed`), behind a proxy passing 4 MiB/s.
+fn throttled(name: &str, size: u64, seed: u64) -> (Server, Vec<u8>, Proxy) {
+    let server = Server::start();
+    let data = write_random(&server.root, name, size as usize, seed);
+    let rate = 4 * MIB;
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            rate,
+            ..Behaviour::default()
+        },
+    );
+    (server, data, proxy)
+}
+
 #[test]
 fn killed_client_resumes_fetching_only_the_rest() {
     let server = Server::start();
@@ -197,15 +212,7 @@ fn changed_file_on_the_server_starts_over() {
 
 #[test]
 fn no_resume_starts_over() {
-    let server = Server::start();
-    let data = write_random(&server.root, "n.bin", (4 * MIB) as usize, 35);
-    let proxy = Proxy::start(
-        server.addr,
-        Behaviour {
-            rate: 4 * MIB,
-            ..Behaviour::default()
-        },
-    );
+    let (server, data, proxy) = throttled("n.bin", 4 * MIB, 35);
     let work = tempfile::tempdir().unwrap();
     download_then_kill(work.path(), &proxy.addr.to_string(), "n.bin", MIB + 1);
     let out =
@@ -371,4 +378,78 @@ fn digests_are_cached_and_a_touched_file_is_hashed_again() {
     drop(f);
     get("four");
     expect("hashing 'cache.bin' while sending", 2);
+}
+
+/// Takes the lock a running client holds on its partial file.
+fn hold(part: &std::path::Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(part).unwrap();
+    // SAFETY: `flock` on a descriptor `file` owns.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(r, 0, "cannot lock {}", part.display());
+    file
+}
+
+#[test]
+fn a_partial_another_client_holds_is_neither_resumed_nor_replaced() {
+    let (server, data, proxy) = throttled("h.bin", 4 * MIB, 36);
+    let work = tempfile::tempdir().unwrap();
+    download_then_kill(work.path(), &proxy.addr.to_string(), "h.bin", 2 * MIB + 1);
+    let part = work.path().join("h.bin.sfts-part");
+    let journal = work.path().join("h.bin.sfts-journal");
+    let part_before = std::fs::read(&part).unwrap();
+    let journal_before = std::fs::read(&journal).expect("the killed download's journal");
+    let holder = hold(&part);
+    // Resuming it, or starting over (which replaces it): both refused.
+    for extra in [None, Some("--no-resume")] {
+        let mut cmd = client(work.path());
+        cmd.args(["get", &server.target(), "h.bin"]).args(extra);
+        let out = run(&mut cmd);
+        assert_eq!(code(&out), 1, "{extra:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("h.bin.sfts-part' is being written by another sfts-client"),
+            "{err}"
+        );
+        assert!(std::fs::read(&part).unwrap() == part_before, "{extra:?}");
+        assert!(
+            std::fs::read(&journal).unwrap() == journal_before,
+            "{extra:?}"
+        );
+        assert!(!work.path().join("h.bin").exists());
+    }
+    drop(holder);
+    let out = run(client(work.path()).args(["get", &server.target(), "h.bin", "--json"]));
+    assert_ok(&out);
+    assert!(num(&json(&out), "bytes_reused") >= MIB, "{}", stderr(&out));
+    assert!(std::fs::read(work.path().join("h.bin")).unwrap() == data);
+}
+
+#[test]
+fn a_second_client_into_the_same_output_stops_and_the_first_finishes() {
+    let (server, data, proxy) = throttled("two.bin", 6 * MIB, 37);
+    let work = tempfile::tempdir().unwrap();
+    let part = work.path().join("two.bin.sfts-part");
+    let mut first = client(work.path());
+    first
+        .args(["get", &proxy.addr.to_string(), "two.bin"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = ChildGuard(first.spawn().unwrap());
+    let size = || std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(60), || size() >= MIB),
+        "the first download never got going"
+    );
+    let second = run(client(work.path()).args(["get", &server.target(), "two.bin"]));
+    assert_eq!(code(&second), 1, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("is being written by another sfts-client"),
+        "{}",
+        stderr(&second)
+    );
+    let status = wait_child(&mut first.0, Duration::from_secs(60)).expect("first client hung");
+    assert!(status.success(), "first client: {status:?}");
+    assert!(std::fs::read(work.path().join("two.bin")).unwrap() == data);
+    assert!(!part.exists());
 }

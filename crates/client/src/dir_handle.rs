@@ -10,7 +10,7 @@
 //! 280–330 ms; relative, without the `stat`, 230–240 ms.
 
 use crate::error::ClientError;
-use crate::output::{create_replacing_stale, PART_SUFFIX};
+use crate::output::{create_replacing_stale, PartName, PART_SUFFIX};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -64,7 +64,13 @@ impl DirHandle {
         let shown = self.path.join(part_name(name));
         let part =
             c_path(&part_name(name)).map_err(|e| ClientError::local("cannot create", &shown, e))?;
-        create_replacing_stale(&shown, || self.create(&part), || self.unlink(&part))
+        create_replacing_stale(
+            &shown,
+            &InDir {
+                dir: self,
+                name: &part,
+            },
+        )
     }
 
     /// Removes `<name>.sfts-part` (a download that failed); a missing one is fine.
@@ -164,6 +170,46 @@ fn c_path(name: &OsStr) -> io::Result<CString> {
     })
 }
 
+/// [`PartName`] of `name` in `dir`.
+struct InDir<'a> {
+    dir: &'a DirHandle,
+    name: &'a CString,
+}
+
+impl PartName for InDir<'_> {
+    fn create(&self) -> io::Result<File> {
+        self.dir.create(self.name)
+    }
+
+    fn open_existing(&self) -> io::Result<File> {
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        // SAFETY: a valid directory descriptor and NUL-terminated name; checked below.
+        let fd = unsafe { libc::openat(self.dir.fd.as_raw_fd(), self.name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        let (dir, name) = (self.dir.fd.as_raw_fd(), self.name.as_ptr());
+        // SAFETY: valid descriptor, NUL-terminated name, and a `stat` buffer to fill.
+        let r = unsafe { libc::fstatat(dir, name, st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: filled by the successful call.
+        let st = unsafe { st.assume_init() };
+        Ok((st.st_dev, st.st_ino))
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        self.dir.unlink(self.name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +237,32 @@ mod tests {
         d.remove_part(name).unwrap();
         assert!(!dir.path().join("a.bin.sfts-part").exists());
         d.remove_part(name).unwrap();
+    }
+
+    #[test]
+    fn a_part_another_client_holds_is_left_alone_until_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DirHandle::open(dir.path()).unwrap();
+        let name = OsStr::new("c");
+        let part = dir.path().join("c.sfts-part");
+        let mut first = d.create_part(name).unwrap();
+        first.write_all(b"first's").unwrap();
+        // The lock is per open file: a second `DirHandle` stands for a second client.
+        let other = DirHandle::open(dir.path()).unwrap();
+        let err = other.create_part(name).unwrap_err();
+        assert!(
+            matches!(err, ClientError::InUse(ref p) if p == &part),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&part).unwrap(), b"first's");
+        // Through the path, as a single download opens it: refused as well.
+        assert!(matches!(
+            crate::output::create_part(&part),
+            Err(ClientError::InUse(_))
+        ));
+        drop(first);
+        other.create_part(name).unwrap().write_all(b"new").unwrap();
+        assert_eq!(std::fs::read(&part).unwrap(), b"new");
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub mod exit {
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success: the file was received, verified and saved
-  1    local error: the output cannot be created or written, or the target exists (see --force)
+  1    local error: the output cannot be created or written, the target exists (see --force),
+       or another sfts-client is downloading to the same output
   2    usage error: invalid command line
   3    cannot connect: every connection attempt failed
   4    refused by the server: not found, not a regular file, outside the served root,
@@ -78,6 +79,14 @@ pub enum ClientError {
     /// The target exists and `--force` was not given.
     #[error("'{}' already exists; use --force to overwrite", .0.display())]
     TargetExists(PathBuf),
+
+    /// Another client is writing this partial file: a download to the same output is running.
+    #[error(
+        "'{}' is being written by another sfts-client (a download to the same output is \
+         running); wait for it to finish, or choose another output with -o",
+        .0.display()
+    )]
+    InUse(PathBuf),
 
     /// A local file-system problem (creating, writing, syncing or renaming the output).
     #[error("{what}: {source}")]
@@ -277,7 +286,9 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Usage(_) => exit::USAGE,
-            ClientError::TargetExists(_) | ClientError::Local { .. } => exit::LOCAL,
+            ClientError::TargetExists(_) | ClientError::InUse(_) | ClientError::Local { .. } => {
+                exit::LOCAL
+            }
             ClientError::Connect { .. } | ClientError::Tls { .. } => exit::CONNECT,
             ClientError::Auth { .. } => exit::REFUSED,
             ClientError::Unavailable { .. } | ClientError::Refused { .. } => exit::REFUSED,

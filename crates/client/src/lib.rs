@@ -28,6 +28,7 @@ pub mod listing;
 pub mod native;
 pub mod output;
 pub mod pagebuf;
+pub mod part_lock;
 pub mod progress;
 pub mod resume;
 pub mod sinks;

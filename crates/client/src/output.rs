@@ -2,6 +2,7 @@
 //! the final name by a rename only after verification; or standard output for `-o -`.
 
 use crate::error::{ClientError, Kept};
+use crate::part_lock;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, StdoutLock, Write};
 use std::path::{Path, PathBuf};
@@ -136,12 +137,14 @@ impl Destination {
                     file.sync_all()
                         .map_err(|e| ClientError::local("cannot flush", part, e))?;
                 }
-                drop(file);
                 if !force && fs::symlink_metadata(target).is_ok() {
                     return Err(ClientError::TargetExists(target.clone()));
                 }
+                // Still open, so still locked: no other client can replace the partial file
+                // between our verification and this rename.
                 fs::rename(part, target)
                     .map_err(|e| ClientError::local("cannot rename the download to", target, e))?;
+                drop(file);
                 if durable {
                     sync_parent(target);
                 }
@@ -152,36 +155,98 @@ impl Destination {
     }
 }
 
-/// Creates the temporary file `part`, replacing a stale one from an earlier run. Always
-/// created new (`O_EXCL`), so a symlink planted under that name is never followed: when the
-/// name is taken, it is removed and the file created again (a tree of small files usually
-/// takes one system call per file, not an `unlink` that fails and then the `open`).
+/// Creates the temporary file `part`, replacing a stale one from an earlier run, and locks it
+/// ([`part_lock`]). Always created new (`O_EXCL`), so a symlink planted under that name is
+/// never followed: when the name is taken, it is removed and the file created again (a tree of
+/// small files usually takes one system call per file, not an `unlink` that fails and then the
+/// `open`). A partial file another client holds is left alone: [`ClientError::InUse`].
 pub fn create_part(part: &Path) -> Result<File, ClientError> {
-    create_replacing_stale(
-        part,
-        || OpenOptions::new().write(true).create_new(true).open(part),
-        || fs::remove_file(part),
-    )
+    create_replacing_stale(part, &ByPath(part))
 }
 
-/// [`create_part`]'s way, with the system calls given: `create` (which must create the file
-/// new) and, when the name is taken, `remove` (a name already gone is fine) and `create`
-/// again. `part` names the file in messages.
-pub fn create_replacing_stale(
-    part: &Path,
-    create: impl Fn() -> io::Result<File>,
-    remove: impl FnOnce() -> io::Result<()>,
-) -> Result<File, ClientError> {
-    match create() {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        created => return created.map_err(|e| ClientError::local("cannot create", part, e)),
+/// The system calls [`create_replacing_stale`] makes on a partial file's name.
+pub trait PartName {
+    /// Creates the file, new (`O_EXCL`), for writing.
+    fn create(&self) -> io::Result<File>;
+    /// Opens what has the name, only to lock it: read-only, no symlink followed, no waiting
+    /// for a writer if it is a FIFO.
+    fn open_existing(&self) -> io::Result<File>;
+    /// Device and inode of what has the name now (not following a symlink).
+    fn identity(&self) -> io::Result<(u64, u64)>;
+    /// Removes the name.
+    fn remove(&self) -> io::Result<()>;
+}
+
+/// [`PartName`] by path.
+struct ByPath<'a>(&'a Path);
+
+impl PartName for ByPath<'_> {
+    fn create(&self) -> io::Result<File> {
+        OpenOptions::new().write(true).create_new(true).open(self.0)
     }
-    match remove() {
+
+    fn open_existing(&self) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.0)
+    }
+
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        fs::symlink_metadata(self.0).map(|m| identity(&m))
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        fs::remove_file(self.0)
+    }
+}
+
+/// Device and inode.
+pub fn identity(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// [`create_part`]'s way through `name`'s system calls: create the file new; when the name is
+/// taken, lock what is there (a client still writing it holds its lock), check that the name
+/// still refers to it, remove it and create again. `part` names the file in messages.
+pub fn create_replacing_stale(part: &Path, name: &dyn PartName) -> Result<File, ClientError> {
+    let locked = |file: File| part_lock::lock(&file, part).map(|()| file);
+    match name.create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        created => {
+            return created
+                .map_err(|e| ClientError::local("cannot create", part, e))
+                .and_then(locked)
+        }
+    }
+    // Held until the new file is locked, so no other client takes the name meanwhile. What
+    // cannot be opened (a symlink, a name gone since) is removed all the same.
+    let _stale = match name.open_existing() {
+        Ok(file) => {
+            let file = locked(file)?;
+            let ours = file.metadata().map(|m| identity(&m)).ok();
+            match name.identity() {
+                // Replaced since we opened it, by a client that holds the new one.
+                Ok(now) if Some(now) != ours => return Err(ClientError::InUse(part.into())),
+                _ => Some(file),
+            }
+        }
+        Err(_) => None,
+    };
+    match name.remove() {
         Ok(()) => tracing::info!("replacing stale '{}'", part.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ClientError::local("cannot replace", part, e)),
     }
-    create().map_err(|e| ClientError::local("cannot create", part, e))
+    match name.create() {
+        // Another client created it between our remove and create: it holds it now.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(ClientError::InUse(part.into())),
+        created => created
+            .map_err(|e| ClientError::local("cannot create", part, e))
+            .and_then(locked),
+    }
 }
 
 /// Makes the rename durable; failing here loses nothing the user could act on, so it is only

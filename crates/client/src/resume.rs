@@ -33,6 +33,7 @@ use crate::interrupt::Interrupt;
 use crate::journal::{journal_path, Journal};
 use crate::output::{create_part, stdout_error, Destination, Sink};
 use crate::pagebuf::PageBuf;
+use crate::part_lock;
 use crate::progress::Bytes;
 use crate::sinks::{BufferSink, FileSink, StdoutSink};
 use crate::transfer::verify;
@@ -40,6 +41,7 @@ use sfts_protocol::{Algorithm, Capabilities, Digest, DigestSet, FileVersion, Mul
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -146,6 +148,8 @@ fn to_file(
         };
         match step {
             Step::Done { file, digest, size } => {
+                // The lock, kept until the journal is gone too.
+                let _held = file.try_clone();
                 dest.publish(Sink::File(file), opts.force)?;
                 remove_if_present(&jpath);
                 tracing::info!("saved '{}'", target.display());
@@ -201,8 +205,9 @@ fn fresh_file(
     part: &Path,
     jpath: &Path,
 ) -> Result<Step, ClientError> {
-    remove_if_present(jpath);
+    // Locked first: a journal is only touched by the holder of its partial file.
     let file = create_part(part)?;
+    remove_if_present(jpath);
     let mut sink = FileSink::fresh(
         file,
         jpath.to_path_buf(),
@@ -217,9 +222,10 @@ fn fresh_file(
         Ok(fetched) => fetched,
         Err(e) => {
             if version.is_none() {
-                // Refused before the header: nothing was written, leave nothing behind.
-                drop(sink);
+                // Refused before the header: nothing was written, leave nothing behind
+                // (removed while still held).
                 remove_if_present(part);
+                drop(sink);
             } else {
                 sink.sync();
             }
@@ -265,8 +271,11 @@ fn resume_file(
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(part)
         .map_err(|e| ClientError::local("cannot open", part, e))?;
+    // Another client resuming or writing it now: leave it to that one.
+    part_lock::lock(&file, part)?;
     let on_disk = file
         .metadata()
         .map_err(|e| ClientError::local("cannot read", part, e))?

@@ -449,8 +449,8 @@ fn get_small_files(
                 return Ok(());
             }
             set_mtime(&file, &part, entry.mtime_ns);
-            // No fsync here: one for the whole tree at the end.
-            drop(file);
+            // No fsync here: one for the whole tree at the end. The file stays open (and
+            // locked) until renamed.
             let why = match dir.publish(name, replace) {
                 Ok(Published::Done) => {
                     out.files += 1;
