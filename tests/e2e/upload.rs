@@ -407,3 +407,60 @@ fn list_shows_entries_in_text_and_json() {
     let out = run(client(work.path()).args(["list", &server.target(), "top.bin"]));
     assert_eq!(code(&out), 4);
 }
+
+/// A tmpfs mounted at `at`, unmounted when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    fn tmpfs(at: &std::path::Path) -> Mounted {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "sfts-test"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs inside the served root (it needs root, or \
+             CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mounted(at.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn uploads_into_a_mount_point_inside_the_root_are_published() {
+    let server = upload_server();
+    let _disk = Mounted::tmpfs(&server.root.join("disk"));
+    let work = tempfile::tempdir().unwrap();
+    let data = write_random(work.path(), "m.bin", 3 << 20, 63);
+    let out = run(client(work.path()).args(["put", &server.target(), "m.bin", "disk/m.bin"]));
+    assert_ok(&out);
+    assert!(std::fs::read(server.root.join("disk/m.bin")).unwrap() == data);
+    // Nothing left behind: no copy in the mount, no staged file at the root.
+    assert_eq!(visible_files(&server.root.join("disk")), ["m.bin"]);
+    assert_eq!(visible_files(&server.root), ["disk/m.bin"]);
+    // An existing name is still kept without --force, and replaced with it.
+    let out = run(client(work.path()).args(["put", &server.target(), "m.bin", "disk/m.bin"]));
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let new = write_random(work.path(), "m.bin", 1 << 20, 64);
+    let out =
+        run(client(work.path()).args(["put", &server.target(), "m.bin", "disk/m.bin", "--force"]));
+    assert_ok(&out);
+    assert!(std::fs::read(server.root.join("disk/m.bin")).unwrap() == new);
+    assert_eq!(visible_files(&server.root), ["disk/m.bin"]);
+    // The published file's digests are served from the cache: a get verifies.
+    let out = run(client(work.path()).args(["get", &server.target(), "disk/m.bin", "-o", "back"]));
+    assert_ok(&out);
+    assert!(std::fs::read(work.path().join("back")).unwrap() == new);
+}

@@ -27,6 +27,7 @@
 //! # Ok::<(), sfts_server::ServerError>(())
 //! ```
 
+mod across;
 pub mod auth;
 mod beneath;
 mod chunkset;

@@ -16,7 +16,11 @@
 //! * otherwise `link` then `unlink` of the staging name: the link fails if the name exists, so
 //!   a file that appeared meanwhile is never clobbered (`already-exists`), and a reader sees
 //!   either nothing or the whole file.
+//!
+//! A target on another file system than the staging directory (a mount point inside the root)
+//! is published the same two ways through a copy made in its directory ([`crate::across`]).
 
+use crate::across::{self, Placed};
 use crate::chunkset::ChunkSet;
 use crate::digest::{self, hash_span, FileHasher, KeepAlive};
 use crate::error::ServerError;
@@ -487,7 +491,13 @@ impl<'a> Upload<'a> {
         let staged = self.uploads.staging_path(&self.staging);
         let target = place.path;
         if replace {
-            fs::rename(&staged, &target).map_err(|e| publish_error(&requested, e))?;
+            match fs::rename(&staged, &target) {
+                Ok(()) => {}
+                Err(e) if across::is_cross_device(&e) => {
+                    self.publish_copy(&staged, &target, true, sync, overwrite)?
+                }
+                Err(e) => return Err(publish_error(&requested, e)),
+            }
         } else {
             match fs::hard_link(&staged, &target) {
                 Ok(()) => remove_quietly(&staged),
@@ -495,6 +505,9 @@ impl<'a> Upload<'a> {
                     return Err(already_exists(&requested, overwrite))
                 }
                 Err(e) if paths::is_no_space(&e) => return Err(write_err(e)),
+                Err(e) if across::is_cross_device(&e) => {
+                    self.publish_copy(&staged, &target, false, sync, overwrite)?
+                }
                 // File systems without hard links: rename, after one more look (a file
                 // appearing in between would be replaced; nothing better is portable).
                 Err(e) => match fs::symlink_metadata(&target) {
@@ -512,6 +525,34 @@ impl<'a> Upload<'a> {
             }
         }
         Ok(target)
+    }
+
+    /// Publishes on another file system than the staging directory's (a mount point inside
+    /// the root): through a copy in the target's directory ([`across`]), which becomes this
+    /// upload's file; the staged file goes once the copy is published.
+    fn publish_copy(
+        &mut self,
+        staged: &Path,
+        target: &Path,
+        replace: bool,
+        durable: bool,
+        overwrite: bool,
+    ) -> Result<(), Refusal> {
+        let requested = &self.requested;
+        let mtime = system_time(self.mtime_ns);
+        match across::publish_copy(staged, target, &self.staging, replace, mtime, durable) {
+            Ok(Placed::Done(copy)) => {
+                tracing::info!(
+                    "'{requested}' is on another file system than the staging directory: \
+                     published through a copy"
+                );
+                self.file = copy;
+                remove_quietly(staged);
+                Ok(())
+            }
+            Ok(Placed::Exists) => Err(already_exists(requested, overwrite)),
+            Err(e) => Err(publish_error(requested, e)),
+        }
     }
 
     /// The digest-cache key of the published file: the identity of the inode just published
