@@ -453,3 +453,26 @@ fn a_second_client_into_the_same_output_stops_and_the_first_finishes() {
     assert!(std::fs::read(work.path().join("two.bin")).unwrap() == data);
     assert!(!part.exists());
 }
+
+#[test]
+fn a_partial_replaced_by_a_symlink_is_not_followed_on_resume() {
+    let (server, data, proxy) = throttled("l.bin", 4 * MIB, 38);
+    let work = tempfile::tempdir().unwrap();
+    download_then_kill(work.path(), &proxy.addr.to_string(), "l.bin", 2 * MIB + 1);
+    assert!(work.path().join("l.bin.sfts-journal").exists());
+    let part = work.path().join("l.bin.sfts-part");
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    std::fs::remove_file(&part).unwrap();
+    std::os::unix::fs::symlink(&victim, &part).unwrap();
+    let out = run(client(work.path()).args(["get", &server.target(), "l.bin", "--json"]));
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(num(&json(&out), "bytes_reused"), 0);
+    assert!(std::fs::read(work.path().join("l.bin")).unwrap() == data);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+}

@@ -194,7 +194,7 @@ impl PartName for ByPath<'_> {
     }
 
     fn identity(&self) -> io::Result<(u64, u64)> {
-        fs::symlink_metadata(self.0).map(|m| identity(&m))
+        fs::symlink_metadata(self.0).map(|m| part_lock::identity(&m))
     }
 
     fn remove(&self) -> io::Result<()> {
@@ -202,17 +202,12 @@ impl PartName for ByPath<'_> {
     }
 }
 
-/// Device and inode.
-pub fn identity(m: &fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
-
 /// [`create_part`]'s way through `name`'s system calls: create the file new; when the name is
-/// taken, lock what is there (a client still writing it holds its lock), check that the name
-/// still refers to it, remove it and create again. `part` names the file in messages.
+/// taken, lock what is there (a client still writing it holds its lock), remove it and create
+/// again. Each file locked is checked to still have the name ([`part_lock::lock_named`]).
+/// `part` names the file in messages.
 pub fn create_replacing_stale(part: &Path, name: &dyn PartName) -> Result<File, ClientError> {
-    let locked = |file: File| part_lock::lock(&file, part).map(|()| file);
+    let locked = |file: File| part_lock::lock_named(&file, part, || name.identity()).map(|()| file);
     match name.create() {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         created => {
@@ -224,15 +219,7 @@ pub fn create_replacing_stale(part: &Path, name: &dyn PartName) -> Result<File, 
     // Held until the new file is locked, so no other client takes the name meanwhile. What
     // cannot be opened (a symlink, a name gone since) is removed all the same.
     let _stale = match name.open_existing() {
-        Ok(file) => {
-            let file = locked(file)?;
-            let ours = file.metadata().map(|m| identity(&m)).ok();
-            match name.identity() {
-                // Replaced since we opened it, by a client that holds the new one.
-                Ok(now) if Some(now) != ours => return Err(ClientError::InUse(part.into())),
-                _ => Some(file),
-            }
-        }
+        Ok(file) => Some(locked(file)?),
         Err(_) => None,
     };
     match name.remove() {

@@ -34,6 +34,34 @@ pub fn lock(file: &File, part: &Path) -> Result<(), ClientError> {
     }
 }
 
+/// [`lock`], then checks that `part` still names `file` (`name_now`: device and inode of what
+/// has the name now). Opening or creating and locking are two steps: a client that replaced the
+/// name in between (having locked, removed and recreated it) holds the file under the name now,
+/// and ours is a removed one.
+pub fn lock_named(
+    file: &File,
+    part: &Path,
+    name_now: impl FnOnce() -> io::Result<(u64, u64)>,
+) -> Result<(), ClientError> {
+    lock(file, part)?;
+    let ours = file
+        .metadata()
+        .map(|m| identity(&m))
+        .map_err(|e| ClientError::local("cannot read", part, e))?;
+    match name_now() {
+        Ok(now) if now == ours => Ok(()),
+        Ok(_) => Err(ClientError::InUse(part.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ClientError::InUse(part.into())),
+        Err(e) => Err(ClientError::local("cannot read", part, e)),
+    }
+}
+
+/// Device and inode.
+pub fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +83,23 @@ mod tests {
         assert!(err.to_string().contains("f.sfts-part"), "{err}");
         drop(first);
         lock(&second, &part).unwrap();
+    }
+
+    #[test]
+    fn a_lock_on_a_file_no_longer_under_the_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("f.sfts-part");
+        let old = File::create(&part).unwrap();
+        let name_now = || std::fs::symlink_metadata(&part).map(|m| identity(&m));
+        // Replaced between our open and our lock.
+        std::fs::remove_file(&part).unwrap();
+        let err = lock_named(&old, &part, name_now).unwrap_err();
+        assert!(matches!(err, ClientError::InUse(_)), "{err}");
+        let new = File::create(&part).unwrap();
+        let err = lock_named(&old, &part, name_now).unwrap_err();
+        assert!(matches!(err, ClientError::InUse(_)), "{err}");
+        drop(old);
+        lock_named(&new, &part, name_now).unwrap();
     }
 
     #[test]

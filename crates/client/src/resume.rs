@@ -148,10 +148,10 @@ fn to_file(
         };
         match step {
             Step::Done { file, digest, size } => {
-                // The lock, kept until the journal is gone too.
-                let _held = file.try_clone();
-                dest.publish(Sink::File(file), opts.force)?;
+                // Removed while the partial is still ours: once it is renamed, the next
+                // client may create a journal under this name.
                 remove_if_present(&jpath);
+                dest.publish(Sink::File(file), opts.force)?;
                 tracing::info!("saved '{}'", target.display());
                 return Ok((digest, size));
             }
@@ -268,14 +268,26 @@ fn resume_file(
         }
     }
     let kept = Kept::Resumable(part.to_path_buf());
-    let mut file = OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(part)
-        .map_err(|e| ClientError::local("cannot open", part, e))?;
+        .open(part);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            // Not a partial download of ours: the fresh download replaces the link.
+            return Ok(Step::StartOver(format!(
+                "'{}' is a symbolic link",
+                part.display()
+            )));
+        }
+        Err(e) => return Err(ClientError::local("cannot open", part, e)),
+    };
     // Another client resuming or writing it now: leave it to that one.
-    part_lock::lock(&file, part)?;
+    part_lock::lock_named(&file, part, || {
+        fs::symlink_metadata(part).map(|m| part_lock::identity(&m))
+    })?;
     let on_disk = file
         .metadata()
         .map_err(|e| ClientError::local("cannot read", part, e))?

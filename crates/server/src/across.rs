@@ -7,7 +7,9 @@
 //! file (`O_TMPFILE`) where the file system has them, so a reader never sees a half-copied file
 //! and a crash leaves nothing behind (to replace, it gets the name `.sfts-publish.<staging
 //! name>` once whole, just before the rename); elsewhere it is written under that name,
-//! removed on every failure and by the next attempt after a crash.
+//! removed on every failure, and after a crash by the next attempt at the same upload.
+//! Where the file system has no hard links either (vfat, exFAT), a new file is renamed into
+//! place after one more look, as on the staging file system.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -81,13 +83,20 @@ pub fn publish_copy(
             match fs::hard_link(&temp, target) {
                 Ok(()) => Ok(Placed::Done(copy)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Placed::Exists),
-                Err(e) => Err(e),
+                Err(e) if crate::paths::is_no_space(&e) => Err(e),
+                // No hard links here (vfat, exFAT: a USB disk): rename, after one more look,
+                // as a publish on the staging file system does.
+                Err(_) => match fs::symlink_metadata(target) {
+                    Err(gone) if gone.kind() == io::ErrorKind::NotFound => {
+                        fs::rename(&temp, target).map(|()| Placed::Done(copy))
+                    }
+                    _ => Ok(Placed::Exists),
+                },
             }
         }
     });
-    if !(replace && matches!(published, Ok(Placed::Done(_)))) {
-        let _ = fs::remove_file(&temp);
-    }
+    // Linked or failed: the name goes (renamed: it is gone already).
+    let _ = fs::remove_file(&temp);
     published
 }
 
@@ -109,7 +118,7 @@ fn unnamed_in(dir: &Path) -> io::Result<Option<File>> {
     match OpenOptions::new()
         .read(true)
         .write(true)
-        .mode(0o644)
+        .mode(0o666)
         .custom_flags(libc::O_TMPFILE)
         .open(dir)
     {
