@@ -204,22 +204,26 @@ impl PartName for ByPath<'_> {
 
 /// [`create_part`]'s way through `name`'s system calls: create the file new; when the name is
 /// taken, lock what is there (a client still writing it holds its lock), remove it and create
-/// again. Each file locked is checked to still have the name ([`part_lock::lock_named`]).
+/// again. Each file locked is checked to still have its name ([`part_lock::lock_created`],
+/// [`part_lock::lock_named`]).
 /// `part` names the file in messages.
 pub fn create_replacing_stale(part: &Path, name: &dyn PartName) -> Result<File, ClientError> {
-    let locked = |file: File| part_lock::lock_named(&file, part, || name.identity()).map(|()| file);
+    let created = |file: File| part_lock::lock_created(&file, part).map(|()| file);
     match name.create() {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        created => {
-            return created
+        made => {
+            return made
                 .map_err(|e| ClientError::local("cannot create", part, e))
-                .and_then(locked)
+                .and_then(created)
         }
     }
     // Held until the new file is locked, so no other client takes the name meanwhile. What
     // cannot be opened (a symlink, a name gone since) is removed all the same.
     let _stale = match name.open_existing() {
-        Ok(file) => Some(locked(file)?),
+        Ok(file) => {
+            part_lock::lock_named(&file, part, || name.identity())?;
+            Some(file)
+        }
         Err(_) => None,
     };
     match name.remove() {
@@ -230,9 +234,9 @@ pub fn create_replacing_stale(part: &Path, name: &dyn PartName) -> Result<File, 
     match name.create() {
         // Another client created it between our remove and create: it holds it now.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(ClientError::InUse(part.into())),
-        created => created
+        made => made
             .map_err(|e| ClientError::local("cannot create", part, e))
-            .and_then(locked),
+            .and_then(created),
     }
 }
 

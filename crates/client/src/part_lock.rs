@@ -56,6 +56,20 @@ pub fn lock_named(
     }
 }
 
+/// [`lock`] for a file this client has just created new (`O_EXCL`) under `part`. Only a
+/// holder of the lock removes a partial file, so between our create and our lock another
+/// client could only have locked it and removed it (taking it for stale): then it has no name
+/// left (one `fstat`, cheaper than comparing with the name, for every file of a tree).
+pub fn lock_created(file: &File, part: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    lock(file, part)?;
+    match file.metadata() {
+        Ok(m) if m.nlink() == 0 => Err(ClientError::InUse(part.to_path_buf())),
+        Ok(_) => Ok(()),
+        Err(e) => Err(ClientError::local("cannot read", part, e)),
+    }
+}
+
 /// Device and inode.
 pub fn identity(m: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
@@ -100,6 +114,18 @@ mod tests {
         assert!(matches!(err, ClientError::InUse(_)), "{err}");
         drop(old);
         lock_named(&new, &part, name_now).unwrap();
+    }
+
+    #[test]
+    fn a_created_file_removed_before_the_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("f.sfts-part");
+        let ours = File::create(&part).unwrap();
+        std::fs::remove_file(&part).unwrap();
+        let err = lock_created(&ours, &part).unwrap_err();
+        assert!(matches!(err, ClientError::InUse(_)), "{err}");
+        let again = File::create(&part).unwrap();
+        lock_created(&again, &part).unwrap();
     }
 
     #[test]
