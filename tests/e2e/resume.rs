@@ -381,15 +381,6 @@ fn digests_are_cached_and_a_touched_file_is_hashed_again() {
 }
 
 /// Takes the lock a running client holds on its partial file.
-fn hold(part: &std::path::Path) -> std::fs::File {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(part).unwrap();
-    // SAFETY: `flock` on a descriptor `file` owns.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    assert_eq!(r, 0, "cannot lock {}", part.display());
-    file
-}
-
 #[test]
 fn a_partial_another_client_holds_is_neither_resumed_nor_replaced() {
     let (server, data, proxy) = throttled("h.bin", 4 * MIB, 36);

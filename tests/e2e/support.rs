@@ -333,3 +333,14 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Locks `part` the way a running sfts-client locks the partial file it writes; the lock
+/// goes with the returned file.
+pub fn hold(part: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(part).unwrap();
+    // SAFETY: `flock` on a descriptor `file` owns.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(r, 0, "cannot lock {}", part.display());
+    file
+}

@@ -192,3 +192,59 @@ fn get_r_into_the_current_directory_looks_at_what_is_there() {
         "{v}"
     );
 }
+
+#[test]
+fn get_r_leaves_a_small_file_another_client_is_writing_and_fetches_the_rest() {
+    let server = Server::start();
+    std::fs::create_dir_all(server.root.join("t/sub")).unwrap();
+    for (name, body) in [
+        ("a.txt", "a"),
+        ("b.txt", "b"),
+        ("c.txt", "c"),
+        ("sub/d.txt", "d"),
+    ] {
+        std::fs::write(server.root.join("t").join(name), body).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let out_dir = work.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    // Another client's partial b.txt, locked as a running client locks it.
+    let part = out_dir.join("b.txt.sfts-part");
+    std::fs::write(&part, b"half of someone else's b").unwrap();
+    let holder = hold(&part);
+    let get = || {
+        run(client(work.path()).args(["get", "-r", &server.target(), "t", "-o", "out", "--json"]))
+    };
+    let out = get();
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(
+        (v["status"].as_str(), v["files"].as_u64()),
+        (Some("partial"), Some(3)),
+        "{v}"
+    );
+    let failed = v["failed"].as_array().expect("a list of failures");
+    assert_eq!(failed.len(), 1, "{v}");
+    assert_eq!(failed[0]["path"], "b.txt", "{v}");
+    let why = failed[0]["error"].as_str().unwrap();
+    assert!(
+        why.contains("is being written by another sfts-client"),
+        "{why}"
+    );
+    // The rest of the tree came; the other client's partial was not touched.
+    for (name, body) in [("a.txt", "a"), ("c.txt", "c"), ("sub/d.txt", "d")] {
+        assert_eq!(
+            std::fs::read(out_dir.join(name)).unwrap(),
+            body.as_bytes(),
+            "{name}"
+        );
+    }
+    assert!(!out_dir.join("b.txt").exists());
+    assert_eq!(std::fs::read(&part).unwrap(), b"half of someone else's b");
+    // Once that client is gone, its leftover is stale: replaced and the file fetched.
+    drop(holder);
+    let out = get();
+    assert_ok(&out);
+    assert_eq!(std::fs::read(out_dir.join("b.txt")).unwrap(), b"b");
+    assert!(!part.exists());
+}

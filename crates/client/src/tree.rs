@@ -29,8 +29,8 @@ use crate::upload::{self, disconnected, refusal, unexpected, PutOptions};
 use serde_json::{json, Value};
 use sfts_protocol::checksum::{digest_reader, sha256};
 use sfts_protocol::{
-    Algorithm, Capabilities, DigestSet, EntryKind, ErrorCode, GetRequest, ListEntry, Message,
-    PutBegin, TO_END,
+    Algorithm, Capabilities, Digest, DigestSet, EntryKind, ErrorCode, FileHeader, GetRequest,
+    ListEntry, Message, PutBegin, TO_END,
 };
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, Metadata};
@@ -409,7 +409,18 @@ fn get_small_files(
                 dir = Some(opened);
             }
             let dir = dir.as_ref().expect("opened above");
-            let file = dir.create_part(name)?;
+            let file = match dir.create_part(name) {
+                Ok(file) => file,
+                // Another client is writing this very file: this one is left to it (its answer
+                // read and dropped) and the rest of the tree goes on.
+                Err(busy @ ClientError::InUse(_)) => {
+                    receive_small(f, &header, opts, &mut std::io::sink())?;
+                    in_flight.pop_front();
+                    out.failed.push((entry.name.clone(), busy.to_string()));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             let mut sink = FileSink::fresh(
                 file,
                 PathBuf::new(),
@@ -418,29 +429,9 @@ fn get_small_files(
                 opts.algorithm,
             );
             let kept = Kept::File(part.clone());
-            let received = {
-                let (session, progress, interrupt) = f.parts()?;
-                let ctx = Context {
-                    interrupt,
-                    progress,
-                    timeout: opts.timeout,
-                };
-                session.receive(&header, opts.algorithm, &mut sink, &ctx)
-            };
-            let theirs = match received {
-                Ok(d) => d,
-                Err(stopped) => {
-                    let _ = dir.remove_part(name);
-                    let e = into_error(stopped, header.size, Kept::Nothing);
-                    return Err(match e {
-                        ClientError::ConnectionLost { reason, .. } => ClientError::Disconnected {
-                            stage: "receiving a file",
-                            reason,
-                        },
-                        other => other,
-                    });
-                }
-            };
+            let theirs = receive_small(f, &header, opts, &mut sink).inspect_err(|_| {
+                let _ = dir.remove_part(name);
+            })?;
             in_flight.pop_front();
             out.bytes += header.length;
             let (file, ours) = sink.finish();
@@ -481,6 +472,33 @@ fn get_small_files(
         }
     }
     Ok(())
+}
+
+/// Receives one pipelined small file into `sink`; the server's digest of it, or why the
+/// connection cannot go on (a lost connection is a `Disconnected`: the caller asks again).
+fn receive_small(
+    f: &mut Fetcher<'_>,
+    header: &FileHeader,
+    opts: &GetOptions,
+    sink: &mut impl std::io::Write,
+) -> Result<Digest, ClientError> {
+    let (session, progress, interrupt) = f.parts()?;
+    let ctx = Context {
+        interrupt,
+        progress,
+        timeout: opts.timeout,
+    };
+    session
+        .receive(header, opts.algorithm, sink, &ctx)
+        .map_err(
+            |stopped| match into_error(stopped, header.size, Kept::Nothing) {
+                ClientError::ConnectionLost { reason, .. } => ClientError::Disconnected {
+                    stage: "receiving a file",
+                    reason,
+                },
+                other => other,
+            },
+        )
 }
 
 // ----------------------------------------------------------------------------------------
