@@ -11,6 +11,7 @@
 //! Where the file system has no hard links either (vfat, exFAT), a new file is renamed into
 //! place after one more look, as on the staging file system.
 
+use crate::paths::PUBLISH_PREFIX;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -157,7 +158,7 @@ fn link_unnamed(file: &File, target: &Path) -> io::Result<()> {
 
 /// The name [`publish_copy`] gives a named copy while it is written.
 pub fn temp_path(target: &Path, temp_name: &str) -> PathBuf {
-    parent(target).join(format!(".sfts-publish.{temp_name}"))
+    parent(target).join(format!("{PUBLISH_PREFIX}{temp_name}"))
 }
 
 /// The directory `target` is in.

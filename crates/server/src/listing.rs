@@ -17,7 +17,7 @@
 
 use crate::error::ServerError;
 use crate::fileid::FileId;
-use crate::paths::{in_staging, STAGING_DIR};
+use crate::paths::{in_staging, PUBLISH_PREFIX, STAGING_DIR};
 use sfts_protocol::{EntryKind, ListEntry, MAX_PATH_LEN};
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
@@ -126,7 +126,8 @@ impl<'a, 's> Walker<'a, 's> {
                 );
                 continue;
             };
-            if dir == self.root && name == STAGING_DIR {
+            // Uploads in progress, and a copy being published into another file system.
+            if (dir == self.root && name == STAGING_DIR) || name.starts_with(PUBLISH_PREFIX) {
                 continue;
             }
             let rel = format!("{prefix}{name}");
@@ -256,6 +257,7 @@ mod tests {
         fs::create_dir_all(root.join(STAGING_DIR)).unwrap();
         fs::write(root.join(STAGING_DIR).join("x.part"), b"hidden").unwrap();
         fs::write(root.join("b/z.txt"), b"zz").unwrap();
+        fs::write(root.join(format!("b/{PUBLISH_PREFIX}1-abc")), b"half").unwrap();
         fs::write(root.join("a.txt"), b"a").unwrap();
         fs::write(root.join("B.txt"), b"bbb").unwrap();
         let (flat, w) = list(&root, "", false, 100);

@@ -30,6 +30,10 @@ use std::path::{Component, Path, PathBuf};
 /// by a rename (on the same file system as their targets, so the rename is atomic).
 pub const STAGING_DIR: &str = ".sfts-upload";
 
+/// How a copy being published across file systems is named while it is written, where the
+/// file system has no unnamed files (see `across.rs`); listings leave such names out.
+pub const PUBLISH_PREFIX: &str = ".sfts-publish.";
+
 /// True when `path` (canonical) is the staging directory or inside it.
 pub fn in_staging(root: &Path, path: &Path) -> bool {
     path.strip_prefix(root)
