@@ -213,3 +213,55 @@ fn blake3_is_offered_verified_and_cached() {
         server.logs()
     );
 }
+
+#[test]
+fn xxh128_is_offered_verified_cached_and_checked_by_verify() {
+    use sfts_protocol::{Algorithm, DigestSet, MultiHasher};
+    let server = Server::start();
+    let data = write_random(&server.root, "x.bin", 9 << 20, 44);
+    let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Xxh128]));
+    h.update(&data);
+    let want = h.finish().remove(0).to_hex();
+    assert_eq!(want.len(), 32);
+    let work = tempfile::tempdir().unwrap();
+    // To a file, then (by its alias) to standard output: the second from the digest cache.
+    let out = run(client(work.path()).args([
+        "get",
+        &server.target(),
+        "x.bin",
+        "-o",
+        "one",
+        "--checksum",
+        "xxh128",
+    ]));
+    assert_ok(&out);
+    assert_eq!(printed_digest(&stdout(&out)), want);
+    assert!(std::fs::read(work.path().join("one")).unwrap() == data);
+    let out = run(client(work.path()).args([
+        "get",
+        &server.target(),
+        "x.bin",
+        "-o",
+        "-",
+        "--checksum",
+        "xxh3",
+    ]));
+    assert_ok(&out);
+    assert!(out.stdout == data);
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || server
+            .logs()
+            .contains("digest cache hit for 'x.bin'")),
+        "{}",
+        server.logs()
+    );
+    // verify: against the server's, and against a given checksum; a different file differs.
+    let verify = |args: &[&str]| run(client(work.path()).arg("verify").args(args));
+    let target = server.target();
+    assert_ok(&verify(&["one", &target, "x.bin", "--algo", "xxh128"]));
+    assert_ok(&verify(&["one", "--checksum", &want, "--algo", "xxh128"]));
+    std::fs::write(work.path().join("other"), b"not the same").unwrap();
+    let out = verify(&["other", "--checksum", &want, "--algo", "xxh128"]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+}

@@ -44,11 +44,11 @@ pub trait RangeSink: Write {
         Ok(())
     }
 
-    /// True when writing and hashing a byte here is so cheap that only a very large
-    /// transfer is handed frame by frame to a second thread ([`Threads::LargeOnly`]); others
-    /// are received on one.
-    fn cheap(&self) -> bool {
-        false
+    /// How many threads a transfer into this sink is received on: by default two from a few
+    /// MiB ([`Threads::Auto`]); a sink whose writing and hashing costs about as much as
+    /// handing frames to another thread says so ([`Threads::LargeOnly`], [`Threads::One`]).
+    fn threads(&self) -> Threads {
+        Threads::Auto
     }
 }
 
@@ -273,15 +273,20 @@ impl<'a> Fetcher<'a> {
         sink: &mut impl RangeSink,
         kept: &Kept,
     ) -> Result<Fetched, ClientError> {
-        if digests.contains(sfts_protocol::Algorithm::Blake3)
-            && !self.server_has(Capabilities::BLAKE3)
-        {
-            return Err(ClientError::Refused {
-                remote: self.opts.remote.clone(),
-                message: "the server does not compute BLAKE3 digests (it is older); use \
-                          --checksum sha256"
-                    .into(),
-            });
+        for (algorithm, capability) in [
+            (sfts_protocol::Algorithm::Blake3, Capabilities::BLAKE3),
+            (sfts_protocol::Algorithm::Xxh128, Capabilities::XXH128),
+        ] {
+            if digests.contains(algorithm) && !self.server_has(capability) {
+                return Err(ClientError::Refused {
+                    remote: self.opts.remote.clone(),
+                    message: format!(
+                        "the server does not compute {} digests (it is older); use \
+                         --checksum sha256",
+                        algorithm.label()
+                    ),
+                });
+            }
         }
         let mut done = 0u64;
         // Reconnections since the last byte that arrived: the budget is per stall, not per
@@ -343,11 +348,7 @@ impl<'a> Fetcher<'a> {
                 timeout: self.opts.timeout,
             };
             let live = self.live.as_mut().expect("connected");
-            let threads = if sink.cheap() {
-                Threads::LargeOnly
-            } else {
-                Threads::Auto
-            };
+            let threads = sink.threads();
             match live.session.receive_all(&header, sink, &ctx, threads) {
                 Ok(trailer) => {
                     self.stats.fetched += header.length;

@@ -130,7 +130,14 @@ pub fn info_text(v: &Value) -> String {
         Bytes(v["size"].as_u64().unwrap_or(0)),
         v["modified"].as_str().unwrap_or_default(),
     );
-    for name in ["sha256", "md5"] {
+    // Whatever the server has cached beyond those two (BLAKE3, XXH128) is shown too.
+    let shown = [
+        Algorithm::Sha256,
+        Algorithm::Md5,
+        Algorithm::Blake3,
+        Algorithm::Xxh128,
+    ];
+    for name in shown.map(Algorithm::name) {
         if let Some(hex) = v[name].as_str() {
             out.push_str(&format!("{name:<10}{hex}\n"));
         }
@@ -277,6 +284,30 @@ pub fn verdict_text(local: &Path, v: &Verdict) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_text_shows_every_digest_the_server_had() {
+        let digest = |a: Algorithm, byte: u8| Digest::new(a, vec![byte; a.output_len()]).unwrap();
+        let info = FileInfo {
+            kind: FileKind::File,
+            size: 3,
+            mtime_ns: 0,
+            digests: vec![
+                digest(Algorithm::Sha256, 1),
+                digest(Algorithm::Xxh128, 0xab),
+            ],
+        };
+        let text = info_text(&info_json("f", &info));
+        assert!(
+            text.contains(&format!("sha256    {}\n", "01".repeat(32))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("xxh128    {}\n", "ab".repeat(16))),
+            "{text}"
+        );
+        assert!(!text.contains("md5") && !text.contains("blake3"), "{text}");
+    }
 
     #[test]
     fn algorithm_from_the_length() {

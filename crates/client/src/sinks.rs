@@ -10,6 +10,7 @@ use crate::chunk_check::{ChunkCheck, ChunkHasher};
 use crate::error::ClientError;
 use crate::fetch::RangeSink;
 use crate::journal::{Journal, JournalHeader};
+use crate::native::Threads;
 use sfts_protocol::{Algorithm, Digest, DigestSet, FileHeader, MultiHasher};
 use std::fs::File;
 use std::io::{self, Write};
@@ -335,9 +336,14 @@ impl StdoutSink {
 
 impl RangeSink for StdoutSink {
     /// BLAKE3 hashes at several GB/s on one core: handing each frame to a second thread costs
-    /// CPU (about a seventh more for the download) that only a large one wins back.
-    fn cheap(&self) -> bool {
-        self.algorithm == Algorithm::Blake3
+    /// CPU (about a seventh more for the download) that only a large one wins back. XXH128,
+    /// at over ten, never does.
+    fn threads(&self) -> Threads {
+        match self.algorithm {
+            Algorithm::Blake3 => Threads::LargeOnly,
+            Algorithm::Xxh128 => Threads::One,
+            Algorithm::Md5 | Algorithm::Sha256 => Threads::Auto,
+        }
     }
 }
 

@@ -83,6 +83,11 @@ fn single_algorithms(c: &mut Criterion) {
                         })
                     });
                 }
+                Algorithm::Xxh128 => {
+                    g.bench_function(format!("raw/{label}"), |b| {
+                        b.iter(|| twox_hash::XxHash3_128::oneshot(black_box(&data)))
+                    });
+                }
             }
             g.bench_function(format!("multi_hasher/{label}"), |b| {
                 b.iter(|| multi(set, black_box(&data)))

@@ -52,12 +52,13 @@ impl ChunkDigest {
         }
     }
 
-    /// The chunk digest of `algorithm`, if it can be one (MD5 cannot); BLAKE3 is the plain one.
+    /// The chunk digest of `algorithm`, if it can be one (MD5 and XXH128 cannot: chunk digests
+    /// are 32 bytes); BLAKE3 is the plain one.
     pub fn from_algorithm(algorithm: Algorithm) -> Option<ChunkDigest> {
         match algorithm {
             Algorithm::Sha256 => Some(ChunkDigest::Sha256),
             Algorithm::Blake3 => Some(ChunkDigest::Blake3),
-            Algorithm::Md5 => None,
+            Algorithm::Md5 | Algorithm::Xxh128 => None,
         }
     }
 

@@ -1,10 +1,10 @@
 //! Whole-file digests for the trailer and the cache.
 //!
-//! When the server has to hash a file it always computes MD5, SHA-256 *and* BLAKE3 (so that a
-//! later request for any algorithm, or an original-protocol client, finds them in the cache)
-//! plus per-chunk SHA-256 at the transfer's chunk size, all in the one pass that sends the
-//! bytes (MD5, the slowest, on a helper thread: see [`crate::hash_thread`]; BLAKE3 costs the
-//! sending thread about a quarter of what its SHA-256 does). The bytes must arrive in file
+//! When the server has to hash a file it always computes MD5, SHA-256, BLAKE3 *and* XXH128 (so
+//! that a later request for any algorithm, or an original-protocol client, finds them in the
+//! cache) plus per-chunk SHA-256 at the transfer's chunk size, all in the one pass that sends
+//! the bytes (MD5, the slowest, on a helper thread: see [`crate::hash_thread`]; BLAKE3 costs
+//! the sending thread about a quarter of what its SHA-256 does, XXH128 a quarter of that). The bytes must arrive in file
 //! order; how they are split does not matter.
 //!
 //! Reading without sending (the part of a file before or after a requested range) goes through
@@ -48,8 +48,8 @@ fn finish_sha256(h: MultiHasher) -> [u8; 32] {
         .expect("a SHA-256 hasher yields one 32-byte digest")
 }
 
-/// Hashes one file, front to back: MD5, SHA-256, BLAKE3 and (when the file has few enough
-/// chunks) per-chunk SHA-256.
+/// Hashes one file, front to back: MD5, SHA-256, BLAKE3, XXH128 and (when the file has few
+/// enough chunks) per-chunk SHA-256.
 pub struct FileHasher {
     /// The digests computed on a helper thread (MD5; for a streamed upload SHA-256 and BLAKE3).
     helper: HashThread,
@@ -71,13 +71,17 @@ impl FileHasher {
         });
         FileHasher {
             helper: helper(size, DigestSet::of(&[Algorithm::Md5])),
-            whole: MultiHasher::new(DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3])),
+            whole: MultiHasher::new(DigestSet::of(&[
+                Algorithm::Sha256,
+                Algorithm::Blake3,
+                Algorithm::Xxh128,
+            ])),
             chunks,
             fed: 0,
         }
     }
 
-    /// A hasher of the whole-file digests only (MD5, SHA-256 and BLAKE3): for an upload,
+    /// A hasher of the whole-file digests only (MD5, SHA-256, BLAKE3, XXH128): for an upload,
     /// whose chunks are checked one by one on arrival already.
     pub fn whole_file(size: u64) -> FileHasher {
         FileHasher {
@@ -102,7 +106,7 @@ impl FileHasher {
     /// chunk's, checked on arrival) is known: its digests then have no `sha256`.
     pub fn whole_file_but_sha256(size: u64) -> FileHasher {
         FileHasher {
-            whole: MultiHasher::new(DigestSet::of(&[Algorithm::Blake3])),
+            whole: MultiHasher::new(DigestSet::of(&[Algorithm::Blake3, Algorithm::Xxh128])),
             ..FileHasher::whole_file(size)
         }
     }
@@ -133,6 +137,7 @@ impl FileHasher {
                 Algorithm::Md5 => out.md5 = d.bytes.try_into().ok(),
                 Algorithm::Sha256 => out.sha256 = d.bytes.try_into().ok(),
                 Algorithm::Blake3 => out.blake3 = d.bytes.try_into().ok(),
+                Algorithm::Xxh128 => out.xxh128 = d.bytes.try_into().ok(),
             }
         }
         out
@@ -204,6 +209,7 @@ pub fn digest(known: &CachedDigests, algorithm: Algorithm) -> Option<Digest> {
         Algorithm::Md5 => known.md5?.to_vec(),
         Algorithm::Sha256 => known.sha256?.to_vec(),
         Algorithm::Blake3 => known.blake3?.to_vec(),
+        Algorithm::Xxh128 => known.xxh128?.to_vec(),
     };
     Some(Digest { algorithm, bytes })
 }
@@ -377,6 +383,7 @@ mod tests {
             md5: Some([1; 16]),
             sha256: Some([2; 32]),
             blake3: Some([3; 32]),
+            xxh128: Some([4; 16]),
             chunks: None,
         };
         let blake3 = DigestSet::of(&[Algorithm::Blake3]);
@@ -391,7 +398,11 @@ mod tests {
             .map(|d| d.algorithm)
             .collect();
         assert_eq!(older, [Algorithm::Md5, Algorithm::Sha256]);
-        assert_eq!(all_known(&every, all()).len(), 3);
+        assert_eq!(all_known(&every, all()).len(), 4);
+        assert_eq!(
+            select(&every, DigestSet::of(&[Algorithm::Xxh128])).unwrap(),
+            [Digest::new(Algorithm::Xxh128, vec![4; 16]).unwrap()]
+        );
     }
 
     #[test]

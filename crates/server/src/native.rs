@@ -58,7 +58,8 @@ const CAPABILITIES: u64 = Capabilities::GET
     | Capabilities::PRIORITY
     | Capabilities::BLAKE3
     | Capabilities::STREAM_PUT
-    | Capabilities::BLAKE3_TREE;
+    | Capabilities::BLAKE3_TREE
+    | Capabilities::XXH128;
 
 /// Queued replies are written out once they reach this size.
 const OUT_LIMIT: usize = 64 * 1024;
@@ -449,11 +450,15 @@ impl<'a> Native<'a> {
     }
 
     /// The digest algorithms this session's client can decode: MD5 and SHA-256, and BLAKE3
-    /// once both sides announced it (an older client would take algorithm 3 for garbage).
+    /// and XXH128 once both sides announced them (an older client would take algorithms 3 and
+    /// 4 for garbage).
     fn shown_digests(&self) -> DigestSet {
         let mut set = DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256]);
         if self.common.has(Capabilities::BLAKE3) {
             set.insert(Algorithm::Blake3);
+        }
+        if self.common.has(Capabilities::XXH128) {
+            set.insert(Algorithm::Xxh128);
         }
         set
     }

@@ -41,6 +41,8 @@ pub struct CachedDigests {
     pub sha256: Option<[u8; 32]>,
     /// Whole-file BLAKE3 (schema version 4; `None` for entries cached before it).
     pub blake3: Option<[u8; 32]>,
+    /// Whole-file XXH128, canonical byte order (schema version 6; `None` before it).
+    pub xxh128: Option<[u8; 16]>,
     /// Per-chunk SHA-256.
     pub chunks: Option<ChunkDigests>,
 }
@@ -52,6 +54,7 @@ impl CachedDigests {
             md5: newer.md5.or(self.md5),
             sha256: newer.sha256.or(self.sha256),
             blake3: newer.blake3.or(self.blake3),
+            xxh128: newer.xxh128.or(self.xxh128),
             chunks: newer.chunks.clone().or_else(|| self.chunks.clone()),
         }
     }
@@ -79,7 +82,7 @@ fn chunks_from(size: Option<i64>, blob: Option<Vec<u8>>) -> Option<ChunkDigests>
 fn lookup(conn: &Connection, key: &FileKey) -> Result<Option<CachedDigests>> {
     let row = conn
         .prepare_cached(
-            "SELECT md5, sha256, chunk_size, chunk_sha256, blake3 FROM digests
+            "SELECT md5, sha256, chunk_size, chunk_sha256, blake3, xxh128 FROM digests
              WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND ctime_ns = ?4
                AND inode = ?5 AND device = ?6",
         )?
@@ -97,6 +100,7 @@ fn lookup(conn: &Connection, key: &FileKey) -> Result<Option<CachedDigests>> {
                     md5: fixed(r.get(0)?),
                     sha256: fixed(r.get(1)?),
                     blake3: fixed(r.get(4)?),
+                    xxh128: fixed(r.get(5)?),
                     chunks: chunks_from(r.get(2)?, r.get(3)?),
                 })
             },
@@ -119,8 +123,8 @@ pub(crate) fn store(conn: &Connection, key: &FileKey, digests: &CachedDigests) -
     conn.prepare_cached(
         "INSERT OR REPLACE INTO digests
          (path, size, mtime_ns, ctime_ns, inode, device, md5, sha256, chunk_size,
-          chunk_sha256, computed_at, blake3)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+          chunk_sha256, computed_at, blake3, xxh128)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         key.path,
@@ -134,7 +138,8 @@ pub(crate) fn store(conn: &Connection, key: &FileKey, digests: &CachedDigests) -
         merged.chunks.as_ref().map(|c| c.chunk_size as i64),
         chunk_blob,
         now_secs(),
-        merged.blake3.map(|d| d.to_vec())
+        merged.blake3.map(|d| d.to_vec()),
+        merged.xxh128.map(|d| d.to_vec())
     ])?;
     Ok(())
 }
@@ -182,6 +187,7 @@ mod tests {
             md5: Some([9; 16]),
             sha256: Some([8; 32]),
             blake3: Some([7; 32]),
+            xxh128: Some([6; 16]),
             chunks: Some(ChunkDigests {
                 chunk_size: 4,
                 sha256: vec![[1; 32], [2; 32], [3; 32]],
@@ -227,11 +233,16 @@ mod tests {
         };
         db.store_digests(&key(), &md5_only).unwrap();
         db.store_digests(&key(), &sha_only).unwrap();
+        let xxh128_only = CachedDigests {
+            xxh128: Some([4; 16]),
+            ..Default::default()
+        };
         db.store_digests(&key(), &blake3_only).unwrap();
+        db.store_digests(&key(), &xxh128_only).unwrap();
         let all = db.lookup_digests(&key()).unwrap().unwrap();
         assert_eq!(
-            (all.md5, all.sha256, all.blake3),
-            (Some([1; 16]), Some([2; 32]), Some([3; 32]))
+            (all.md5, all.sha256, all.blake3, all.xxh128),
+            (Some([1; 16]), Some([2; 32]), Some([3; 32]), Some([4; 16]))
         );
 
         let newer = FileKey {

@@ -160,6 +160,7 @@ mod tests {
             md5: Some([1; 16]),
             sha256: None,
             blake3: None,
+            xxh128: Some([5; 16]),
             chunks: None,
         };
         {

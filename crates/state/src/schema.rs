@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Current schema version, stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS digests (
@@ -78,6 +78,9 @@ const MIGRATE_V5: &str = "
 ALTER TABLE uploads ADD COLUMN digest_at_commit INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE uploads ADD COLUMN chunk_digest INTEGER NOT NULL DEFAULT 2;
 ";
+
+/// Version 6: the whole-file XXH128 checksum in the cache (NULL for entries cached before).
+const MIGRATE_V6: &str = "ALTER TABLE digests ADD COLUMN xxh128 BLOB;";
 
 /// Sets the pragmas, checks integrity and creates or migrates the schema.
 pub fn prepare(conn: &Connection) -> Result<(), Error> {
@@ -157,6 +160,9 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
     if version < 5 {
         conn.execute_batch(MIGRATE_V5)?;
     }
+    if version < 6 {
+        conn.execute_batch(MIGRATE_V6)?;
+    }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     Ok(())
 }
@@ -197,13 +203,22 @@ mod tests {
         prepare(&conn).unwrap();
     }
 
-    #[test]
-    fn version_3_digests_gain_an_empty_blake3() {
+    /// A database as a server of schema `version` left it.
+    fn database_at(version: i64) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA_V1).unwrap();
-        conn.execute_batch(MIGRATE_V2).unwrap();
-        conn.execute_batch(MIGRATE_V3).unwrap();
-        conn.execute_batch("PRAGMA user_version = 3;").unwrap();
+        let steps = [MIGRATE_V2, MIGRATE_V3, MIGRATE_V4, MIGRATE_V5, MIGRATE_V6];
+        for step in &steps[..(version - 1) as usize] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {version};"))
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn version_3_digests_gain_an_empty_blake3() {
+        let conn = database_at(3);
         conn.execute(
             "INSERT INTO digests (path, size, mtime_ns, ctime_ns, inode, device, sha256,
                                   computed_at)
@@ -223,13 +238,30 @@ mod tests {
     }
 
     #[test]
+    fn version_5_digests_gain_an_empty_xxh128() {
+        let conn = database_at(5);
+        conn.execute(
+            "INSERT INTO digests (path, size, mtime_ns, ctime_ns, inode, device, blake3,
+                                  computed_at)
+             VALUES ('f', 1, 2, 3, 4, 5, x'03', 6)",
+            [],
+        )
+        .unwrap();
+        prepare(&conn).unwrap();
+        let (blake3, xxh128, version): (Vec<u8>, Option<Vec<u8>>, i64) = conn
+            .query_row(
+                "SELECT blake3, xxh128, (SELECT user_version FROM pragma_user_version)
+                 FROM digests",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((blake3, xxh128, version), (vec![3], None, SCHEMA_VERSION));
+    }
+
+    #[test]
     fn version_4_uploads_become_ordinary_uploads_with_sha256_chunks() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA_V1).unwrap();
-        conn.execute_batch(MIGRATE_V2).unwrap();
-        conn.execute_batch(MIGRATE_V3).unwrap();
-        conn.execute_batch(MIGRATE_V4).unwrap();
-        conn.execute_batch("PRAGMA user_version = 4;").unwrap();
+        let conn = database_at(4);
         conn.execute(
             "INSERT INTO uploads (root, path, size, sha256, mtime_ns, chunk_size, held, staging,
                                   created_ms, updated_ms)
@@ -246,6 +278,9 @@ mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .unwrap();
-        assert_eq!((at_commit, chunk_digest, version), (false, 2, 5));
+        assert_eq!(
+            (at_commit, chunk_digest, version),
+            (false, 2, SCHEMA_VERSION)
+        );
     }
 }

@@ -126,10 +126,14 @@ impl Native<'_> {
         }
     }
 
-    /// Refuses digests the session did not negotiate (BLAKE3 needs its capability).
+    /// Refuses digests the session did not negotiate (BLAKE3 and XXH128 need their
+    /// capabilities).
     fn digests_allowed(&self, wanted: DigestSet) -> Result<(), Refusal> {
         if wanted.contains(Algorithm::Blake3) {
             self.needs(Capabilities::BLAKE3, "A BLAKE3 digest", "BLAKE3")?;
+        }
+        if wanted.contains(Algorithm::Xxh128) {
+            self.needs(Capabilities::XXH128, "An XXH128 checksum", "XXH128")?;
         }
         Ok(())
     }

@@ -37,6 +37,7 @@ fn planted() -> CachedDigests {
         md5: Some([0xaa; 16]),
         sha256: Some([0xbb; 32]),
         blake3: Some([0xcc; 32]),
+        xxh128: Some([0xdd; 16]),
         chunks: None,
     }
 }

@@ -2,7 +2,9 @@
 //! whole file instead when `if_match` names another version, refusals for offsets past the end,
 //! `Stat`, BLAKE3 for the clients that announce it, and how the bytes are cut into frames.
 
-use crate::support::{blake3_digest, both_digests, data, range, whole, Native, Running, ALL_CAPS};
+use crate::support::{
+    blake3_digest, both_digests, data, range, whole, xxh128_digest, Native, Running, ALL_CAPS,
+};
 use sfts_protocol::{
     Algorithm, Capabilities, DigestSet, ErrorCode, FileKind, FileVersion, GetRequest, Message,
     TO_END,
@@ -199,53 +201,79 @@ fn a_digest_only_get_sends_no_data_and_the_whole_files_digests() {
     assert_eq!(server.db().cached_digest_count().unwrap(), 1);
 }
 
-#[test]
-fn blake3_is_computed_cached_and_shown_to_the_clients_that_announce_it() {
+/// A digest only the clients announcing `capability` may ask for and see: refused and never
+/// shown without it, computed (with the others) and cached when the server hashes the file
+/// anyway, served from the cache beside SHA-256 and in `Stat` with it, and the whole file's
+/// for a range of an uncached file.
+fn optional_digest_case(
+    algorithm: Algorithm,
+    capability: u64,
+    of: fn(&[u8]) -> sfts_protocol::Digest,
+    cached_of: fn(&sfts_state::CachedDigests) -> Option<Vec<u8>>,
+    seed: u32,
+) {
     let server = Running::with_state();
-    let bytes = data(300_000, 21);
+    let bytes = data(300_000, seed);
     server.put("f.bin", &bytes);
-    let (md5, sha256) = (
-        both_digests(&bytes)[0].clone(),
-        both_digests(&bytes)[1].clone(),
-    );
+    let sha256 = both_digests(&bytes)[1].clone();
+    let others = ALL_CAPS | (Capabilities::BLAKE3 | Capabilities::XXH128) & !capability;
 
-    // A client that does not announce BLAKE3 may not ask for it, and is never shown it.
-    let mut older = Native::connect(server.addr, ALL_CAPS);
-    assert!(!older.caps.has(Capabilities::BLAKE3));
-    let (code, message) = older.get(whole("f.bin", &[Algorithm::Blake3])).unwrap_err();
+    let mut older = Native::connect(server.addr, others);
+    assert!(!older.caps.has(capability));
+    let (code, message) = older.get(whole("f.bin", &[algorithm])).unwrap_err();
     assert_eq!(code, ErrorCode::Unsupported);
-    assert!(message.contains("BLAKE3"), "{message}");
-    // The session goes on; hashing the file computed BLAKE3 too.
+    assert!(message.contains(algorithm.label()), "{message}");
+    // The session goes on; hashing the file computed this digest too.
     let r = older.get(whole("f.bin", &[Algorithm::Sha256])).unwrap();
     assert_eq!(r.digests, std::slice::from_ref(&sha256));
-    assert_eq!(older.stat("f.bin").unwrap().digests, both_digests(&bytes));
+    let shown = older.stat("f.bin").unwrap().digests;
+    assert!(shown.contains(&sha256) && shown.iter().all(|d| d.algorithm != algorithm));
     let cached = server
         .db()
         .lookup_digests(&crate::cache::key(&server.root, "f.bin"))
         .unwrap()
         .unwrap();
-    assert_eq!(
-        cached.blake3.map(|d| d.to_vec()),
-        Some(blake3_digest(&bytes).bytes)
-    );
+    assert_eq!(cached_of(&cached), Some(of(&bytes).bytes));
 
-    let mut c = Native::connect(server.addr, ALL_CAPS | Capabilities::BLAKE3);
-    assert!(c.caps.has(Capabilities::BLAKE3));
+    let mut c = Native::connect(server.addr, ALL_CAPS | capability);
+    assert!(c.caps.has(capability));
     let r = c
-        .get(whole("f.bin", &[Algorithm::Blake3, Algorithm::Sha256]))
+        .get(whole("f.bin", &[algorithm, Algorithm::Sha256]))
         .unwrap();
     assert!(r.data == bytes);
-    assert_eq!(r.digests, [sha256.clone(), blake3_digest(&bytes)]);
-    assert_eq!(
-        c.stat("f.bin").unwrap().digests,
-        [md5, sha256, blake3_digest(&bytes)]
+    assert_eq!(r.digests, [sha256.clone(), of(&bytes)]);
+    let shown = c.stat("f.bin").unwrap().digests;
+    assert!(
+        shown.contains(&sha256) && shown.contains(&of(&bytes)),
+        "{shown:?}"
     );
-    // Uncached, with a range: the whole file's BLAKE3.
+    // Uncached, with a range: the whole file's digest.
     server.put("g.bin", &bytes);
-    let r = c
-        .get(range_with("g.bin", 1000, 10, &[Algorithm::Blake3]))
-        .unwrap();
-    assert_eq!(r.digests, [blake3_digest(&bytes)]);
+    let r = c.get(range_with("g.bin", 1000, 10, &[algorithm])).unwrap();
+    assert_eq!(r.digests, [of(&bytes)]);
+    assert_eq!(r.data, &bytes[1000..1010]);
+}
+
+#[test]
+fn blake3_is_computed_cached_and_shown_to_the_clients_that_announce_it() {
+    optional_digest_case(
+        Algorithm::Blake3,
+        Capabilities::BLAKE3,
+        blake3_digest,
+        |c| c.blake3.map(|d| d.to_vec()),
+        21,
+    );
+}
+
+#[test]
+fn xxh128_is_computed_cached_and_shown_to_the_clients_that_announce_it() {
+    optional_digest_case(
+        Algorithm::Xxh128,
+        Capabilities::XXH128,
+        xxh128_digest,
+        |c| c.xxh128.map(|d| d.to_vec()),
+        22,
+    );
 }
 
 fn range_with(path: &str, offset: u64, length: u64, digests: &[Algorithm]) -> GetRequest {

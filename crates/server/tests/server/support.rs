@@ -591,6 +591,12 @@ pub fn blake3_digest(bytes: &[u8]) -> Digest {
     Digest::new(Algorithm::Blake3, blake3::hash(bytes).as_bytes().to_vec()).unwrap()
 }
 
+/// The XXH128 of `bytes`, canonical (big-endian) as `xxh128sum` prints it.
+pub fn xxh128_digest(bytes: &[u8]) -> Digest {
+    let value = twox_hash::XxHash3_128::oneshot(bytes);
+    Digest::new(Algorithm::Xxh128, value.to_be_bytes().to_vec()).unwrap()
+}
+
 /// Lowercase hex MD5 of `bytes`.
 pub fn md5_hex(bytes: &[u8]) -> String {
     both_digests(bytes)[0].to_hex()
