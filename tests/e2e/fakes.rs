@@ -1,6 +1,6 @@
 //! Minimal peers written in the test: a native client built on the protocol crate, an original
 //! (legacy) client and server written straight from the specification in `docs/PROTOCOL.md`,
-//! and a native server that lies about the digest.
+//! a native server that lies about the digest, and one of an older release.
 
 use sfts_protocol::io::{read_message, write_message};
 use sfts_protocol::{
@@ -216,6 +216,52 @@ pub fn lying_native_server(data: Vec<u8>, lie_about: Vec<u8>) -> (SocketAddr, Jo
         };
         write_message(&mut s, &trailer, &mut scratch).unwrap();
         let _ = s.read(&mut [0u8; 1]);
+    });
+    (addr, handle)
+}
+
+/// A native server of an older release for `connections` connections, one after another: it
+/// announces `capabilities` and answers every request it is sent with `bad-request`, as a
+/// server that cannot decode it would. Returns the names of the requests it was sent.
+pub fn older_native_server(
+    capabilities: u64,
+    connections: usize,
+) -> (SocketAddr, JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..connections {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut magic = [0u8; 4];
+            s.read_exact(&mut magic).unwrap();
+            let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+            let Some(Message::Hello { .. }) = read_message(&mut s, &mut buf).unwrap() else {
+                panic!("expected Hello")
+            };
+            let welcome = Message::Welcome {
+                version: 1,
+                capabilities: Capabilities(capabilities),
+                server: "older".into(),
+            };
+            write_message(&mut s, &welcome, &mut scratch).unwrap();
+            // Until the client closes (or 20 s of silence); at most 100 requests.
+            for _ in 0..100 {
+                let Ok(Some(request)) = read_message(&mut s, &mut buf) else {
+                    break;
+                };
+                seen.push(request.name().to_string());
+                let refusal = Message::Error {
+                    code: ErrorCode::BadRequest,
+                    message: "unknown algorithm".into(),
+                };
+                if write_message(&mut s, &refusal, &mut scratch).is_err() {
+                    break;
+                }
+            }
+        }
+        seen
     });
     (addr, handle)
 }

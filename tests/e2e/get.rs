@@ -261,7 +261,53 @@ fn xxh128_is_offered_verified_cached_and_checked_by_verify() {
     let target = server.target();
     assert_ok(&verify(&["one", &target, "x.bin", "--algo", "xxh128"]));
     assert_ok(&verify(&["one", "--checksum", &want, "--algo", "xxh128"]));
+    // 32 digits without --algo: an MD5 or an XXH128, whichever the file has.
+    let out = verify(&["one", "--checksum", &want, "--json"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("\"xxh128\""), "{}", stdout(&out));
     std::fs::write(work.path().join("other"), b"not the same").unwrap();
     let out = verify(&["other", "--checksum", &want, "--algo", "xxh128"]);
     assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let out = verify(&["other", "--checksum", &want]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(
+        (stdout(&out) + &stderr(&out)).contains("nor is it the file's xxh128"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_server_without_xxh128_is_not_asked_for_it() {
+    use crate::fakes::older_native_server;
+    use sfts_protocol::Capabilities;
+    // The release before XXH128: everything else, BLAKE3 included.
+    let caps = Capabilities::GET
+        | Capabilities::RESUME
+        | Capabilities::STAT
+        | Capabilities::LIST
+        | Capabilities::MULTI_REQUEST
+        | Capabilities::BLAKE3;
+    let (addr, server) = older_native_server(caps, 2);
+    let work = tempfile::tempdir().unwrap();
+    let target = addr.to_string();
+    for args in [
+        &["get", &target, "f.bin", "--checksum", "xxh128"][..],
+        &["get", "-r", &target, "tree", "--checksum", "xxh3"][..],
+    ] {
+        let out = run(client(work.path()).args(args));
+        assert!(!out.status.success(), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("does not compute XXH128 digests") && err.contains("sha256"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(server.join().unwrap(), Vec::<String>::new());
+    // Nothing written either (a `tree` directory or a partial file).
+    let written: Vec<String> = names(work.path())
+        .into_iter()
+        .filter(|n| n != "logs")
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
 }

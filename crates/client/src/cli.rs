@@ -299,7 +299,7 @@ pub enum Checksum {
     Sha256,
     Md5,
     Blake3,
-    #[value(alias = "xxh3")]
+    #[value(alias = "xxh3", alias = "xxh3-128")]
     Xxh128,
 }
 

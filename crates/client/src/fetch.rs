@@ -261,6 +261,27 @@ impl<'a> Fetcher<'a> {
         live.session.stat(&req).map(Some)
     }
 
+    /// Stops before any request for digests the server cannot compute (BLAKE3 and XXH128 need
+    /// their capabilities; an older server would take the request for garbage).
+    pub fn check_digests(&self, digests: DigestSet) -> Result<(), ClientError> {
+        for (algorithm, capability) in [
+            (sfts_protocol::Algorithm::Blake3, Capabilities::BLAKE3),
+            (sfts_protocol::Algorithm::Xxh128, Capabilities::XXH128),
+        ] {
+            if digests.contains(algorithm) && !self.server_has(capability) {
+                return Err(ClientError::Refused {
+                    remote: self.opts.remote.clone(),
+                    message: format!(
+                        "the server does not compute {} digests (it is an older release); \
+                         choose sha256 instead",
+                        algorithm.label()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Fetches `length` bytes ([`TO_END`] for the rest) from `offset` into `sink`, with the
     /// whole-file `digests` in the trailer. `version` is the file version the bytes must come
     /// from; `None` for a fresh download, which takes the version of the first header.
@@ -273,21 +294,7 @@ impl<'a> Fetcher<'a> {
         sink: &mut impl RangeSink,
         kept: &Kept,
     ) -> Result<Fetched, ClientError> {
-        for (algorithm, capability) in [
-            (sfts_protocol::Algorithm::Blake3, Capabilities::BLAKE3),
-            (sfts_protocol::Algorithm::Xxh128, Capabilities::XXH128),
-        ] {
-            if digests.contains(algorithm) && !self.server_has(capability) {
-                return Err(ClientError::Refused {
-                    remote: self.opts.remote.clone(),
-                    message: format!(
-                        "the server does not compute {} digests (it is older); use \
-                         --checksum sha256",
-                        algorithm.label()
-                    ),
-                });
-            }
-        }
+        self.check_digests(digests)?;
         let mut done = 0u64;
         // Reconnections since the last byte that arrived: the budget is per stall, not per
         // transfer, so a long transfer over a flaky link is not given up after 10 cuts.

@@ -161,8 +161,8 @@ pub fn algorithm_for(hex: &str, algo: Option<Checksum>) -> Result<Algorithm, Cli
         (None, 32) => Algorithm::Md5,
         (None, n) => {
             return Err(ClientError::Usage(format!(
-                "a {n}-digit checksum is neither SHA-256 (64 hex digits) nor MD5 (32); \
-                 name the algorithm with --algo"
+                "a {n}-digit checksum is neither SHA-256 (64 hex digits) nor MD5 or XXH128 \
+                 (32); name the algorithm with --algo"
             )))
         }
     };
@@ -181,11 +181,19 @@ pub fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<Verdict, ClientEr
         )),
         (Some(hex), true) => {
             let algorithm = algorithm_for(hex.trim(), args.algo)?;
-            let expected = Digest::from_hex(algorithm, hex.trim()).map_err(|e| {
-                ClientError::Usage(format!(
-                    "--checksum '{hex}' is not a {algorithm} digest: {e}"
-                ))
-            })?;
+            let parse = |algorithm: Algorithm| {
+                Digest::from_hex(algorithm, hex.trim()).map_err(|e| {
+                    ClientError::Usage(format!(
+                        "--checksum '{hex}' is not a {algorithm} digest: {e}"
+                    ))
+                })
+            };
+            let expected = parse(algorithm)?;
+            if args.algo.is_none() && algorithm == Algorithm::Md5 {
+                // 32 hex digits are an MD5 or an XXH128 (both printed by `get`): whichever
+                // the file has, from one read.
+                return md5_or_xxh128(local, expected, parse(Algorithm::Xxh128)?);
+            }
             let (_, digest) = hash_local(local, algorithm)?;
             Ok(compare(algorithm, Some(digest), expected, None))
         }
@@ -252,13 +260,33 @@ fn compare(
     }
 }
 
+/// The verdict for a 32-digit checksum given without `--algo`: OK if it is the file's
+/// XXH128 or its MD5, else a mismatch worded for MD5 that says XXH128 was tried too.
+fn md5_or_xxh128(local: &Path, md5: Digest, xxh128: Digest) -> Result<Verdict, ClientError> {
+    let both = DigestSet::of(&[Algorithm::Md5, Algorithm::Xxh128]);
+    let (_, mut ours) = hash_local_set(local, both)?;
+    let (our_xxh128, our_md5) = (ours.pop(), ours.pop());
+    if our_xxh128.as_ref() == Some(&xxh128) && our_md5.as_ref() != Some(&md5) {
+        return Ok(compare(Algorithm::Xxh128, our_xxh128, xxh128, None));
+    }
+    let mut verdict = compare(Algorithm::Md5, our_md5, md5, None);
+    if let Some(why) = &mut verdict.mismatch {
+        why.push_str(" (nor is it the file's xxh128)");
+    }
+    Ok(verdict)
+}
+
 /// Hashes a local file.
 fn hash_local(path: &Path, algorithm: Algorithm) -> Result<(u64, Digest), ClientError> {
+    let (size, mut digests) = hash_local_set(path, DigestSet::of(&[algorithm]))?;
+    Ok((size, digests.remove(0)))
+}
+
+/// Hashes a local file with every algorithm of `set` (in code order).
+fn hash_local_set(path: &Path, set: DigestSet) -> Result<(u64, Vec<Digest>), ClientError> {
     let file = File::open(path).map_err(|e| ClientError::local("cannot open", path, e))?;
     let mut buf = vec![0u8; 1 << 20];
-    let (size, mut digests) = digest_reader(file, DigestSet::of(&[algorithm]), &mut buf)
-        .map_err(|e| ClientError::local("cannot read", path, e))?;
-    Ok((size, digests.remove(0)))
+    digest_reader(file, set, &mut buf).map_err(|e| ClientError::local("cannot read", path, e))
 }
 
 /// The verdict as JSON.

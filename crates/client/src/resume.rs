@@ -12,7 +12,7 @@
 //!    chunk back and check its digest; a chunk that no longer matches is fetched again afterwards and must be exactly
 //!    what was downloaded before (else the saved state would not describe the file, and the
 //!    download starts over);
-//! 3. otherwise (MD5 and BLAKE3 downloads, journals of older releases) reads each journaled
+//! 3. otherwise (MD5, BLAKE3 and XXH128 downloads, journals of older releases) reads each journaled
 //!    chunk once, checks its digest and feeds it to the whole-file hash, repairing what no
 //!    longer matches, then fetches the rest from the end of the verified part.
 //!

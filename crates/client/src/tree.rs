@@ -213,6 +213,7 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
         false => out_dir,
     };
     let mut f = Fetcher::connect(opts, interrupt)?;
+    f.check_digests(DigestSet::of(&[opts.algorithm]))?;
     let listing = list(&mut f, &opts.remote, true)?;
     // In a directory this run creates, no local file can be in the way: nothing to look at
     // (a small file that appears meanwhile is still never replaced: see `DirHandle::publish`;

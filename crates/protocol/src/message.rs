@@ -49,8 +49,8 @@ impl Capabilities {
     /// With [`Capabilities::STREAM_PUT`]: chunks may be checked with their BLAKE3 tree values
     /// ([`crate::ChunkDigest::Blake3Tree`], `PutBegin` flag bits 3 and 4).
     pub const BLAKE3_TREE: u64 = 1 << 10;
-    /// The XXH128 checksum ([`crate::Algorithm::Xxh128`]) may be asked for in `Get` and carried
-    /// by `PutBegin` / `PutCommitDigests`.
+    /// The XXH128 checksum ([`crate::Algorithm::Xxh128`]) may be asked for in `Get`, and
+    /// appears in the digest lists of `FileInfo`, `PutDone` and `PutCommitDigests`.
     pub const XXH128: u64 = 1 << 11;
 
     /// True when every bit of `bits` is set.

@@ -70,6 +70,8 @@ fn digest() -> impl Strategy<Value = Digest> {
     prop_oneof![
         vec(any::<u8>(), 16).prop_map(|b| Digest::new(Algorithm::Md5, b).unwrap()),
         vec(any::<u8>(), 32).prop_map(|b| Digest::new(Algorithm::Sha256, b).unwrap()),
+        vec(any::<u8>(), 32).prop_map(|b| Digest::new(Algorithm::Blake3, b).unwrap()),
+        vec(any::<u8>(), 16).prop_map(|b| Digest::new(Algorithm::Xxh128, b).unwrap()),
     ]
 }
 
@@ -147,7 +149,7 @@ fn get() -> impl Strategy<Value = GetRequest> {
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
-        0u8..4,
+        0u8..16,
         proptest::option::of((any::<u64>(), any::<i64>())),
     )
         .prop_map(|(path, offset, length, chunk_size, bits, m)| GetRequest {

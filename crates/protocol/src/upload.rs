@@ -62,8 +62,9 @@ impl ChunkDigest {
         }
     }
 
-    /// A number for storing the kind: the algorithm's code (2 SHA-256, 3 BLAKE3), 4 for
-    /// BLAKE3 tree values.
+    /// A number for storing the kind (the state database's `uploads.chunk_digest`): the
+    /// algorithm's code (2 SHA-256, 3 BLAKE3), 4 for BLAKE3 tree values. Its own numbering,
+    /// never read as an [`Algorithm`] code (where 4 is XXH128, which is never a chunk digest).
     pub fn code(self) -> u8 {
         match self {
             ChunkDigest::Blake3Tree => 4,
