@@ -248,3 +248,35 @@ fn get_r_leaves_a_small_file_another_client_is_writing_and_fetches_the_rest() {
     assert_eq!(std::fs::read(out_dir.join("b.txt")).unwrap(), b"b");
     assert!(!part.exists());
 }
+
+#[test]
+fn get_r_verifies_every_file_with_the_mode_asked_for() {
+    let server = Server::start();
+    let src = server.root.join("t");
+    build_tree(&src, 40);
+    let work = tempfile::tempdir().unwrap();
+    for mode in ["xxh128", "blake3", "md5"] {
+        let out = run(client(work.path()).args([
+            "get",
+            "-r",
+            &server.target(),
+            "t",
+            "-o",
+            mode,
+            "--checksum",
+            mode,
+            "--json",
+        ]));
+        assert_ok(&out);
+        assert_eq!(json(&out)["files"].as_u64(), Some(41), "{mode}");
+        let theirs: Vec<_> = snapshot(&src)
+            .into_iter()
+            .map(|(p, s)| (p, s.map(|s| s.0)))
+            .collect();
+        let ours: Vec<_> = snapshot(&work.path().join(mode))
+            .into_iter()
+            .map(|(p, s)| (p, s.map(|s| s.0)))
+            .collect();
+        assert!(theirs == ours, "{mode}: the trees differ");
+    }
+}
