@@ -100,7 +100,8 @@ fn single_algorithms(c: &mut Criterion) {
 fn combined(c: &mut Criterion) {
     let mut g = group(c, "combined");
     let pair = DigestSet::of(&[Algorithm::Sha256, Algorithm::Blake3]);
-    let all = DigestSet::of(&Algorithm::ALL);
+    // The three of the first releases (the measured tables name them `all3`).
+    let all = DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256, Algorithm::Blake3]);
     for len in SIZES {
         let data = common::data(len);
         let label = common::size_label(len);
