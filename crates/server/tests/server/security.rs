@@ -488,7 +488,8 @@ fn one_address_cannot_take_the_slots_of_another() {
     let mut other = connect_from("127.0.0.2", server.addr);
     open(&mut other);
     assert!(download(&mut other, "f.bin") == data);
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Well before the 5 s a starved session would wait (loose: a shared machine).
+    assert!(started.elapsed() < Duration::from_secs(4));
     drop(flood);
     drop(held);
 }
@@ -571,7 +572,7 @@ fn a_listed_tree_is_fetched_unthrottled_while_unlisted_gets_are_metered() {
     assert_eq!(names.len(), 60);
     fetch(&mut c, &names);
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(900), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
     // The listing's allowance is spent: 40 more Gets are metered (about 18 from what is left
     // of the burst, the rest at 10 a second).
     let took = fetch(&mut c, &names[..40]);
@@ -611,19 +612,21 @@ fn a_trickling_or_silent_opening_is_dropped_at_the_deadline() {
         }
         started.elapsed()
     };
+    // Loose bounds (a shared machine), still far below what an undropped trickle takes
+    // (about 7 s for the opening, 13 s for the ClientHello) and the 10 s --timeout.
     let native = trickle(plain_addr, opening());
-    assert!(native < Duration::from_millis(2500), "native: {native:?}");
+    assert!(native < Duration::from_secs(4), "native: {native:?}");
     // A TLS ClientHello, trickled.
     let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0xc8];
     hello.extend(std::iter::repeat_n(1u8, 60));
     let tls = trickle(server.addr, hello);
-    assert!(tls < Duration::from_millis(2500), "TLS: {tls:?}");
+    assert!(tls < Duration::from_secs(4), "TLS: {tls:?}");
     // A session that never presents its token.
     let started = Instant::now();
     let mut s = plain(plain_addr);
     open(&mut s);
-    assert!(closed_within(&mut s, Duration::from_secs(3)));
-    assert!(started.elapsed() < Duration::from_millis(2500));
+    assert!(closed_within(&mut s, Duration::from_secs(6)));
+    assert!(started.elapsed() < Duration::from_secs(6));
 }
 
 /// Sends a `Get` for all of `big.bin` on a fresh session, then reads it as `read` says until
@@ -643,8 +646,8 @@ fn dropped_after(server: &Running, mut read: impl FnMut(&mut TcpStream) -> bool)
     let started = Instant::now();
     while !server.handle.connections().is_empty() {
         assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "still served after 8 s"
+            started.elapsed() < Duration::from_secs(30),
+            "still served after 30 s"
         );
         if !read(&mut s) {
             std::thread::sleep(Duration::from_millis(100));
@@ -661,9 +664,12 @@ fn slow_and_stalled_readers_are_dropped() {
     });
     let f = std::fs::File::create(server.root.join("big.bin")).unwrap();
     f.set_len(256 << 20).unwrap();
-    // Stops reading: dropped after one window (the --timeout) of waiting.
+    // The bounds are loose (the test machines are shared, and CI runs the suites side by
+    // side): without the limits neither reader would ever be dropped (the slow one would take
+    // 400 s for the file), so being dropped within them is the behaviour under test.
+    // Stops reading: dropped after one window (the --timeout) of waiting, about 1–2 s.
     let stalled = dropped_after(&server, |_| false);
-    assert!(stalled < Duration::from_secs(4), "stalled: {stalled:?}");
+    assert!(stalled < Duration::from_secs(15), "stalled: {stalled:?}");
     // Reads 64 KiB every 100 ms (640 KB/s): below the 1 MiB/s minimum, dropped.
     let slow = dropped_after(&server, |s| {
         let mut buf = vec![0u8; 64 << 10];
@@ -671,7 +677,7 @@ fn slow_and_stalled_readers_are_dropped() {
         std::thread::sleep(Duration::from_millis(100));
         true
     });
-    assert!(slow < Duration::from_secs(6), "slow: {slow:?}");
+    assert!(slow < Duration::from_secs(20), "slow: {slow:?}");
     eprintln!("security: stalled reader dropped after {stalled:.1?}, slow reader after {slow:.1?}");
     // Unrelated to either: a normal client is served.
     let mut c = Native::connect(server.addr, ALL_CAPS);

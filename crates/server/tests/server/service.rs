@@ -154,7 +154,9 @@ fn shutdown_is_fast_with_idle_stalled_and_silent_clients() {
     );
 
     let took = server.stop();
-    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    // It usually takes well under a second; the bound is loose for a shared machine (a
+    // server that does not let go of its busy sessions never stops).
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     assert_eq!(idle.next_error(), Some(ErrorCode::ShuttingDown));
     // New connections are no longer accepted.
     assert!(TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)).is_err());
@@ -181,5 +183,5 @@ fn default_bind_serves_ipv4_and_ipv6_and_still_stops() {
     let started = Instant::now();
     handle.shutdown();
     thread.join().unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
