@@ -269,7 +269,7 @@ pub struct VerifyArgs {
     #[arg(value_name = "[HOST:PORT] REMOTE", num_args = 0..=2)]
     pub remote: Vec<String>,
 
-    /// The expected digest in hex (64 digits: SHA-256, 32: MD5)
+    /// The expected digest in hex (64 digits: SHA-256; 32: MD5 or XXH128, whichever matches)
     #[arg(long, value_name = "HEX")]
     pub checksum: Option<String>,
 
