@@ -264,11 +264,11 @@ impl<'a> Fetcher<'a> {
     /// Stops before any request for digests the server cannot compute (BLAKE3 and XXH128 need
     /// their capabilities; an older server would take the request for garbage).
     pub fn check_digests(&self, digests: DigestSet) -> Result<(), ClientError> {
-        for (algorithm, capability) in [
-            (sfts_protocol::Algorithm::Blake3, Capabilities::BLAKE3),
-            (sfts_protocol::Algorithm::Xxh128, Capabilities::XXH128),
-        ] {
-            if digests.contains(algorithm) && !self.server_has(capability) {
+        for algorithm in digests.iter() {
+            if algorithm
+                .capability()
+                .is_some_and(|capability| !self.server_has(capability))
+            {
                 return Err(ClientError::Refused {
                     remote: self.opts.remote.clone(),
                     message: format!(

@@ -88,6 +88,17 @@ impl Algorithm {
         }
     }
 
+    /// The capability ([`crate::Capabilities`] bit) both peers must have announced before
+    /// this digest may be asked for or shown; `None` for MD5 and SHA-256, which every peer
+    /// knows.
+    pub fn capability(self) -> Option<u64> {
+        match self {
+            Algorithm::Md5 | Algorithm::Sha256 => None,
+            Algorithm::Blake3 => Some(crate::Capabilities::BLAKE3),
+            Algorithm::Xxh128 => Some(crate::Capabilities::XXH128),
+        }
+    }
+
     /// Length of the digest in bytes.
     pub fn output_len(self) -> usize {
         match self {
@@ -539,6 +550,11 @@ mod tests {
             );
         }
         assert_eq!(Algorithm::Xxh128.name(), "xxh128");
+        assert_eq!(
+            Algorithm::Xxh128.capability(),
+            Some(crate::Capabilities::XXH128)
+        );
+        assert_eq!(Algorithm::Sha256.capability(), None);
     }
 
     #[test]

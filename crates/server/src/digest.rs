@@ -4,8 +4,8 @@
 //! that a later request for any algorithm, or an original-protocol client, finds them in the
 //! cache) plus per-chunk SHA-256 at the transfer's chunk size, all in the one pass that sends
 //! the bytes (MD5, the slowest, on a helper thread: see [`crate::hash_thread`]; BLAKE3 costs
-//! the sending thread about a quarter of what its SHA-256 does, XXH128 a quarter of that). The bytes must arrive in file
-//! order; how they are split does not matter.
+//! the sending thread about a quarter of what its SHA-256 does, XXH128 a quarter of that).
+//! The bytes must arrive in file order; how they are split does not matter.
 //!
 //! Reading without sending (the part of a file before or after a requested range) goes through
 //! [`hash_span`], which calls a keep-alive at least every [`KEEPALIVE_EVERY`] so that a client

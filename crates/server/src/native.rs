@@ -453,12 +453,11 @@ impl<'a> Native<'a> {
     /// and XXH128 once both sides announced them (an older client would take algorithms 3 and
     /// 4 for garbage).
     fn shown_digests(&self) -> DigestSet {
-        let mut set = DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256]);
-        if self.common.has(Capabilities::BLAKE3) {
-            set.insert(Algorithm::Blake3);
-        }
-        if self.common.has(Capabilities::XXH128) {
-            set.insert(Algorithm::Xxh128);
+        let mut set = DigestSet::EMPTY;
+        for a in Algorithm::ALL {
+            if a.capability().is_none_or(|cap| self.common.has(cap)) {
+                set.insert(a);
+            }
         }
         set
     }

@@ -27,8 +27,8 @@ use crate::tls::ServerStream;
 use crate::transfer::{Framing, Transfer, QUEUED_MAX};
 use sfts_protocol::io::write_data;
 use sfts_protocol::{
-    clamp_chunk_size, Algorithm, Capabilities, Digest, DigestSet, ErrorCode, FileHeader,
-    GetRequest, Message, TO_END,
+    clamp_chunk_size, Capabilities, Digest, DigestSet, ErrorCode, FileHeader, GetRequest, Message,
+    TO_END,
 };
 use sfts_state::{FileKey, NewTransfer};
 use std::fs::File;
@@ -129,11 +129,10 @@ impl Native<'_> {
     /// Refuses digests the session did not negotiate (BLAKE3 and XXH128 need their
     /// capabilities).
     fn digests_allowed(&self, wanted: DigestSet) -> Result<(), Refusal> {
-        if wanted.contains(Algorithm::Blake3) {
-            self.needs(Capabilities::BLAKE3, "A BLAKE3 digest", "BLAKE3")?;
-        }
-        if wanted.contains(Algorithm::Xxh128) {
-            self.needs(Capabilities::XXH128, "An XXH128 checksum", "XXH128")?;
+        for a in wanted.iter() {
+            if let Some(cap) = a.capability() {
+                self.needs(cap, &format!("The {} digest", a.label()), a.label())?;
+            }
         }
         Ok(())
     }
