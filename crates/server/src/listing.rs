@@ -41,6 +41,10 @@ pub struct Walked {
     pub truncated: bool,
 }
 
+/// Directory levels whose entries are examined relative to an open descriptor of the
+/// directory (see [`Walker::directory`]).
+const RELATIVE_LEVELS: usize = 16;
+
 /// The identity of a directory, for loop detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DirId(u64, u64);
@@ -105,15 +109,24 @@ impl<'a, 's> Walker<'a, 's> {
     /// Lists one directory (and, recursively, its subdirectories); `prefix` is its path
     /// relative to the listed one, with a trailing `/` (empty at the top).
     fn directory(&mut self, dir: &Path, prefix: &str) -> Result<(), ServerError> {
-        let mut names: Vec<OsString> = match fs::read_dir(dir) {
-            Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
+        // `DirEntry::metadata` is an `lstat` relative to the open directory: one path
+        // component to walk instead of all of them from `/` (a third of a listing's time on a
+        // tree of 10,000 files six directories deep). Each entry keeps its directory open
+        // until the directory is done, so only the top levels do this and a deep tree never
+        // holds more than `RELATIVE_LEVELS` descriptors.
+        let relative = self.ancestors.len() < RELATIVE_LEVELS;
+        let mut names: Vec<(OsString, Option<fs::DirEntry>)> = match fs::read_dir(dir) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| (e.file_name(), relative.then_some(e)))
+                .collect(),
             Err(e) => {
                 warn!("listing skips '{prefix}': cannot read it ({e})");
                 return Ok(());
             }
         };
-        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        for name in names {
+        names.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
+        for (name, dir_entry) in names {
             if self.truncated {
                 return Ok(());
             }
@@ -135,7 +148,14 @@ impl<'a, 's> Walker<'a, 's> {
                 warn!("listing skips '{rel}': longer than {MAX_PATH_LEN} bytes");
                 continue;
             }
-            let Some((entry, follow)) = self.describe(&path, rel) else {
+            let Some((entry, follow)) = self.describe(
+                &path,
+                match dir_entry {
+                    Some(e) => e.metadata(),
+                    None => fs::symlink_metadata(&path),
+                },
+                rel,
+            ) else {
                 continue;
             };
             if let Some(visible) = self.visible {
@@ -172,10 +192,15 @@ impl<'a, 's> Walker<'a, 's> {
         Ok(())
     }
 
-    /// The entry for `path`, and the directory to recurse into if it is one; `None` when it
-    /// vanished meanwhile.
-    fn describe(&self, path: &Path, name: String) -> Option<(ListEntry, Option<(PathBuf, DirId)>)> {
-        let lmeta = fs::symlink_metadata(path).ok()?;
+    /// The entry for `path`, whose `lstat` is `lmeta`, and the directory to recurse into if it
+    /// is one; `None` when it vanished meanwhile.
+    fn describe(
+        &self,
+        path: &Path,
+        lmeta: std::io::Result<Metadata>,
+        name: String,
+    ) -> Option<(ListEntry, Option<(PathBuf, DirId)>)> {
+        let lmeta = lmeta.ok()?;
         let entry = |kind, meta: &Metadata| ListEntry {
             name: name.clone(),
             kind,
@@ -328,5 +353,33 @@ mod tests {
         // Flat: a link to a directory inside is a directory.
         let (flat, _) = list(&root, "d/sub", false, 100);
         assert_eq!(flat[1], ("up".into(), EntryKind::Directory, 0));
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_relative_levels_is_listed_whole() {
+        // Levels 0 to 24, each with a file of its level's size and a link to that file: the
+        // top ones are looked at relative to their directory, the rest by path.
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let mut d = root.clone();
+        let mut want = Vec::new();
+        let mut prefix = String::new();
+        for level in 0..25usize {
+            fs::write(d.join("f"), vec![b'x'; level]).unwrap();
+            want.push((format!("{prefix}f"), EntryKind::File, level as u64));
+            #[cfg(unix)]
+            {
+                std::os::unix::fs::symlink(d.join("f"), d.join("g")).unwrap();
+                want.push((format!("{prefix}g"), EntryKind::File, level as u64));
+            }
+            d.push("n");
+            fs::create_dir(&d).unwrap();
+            want.push((format!("{prefix}n"), EntryKind::Directory, 0));
+            prefix.push_str("n/");
+        }
+        assert!(want.len() / 3 > RELATIVE_LEVELS);
+        let (got, walked) = list(&root, "", true, 1000);
+        assert_eq!(got, want);
+        assert_eq!(walked.total, want.len() as u64);
     }
 }
