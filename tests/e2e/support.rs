@@ -133,14 +133,18 @@ impl Server {
     }
 
     /// The contents of the server's log file(s).
+    /// The server's log files, once they stopped growing: the server writes its lines a
+    /// burst at a time, up to 50 ms after they were logged (`sfts_logging::GATHER`).
     pub fn logs(&self) -> String {
-        let mut all = String::new();
-        if let Ok(entries) = std::fs::read_dir(&self.log_dir) {
-            for e in entries.flatten() {
-                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        settled(|| {
+            let mut all = String::new();
+            if let Ok(entries) = std::fs::read_dir(&self.log_dir) {
+                for e in entries.flatten() {
+                    all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
             }
-        }
-        all
+            all
+        })
     }
 }
 
@@ -323,6 +327,20 @@ pub fn names(dir: &Path) -> Vec<String> {
 }
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes.
+/// What `read` gives once it gave the same twice, 150 ms apart (at most 5 s).
+pub fn settled(read: impl Fn() -> String) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_millis(150));
+        let now = read();
+        if now == last || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

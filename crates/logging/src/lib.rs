@@ -13,15 +13,16 @@
 //! are flushed. The console is standard error, so standard output
 //! stays free for data and machine-readable output.
 
+mod background;
 mod format;
 
+pub use background::{Background, BackgroundGuard, FLUSH_WAIT, GATHER};
 pub use format::SftsFormat;
 
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use tracing::level_filters::LevelFilter;
 use tracing::Metadata;
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt, OptionalWriter};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -36,6 +37,12 @@ pub enum LogError {
     Dir {
         /// The directory asked for.
         dir: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The background writer's thread could not be started.
+    #[error("cannot start the log writer thread: {source}")]
+    Thread {
         /// The underlying error.
         source: io::Error,
     },
@@ -55,12 +62,14 @@ pub struct LogConfig {
     pub file_level: LevelFilter,
     /// Most detailed level written to standard error (`OFF` for none).
     pub console_level: LevelFilter,
-    /// Lines the background file writer may hold; `None`: the `tracing-appender` default
-    /// (128,000, lines beyond it dropped). The queue's memory is written when it is made,
+    /// Lines the background file writer may hold; `None`: 128,000, lines beyond it dropped
+    /// (there are 50 ms of lines at most in the queue: a burst is written at once). The
+    /// queue's memory is written when it is made,
     /// 32 bytes a line: 4 MiB, about 4 ms of page faults, for the default. `Some(n)`: `n`
     /// lines, and a full queue makes the logging thread wait instead of dropping lines.
     pub buffered_lines: Option<usize>,
-    /// Write the console's lines from a background thread, in batches, as the file's are:
+    /// Write the console's lines from a background thread, a burst at a time, as the file's
+    /// are (so they show up to 50 ms late):
     /// a burst of lines (one per file of a tree) then costs the logging thread no `write`
     /// to standard error, and a console that does not keep up never holds up the work (its
     /// lines wait in the queue; past a full default queue they are dropped from the console
@@ -75,7 +84,7 @@ pub const SMALL_QUEUE: usize = 4096;
 
 /// Keeps the background log writers alive; dropping it flushes them.
 pub struct LogGuard {
-    _workers: Vec<tracing_appender::non_blocking::WorkerGuard>,
+    _workers: Vec<BackgroundGuard>,
     path: Option<PathBuf>,
 }
 
@@ -94,10 +103,6 @@ pub fn file_name(prefix: &str) -> String {
     )
 }
 
-/// Bytes a background writer gathers before a `write`: it also writes whenever its queue
-/// runs empty, so a line waits only while more lines are queued behind it.
-const BATCH_BYTES: usize = 64 * 1024;
-
 /// Installs the global logger described by `config`.
 ///
 /// Each event is formatted once and the line handed to the file and the console writers that
@@ -106,7 +111,8 @@ const BATCH_BYTES: usize = 64 * 1024;
 pub fn init(config: &LogConfig) -> Result<LogGuard, LogError> {
     let mut workers = Vec::new();
     let console = if config.console_in_background {
-        let (writer, guard) = background(io::stderr(), config.buffered_lines);
+        let (writer, guard) = background::background(io::stderr(), config.buffered_lines)
+            .map_err(|source| LogError::Thread { source })?;
         workers.push(guard);
         BoxMakeWriter::new(writer)
     } else {
@@ -123,14 +129,17 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, LogError> {
                 dir: dir.clone(),
                 source,
             };
-            std::fs::create_dir_all(dir).map_err(err)?;
-            let path = dir.join(file_name(config.prefix));
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(err)?;
-            let (writer, guard) = background(file, config.buffered_lines);
+            let name = file_name(config.prefix);
+            let path = dir.join(&name);
+            // Created (with its directory) and appended to; one file, never rotated.
+            let file = tracing_appender::rolling::RollingFileAppender::builder()
+                .rotation(tracing_appender::rolling::Rotation::NEVER)
+                .filename_prefix(name.trim_end_matches(".log"))
+                .filename_suffix("log")
+                .build(dir)
+                .map_err(|e| err(io::Error::other(e.to_string())))?;
+            let (writer, guard) = background::background(file, config.buffered_lines)
+                .map_err(|source| LogError::Thread { source })?;
             workers.push(guard);
             let file = UpTo {
                 inner: writer,
@@ -155,22 +164,6 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, LogError> {
         _workers: workers,
         path,
     })
-}
-
-/// A writer on its own thread, fed through a queue of `lines` (see
-/// [`LogConfig::buffered_lines`]), writing to `out` in batches.
-fn background<W: Write + Send + 'static>(
-    out: W,
-    lines: Option<usize>,
-) -> (NonBlocking, WorkerGuard) {
-    let out = BufWriter::with_capacity(BATCH_BYTES, out);
-    match lines {
-        None => tracing_appender::non_blocking(out),
-        Some(lines) => NonBlockingBuilder::default()
-            .buffered_lines_limit(lines)
-            .lossy(false)
-            .finish(out),
-    }
 }
 
 /// A writer that takes the events of `max` and less detailed levels only.

@@ -147,15 +147,29 @@ pub fn start_binary_with(
 }
 
 /// Everything the server's log files in `dir` say.
+/// The server log files in `dir`, once they stopped growing: a running server writes its
+/// lines a burst at a time, up to 50 ms after they were logged (`sfts_logging::GATHER`).
 pub fn logs(dir: &Path) -> String {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return String::new();
+    let read = || -> String {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return String::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("server_"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
     };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("server_"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect()
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_millis(150));
+        let now = read();
+        if now == last || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// The library server on its own thread over a temporary root (and, if asked, a temporary
