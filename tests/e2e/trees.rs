@@ -280,3 +280,61 @@ fn get_r_verifies_every_file_with_the_mode_asked_for() {
         assert!(theirs == ours, "{mode}: the trees differ");
     }
 }
+
+#[test]
+fn get_r_refuses_a_small_file_corrupted_in_flight_and_keeps_the_rest() {
+    use crate::proxy::{Behaviour, Proxy};
+    let server = Server::start();
+    // Ten files of 64 KiB: the byte flipped half way through the stream is a file's.
+    let mut want = Vec::new();
+    for i in 0..10u64 {
+        let name = format!("t/f{i}.bin");
+        want.push((
+            format!("f{i}.bin"),
+            write_random(&server.root, &name, 64 << 10, 70 + i),
+        ));
+    }
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            flip_at: Some(5 * (64 << 10) + 3000),
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let get =
+        |via: &str| run(client(work.path()).args(["get", "-r", via, "t", "-o", "out", "--json"]));
+    let out = get(&proxy.addr.to_string());
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    let v = json(&out);
+    let failed = v["failed"].as_array().expect("a list of failures");
+    assert_eq!(failed.len(), 1, "{v}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("integrity check failed"),
+        "{v}"
+    );
+    let bad = failed[0]["path"].as_str().unwrap().to_string();
+    assert_eq!(v["files"].as_u64(), Some(9), "{v}");
+    // Nothing of the damaged file, under its name or beside it; the others whole.
+    let out_dir = work.path().join("out");
+    assert!(!out_dir.join(&bad).exists(), "{bad} was published");
+    assert!(!out_dir.join(format!("{bad}.sfts-part")).exists());
+    for (name, data) in &want {
+        if *name != bad {
+            assert!(
+                std::fs::read(out_dir.join(name)).unwrap() == *data,
+                "{name}"
+            );
+        }
+    }
+    // A rerun straight to the server fetches just that one.
+    let out = get(&server.target());
+    assert_ok(&out);
+    assert_eq!(json(&out)["files"].as_u64(), Some(1));
+    assert!(
+        std::fs::read(out_dir.join(&bad)).unwrap() == want.iter().find(|w| w.0 == bad).unwrap().1
+    );
+}

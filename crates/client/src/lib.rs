@@ -37,6 +37,7 @@ pub mod summary;
 pub mod tls;
 pub mod transfer;
 pub mod tree;
+pub mod tree_writer;
 pub mod upload;
 pub mod upload_stream;
 

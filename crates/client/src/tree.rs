@@ -25,12 +25,13 @@ use crate::output::{base_name, part_path, Destination, OutputSpec};
 use crate::progress::Bytes;
 use crate::sinks::FileSink;
 use crate::transfer::{into_error, verify, Context};
+use crate::tree_writer::{Verified, Writer, MAX_BYTES};
 use crate::upload::{self, disconnected, refusal, unexpected, PutOptions};
 use serde_json::{json, Value};
 use sfts_protocol::checksum::{digest_reader, sha256};
 use sfts_protocol::{
     Algorithm, Capabilities, Digest, DigestSet, EntryKind, ErrorCode, FileHeader, GetRequest,
-    ListEntry, Message, PutBegin, TO_END,
+    ListEntry, Message, MultiHasher, PutBegin, TO_END,
 };
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, Metadata};
@@ -138,7 +139,7 @@ fn system_time(ns: i64) -> SystemTime {
 }
 
 /// Gives `file` the modification time `ns`; failing costs a log line, not the transfer.
-fn set_mtime(file: &File, path: &Path, ns: i64) {
+pub(crate) fn set_mtime(file: &File, path: &Path, ns: i64) {
     if let Err(e) = file.set_modified(system_time(ns)) {
         tracing::warn!(
             "cannot set the modification time of '{}': {e}",
@@ -349,6 +350,13 @@ fn get_small_files(
     let mut failed_in_a_row = 0u32;
     let digests = DigestSet::of(&[opts.algorithm]);
     let server = opts.server.to_string();
+    // Without a thread for it, the files are written here as they arrive.
+    let mut writer = match queue.is_empty() {
+        true => None,
+        false => Writer::start()
+            .inspect_err(|e| tracing::warn!("writing the files on one thread: {e}"))
+            .ok(),
+    };
     while !queue.is_empty() || !in_flight.is_empty() {
         if f.interrupted() {
             return Err(ClientError::Interrupted {
@@ -394,16 +402,27 @@ fn get_small_files(
                 }
                 Err(e) => return Err(e),
             };
-            let part = part_path(&local);
-            let (parent, name) = match (local.parent(), local.file_name()) {
-                (Some(p), Some(n)) => (p, n),
-                _ => {
-                    return Err(ClientError::Usage(format!(
-                        "'{}' is not a file name",
-                        local.display()
-                    )))
+            if let Some(writer) = writer.as_mut().filter(|_| header.length <= MAX_BYTES) {
+                // Received and checked here, written by the writer thread.
+                let mut sink = MemorySink::new(opts.algorithm, header.length);
+                let theirs = receive_small(f, &header, opts, &mut sink)?;
+                in_flight.pop_front();
+                out.bytes += header.length;
+                let (data, ours) = sink.finish();
+                if let Err(e) = verify(&remote, &theirs, &ours, Kept::Nothing) {
+                    out.failed.push((entry.name.clone(), e.to_string()));
+                    return Ok(());
                 }
-            };
+                return writer.write(Verified {
+                    name: entry.name,
+                    local,
+                    replace,
+                    mtime_ns: entry.mtime_ns,
+                    data,
+                });
+            }
+            let part = part_path(&local);
+            let (parent, name) = crate::tree_writer::split(&local)?;
             if dir.as_ref().is_none_or(|d| d.path() != parent) {
                 let opened = DirHandle::open(parent)
                     .map_err(|e| ClientError::local("cannot open", parent, e))?;
@@ -472,7 +491,47 @@ fn get_small_files(
             Err(e) => return Err(e),
         }
     }
+    if let Some(writer) = writer {
+        let written = writer.finish();
+        out.files += written.files;
+        out.failed.extend(written.failed);
+        if let Some(e) = written.fatal {
+            return Err(e);
+        }
+    }
     Ok(())
+}
+
+/// A small file received into memory, hashed on the way.
+struct MemorySink {
+    data: Vec<u8>,
+    whole: MultiHasher,
+}
+
+impl MemorySink {
+    fn new(algorithm: Algorithm, size: u64) -> MemorySink {
+        MemorySink {
+            data: Vec::with_capacity(size as usize),
+            whole: MultiHasher::new(DigestSet::of(&[algorithm])),
+        }
+    }
+
+    /// The bytes and their digest.
+    fn finish(self) -> (Vec<u8>, Digest) {
+        (self.data, self.whole.finish().remove(0))
+    }
+}
+
+impl std::io::Write for MemorySink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.data.extend_from_slice(buf);
+        self.whole.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Receives one pipelined small file into `sink`; the server's digest of it, or why the
