@@ -42,6 +42,7 @@ pub mod limits;
 pub mod link;
 mod listener;
 mod listing;
+mod look;
 mod memo;
 mod native;
 pub mod paths;

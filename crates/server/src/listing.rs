@@ -17,6 +17,7 @@
 
 use crate::error::ServerError;
 use crate::fileid::FileId;
+use crate::look::{Dir, Kind, Look};
 use crate::paths::{in_staging, PUBLISH_PREFIX, STAGING_DIR};
 use sfts_protocol::{EntryKind, ListEntry, MAX_PATH_LEN};
 use std::ffi::OsString;
@@ -40,10 +41,6 @@ pub struct Walked {
     /// The limit was reached; entries are missing.
     pub truncated: bool,
 }
-
-/// Directory levels whose entries are examined relative to an open descriptor of the
-/// directory (see [`Walker::directory`]).
-const RELATIVE_LEVELS: usize = 16;
 
 /// The identity of a directory, for loop detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,24 +106,20 @@ impl<'a, 's> Walker<'a, 's> {
     /// Lists one directory (and, recursively, its subdirectories); `prefix` is its path
     /// relative to the listed one, with a trailing `/` (empty at the top).
     fn directory(&mut self, dir: &Path, prefix: &str) -> Result<(), ServerError> {
-        // `DirEntry::metadata` is an `lstat` relative to the open directory: one path
-        // component to walk instead of all of them from `/` (a third of a listing's time on a
-        // tree of 10,000 files six directories deep). Each entry keeps its directory open
-        // until the directory is done, so only the top levels do this and a deep tree never
-        // holds more than `RELATIVE_LEVELS` descriptors.
-        let relative = self.ancestors.len() < RELATIVE_LEVELS;
-        let mut names: Vec<(OsString, Option<fs::DirEntry>)> = match fs::read_dir(dir) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| (e.file_name(), relative.then_some(e)))
-                .collect(),
+        let mut names: Vec<OsString> = match fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
             Err(e) => {
                 warn!("listing skips '{prefix}': cannot read it ({e})");
                 return Ok(());
             }
         };
-        names.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
-        for (name, dir_entry) in names {
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        // Entries are looked at relative to one descriptor of `dir` ([`crate::look`]), closed
+        // while a subdirectory is listed: a listing holds one at a time. Where it cannot be
+        // opened, by path.
+        let mut here: Option<Dir> = None;
+        let mut by_path = false;
+        for name in names {
             if self.truncated {
                 return Ok(());
             }
@@ -148,14 +141,21 @@ impl<'a, 's> Walker<'a, 's> {
                 warn!("listing skips '{rel}': longer than {MAX_PATH_LEN} bytes");
                 continue;
             }
-            let Some((entry, follow)) = self.describe(
-                &path,
-                match dir_entry {
-                    Some(e) => e.metadata(),
-                    None => fs::symlink_metadata(&path),
-                },
-                rel,
-            ) else {
+            if here.is_none() && !by_path {
+                match Dir::open(dir) {
+                    Ok(d) => here = Some(d),
+                    Err(_) => by_path = true,
+                }
+            }
+            let look = match &here {
+                Some(d) => d.look(path.file_name().unwrap_or_default()),
+                None => fs::symlink_metadata(&path).map(|m| Look::of(&m)),
+            };
+            // Gone meanwhile: not listed.
+            let Ok(look) = look else {
+                continue;
+            };
+            let Some((entry, follow)) = self.describe(&path, &look, rel) else {
                 continue;
             };
             if let Some(visible) = self.visible {
@@ -163,12 +163,7 @@ impl<'a, 's> Walker<'a, 's> {
                 let real = match (&follow, entry.kind) {
                     (Some((target, _)), _) => Some(target.clone()),
                     (None, EntryKind::Symlink) => None,
-                    (None, _)
-                        if fs::symlink_metadata(&path)
-                            .is_ok_and(|m| m.file_type().is_symlink()) =>
-                    {
-                        fs::canonicalize(&path).ok()
-                    }
+                    (None, _) if look.kind == Kind::Symlink => fs::canonicalize(&path).ok(),
                     (None, _) => Some(path.clone()),
                 };
                 let real = real.map(|r| crate::fileid::relative_name(self.root, &r));
@@ -184,6 +179,7 @@ impl<'a, 's> Walker<'a, 's> {
             (self.sink)(Some(entry))?;
             self.sent += 1;
             if let (true, Some((target, id))) = (self.recursive, follow) {
+                here = None;
                 self.ancestors.push(id);
                 self.directory(&target, &format!("{rel}/"))?;
                 self.ancestors.pop();
@@ -192,40 +188,36 @@ impl<'a, 's> Walker<'a, 's> {
         Ok(())
     }
 
-    /// The entry for `path`, whose `lstat` is `lmeta`, and the directory to recurse into if it
+    /// The entry for `path`, whose `lstat` is `look`, and the directory to recurse into if it
     /// is one; `None` when it vanished meanwhile.
     fn describe(
         &self,
         path: &Path,
-        lmeta: std::io::Result<Metadata>,
+        look: &Look,
         name: String,
     ) -> Option<(ListEntry, Option<(PathBuf, DirId)>)> {
-        let lmeta = lmeta.ok()?;
-        let entry = |kind, meta: &Metadata| ListEntry {
+        let entry = |kind, look: &Look| ListEntry {
             name: name.clone(),
             kind,
             size: if kind == EntryKind::File {
-                meta.len()
+                look.size
             } else {
                 0
             },
-            mtime_ns: FileId::of(meta).mtime_ns,
+            mtime_ns: look.mtime_ns,
         };
-        if !lmeta.file_type().is_symlink() {
-            if lmeta.is_dir() {
-                let id = DirId::of(&lmeta);
+        match look.kind {
+            Kind::Dir => {
+                let id = DirId(look.device, look.inode);
                 // A bind mount of an ancestor would loop like a symlink.
                 let follow = (!self.ancestors.contains(&id)).then(|| (path.to_path_buf(), id));
-                return Some((entry(EntryKind::Directory, &lmeta), follow));
+                return Some((entry(EntryKind::Directory, look), follow));
             }
-            let kind = if lmeta.is_file() {
-                EntryKind::File
-            } else {
-                EntryKind::Other
-            };
-            return Some((entry(kind, &lmeta), None));
+            Kind::File => return Some((entry(EntryKind::File, look), None)),
+            Kind::Other => return Some((entry(EntryKind::Other, look), None)),
+            Kind::Symlink => {}
         }
-        let not_followed = || Some((entry(EntryKind::Symlink, &lmeta), None));
+        let not_followed = || Some((entry(EntryKind::Symlink, look), None));
         let target = match fs::canonicalize(path) {
             Ok(t) if t.starts_with(self.root) && !in_staging(self.root, &t) => t,
             _ => return not_followed(),
@@ -233,19 +225,18 @@ impl<'a, 's> Walker<'a, 's> {
         let Ok(meta) = fs::metadata(&target) else {
             return not_followed();
         };
-        if meta.is_dir() {
-            let id = DirId::of(&meta);
-            if self.recursive && self.ancestors.contains(&id) {
-                return not_followed();
+        let to = Look::of(&meta);
+        match to.kind {
+            Kind::Dir => {
+                let id = DirId(to.device, to.inode);
+                if self.recursive && self.ancestors.contains(&id) {
+                    return not_followed();
+                }
+                Some((entry(EntryKind::Directory, &to), Some((target, id))))
             }
-            return Some((entry(EntryKind::Directory, &meta), Some((target, id))));
+            Kind::File => Some((entry(EntryKind::File, &to), None)),
+            _ => Some((entry(EntryKind::Other, &to), None)),
         }
-        let kind = if meta.is_file() {
-            EntryKind::File
-        } else {
-            EntryKind::Other
-        };
-        Some((entry(kind, &meta), None))
     }
 }
 
@@ -356,9 +347,8 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_deeper_than_the_relative_levels_is_listed_whole() {
-        // Levels 0 to 24, each with a file of its level's size and a link to that file: the
-        // top ones are looked at relative to their directory, the rest by path.
+    fn a_deep_tree_is_listed_whole() {
+        // Levels 0 to 24, each with a file of its level's size and a link to that file.
         let dir = tempfile::tempdir().unwrap();
         let root = fs::canonicalize(dir.path()).unwrap();
         let mut d = root.clone();
@@ -377,7 +367,6 @@ mod tests {
             want.push((format!("{prefix}n"), EntryKind::Directory, 0));
             prefix.push_str("n/");
         }
-        assert!(want.len() / 3 > RELATIVE_LEVELS);
         let (got, walked) = list(&root, "", true, 1000);
         assert_eq!(got, want);
         assert_eq!(walked.total, want.len() as u64);
