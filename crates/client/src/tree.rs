@@ -363,6 +363,10 @@ fn get_small_files(
                 kept: Kept::Nothing,
             });
         }
+        // The writer cannot go on (it cannot create files there): neither can the tree.
+        if let Some(e) = writer.as_mut().and_then(Writer::halted) {
+            return Err(e);
+        }
         let step = (|| -> Result<(), ClientError> {
             // Topped up a batch at a time: one write for many requests.
             if in_flight.len() <= GET_WINDOW - GET_BATCH && !queue.is_empty() {
@@ -448,14 +452,16 @@ fn get_small_files(
                 opts.chunk_size,
                 opts.algorithm,
             );
-            let kept = Kept::File(part.clone());
             let theirs = receive_small(f, &header, opts, &mut sink).inspect_err(|_| {
                 let _ = dir.remove_part(name);
             })?;
             in_flight.pop_front();
             out.bytes += header.length;
             let (file, ours) = sink.finish();
-            if let Err(e) = verify(&remote, &theirs, &ours, kept) {
+            if let Err(e) = verify(&remote, &theirs, &ours, Kept::Nothing) {
+                // Nothing of a damaged file is kept (a rerun fetches it whole), as with the
+                // files the writer thread publishes.
+                let _ = dir.remove_part(name);
                 out.failed.push((entry.name.clone(), e.to_string()));
                 return Ok(());
             }

@@ -19,6 +19,7 @@ use crate::output::part_path;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -60,6 +61,10 @@ pub struct Writer {
     tx: Option<SyncSender<Verified>>,
     report: Arc<Mutex<Written>>,
     thread: Option<JoinHandle<()>>,
+    /// Set by the thread when it stops on a fatal error.
+    halted: Arc<AtomicBool>,
+    /// The report was taken ([`Writer::finish`]).
+    reported: bool,
 }
 
 impl Writer {
@@ -67,15 +72,33 @@ impl Writer {
     pub fn start() -> std::io::Result<Writer> {
         let (tx, rx) = sync_channel(QUEUE);
         let report = Arc::new(Mutex::new(Written::default()));
-        let theirs = Arc::clone(&report);
+        let halted = Arc::new(AtomicBool::new(false));
+        let (theirs, flag) = (Arc::clone(&report), Arc::clone(&halted));
         let thread = std::thread::Builder::new()
             .name("tree-writer".into())
-            .spawn(move || run(rx, &theirs))?;
+            .spawn(move || {
+                run(rx, &theirs);
+                if lock(&theirs).fatal.is_some() {
+                    flag.store(true, Ordering::Release);
+                }
+            })?;
         Ok(Writer {
             tx: Some(tx),
             report,
             thread: Some(thread),
+            halted,
+            reported: false,
         })
+    }
+
+    /// Why the writer stopped, once it stopped on a fatal error (taken: asked once).
+    pub fn halted(&mut self) -> Option<ClientError> {
+        if !self.halted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.stop();
+        self.reported = true;
+        lock(&self.report).fatal.take()
     }
 
     /// Hands over a verified file (waiting while the queue is full). An error when the
@@ -89,12 +112,14 @@ impl Writer {
             return Ok(());
         }
         self.stop();
+        self.reported = true;
         Err(lock(&self.report).fatal.take().unwrap_or_else(stopped))
     }
 
     /// Waits until every file handed over is written; what the writer did.
     pub fn finish(mut self) -> Written {
         self.stop();
+        self.reported = true;
         std::mem::take(&mut *lock(&self.report))
     }
 
@@ -109,8 +134,20 @@ impl Writer {
 }
 
 impl Drop for Writer {
+    /// The tree stopped for another reason (Ctrl-C, a lost server): the files handed over are
+    /// still written, and what went wrong with them is logged, since no summary will say it.
     fn drop(&mut self) {
         self.stop();
+        if self.reported {
+            return;
+        }
+        let written = std::mem::take(&mut *lock(&self.report));
+        for (name, why) in &written.failed {
+            tracing::warn!("'{name}' was not written: {why}");
+        }
+        if let Some(e) = &written.fatal {
+            tracing::warn!("the tree's files could not all be written: {e}");
+        }
     }
 }
 
@@ -259,5 +296,25 @@ mod tests {
         };
         assert!(e.to_string().contains("gone"), "{e}");
         assert!(!missing.exists());
+    }
+
+    #[test]
+    fn a_stop_is_seen_without_handing_over_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::start().unwrap();
+        w.write(file(&dir.path().join("gone"), "a", b"a", false))
+            .unwrap();
+        // Bounded: 500 looks 10 ms apart.
+        let e = (0..500)
+            .find_map(|_| {
+                let e = w.halted();
+                if e.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                e
+            })
+            .expect("the writer stopped within 5 s");
+        assert!(e.to_string().contains("gone"), "{e}");
+        assert!(w.halted().is_none(), "said once");
     }
 }
