@@ -338,3 +338,35 @@ fn get_r_refuses_a_small_file_corrupted_in_flight_and_keeps_the_rest() {
         std::fs::read(out_dir.join(&bad)).unwrap() == want.iter().find(|w| w.0 == bad).unwrap().1
     );
 }
+
+#[test]
+fn get_r_leaves_remote_names_that_look_like_partial_downloads_alone() {
+    let server = Server::start();
+    let t = server.root.join("t");
+    std::fs::create_dir_all(t.join("old.sfts-journal")).unwrap();
+    // A large file (fetched after the small ones) and a small file named like its partial:
+    // fetched, the latter would be taken for a stale partial of the former and removed.
+    let big = write_random(&server.root, "t/x", 1536 << 10, 81);
+    std::fs::write(t.join("x.sfts-part"), b"not a partial").unwrap();
+    std::fs::write(t.join("old.sfts-journal/y"), b"y").unwrap();
+    std::fs::write(t.join("z"), b"z").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out =
+        run(client(work.path()).args(["get", "-r", &server.target(), "t", "-o", "out", "--json"]));
+    assert_ok(&out);
+    let v = json(&out);
+    assert_eq!(
+        (v["files"].as_u64(), v["skipped"].as_u64()),
+        (Some(2), Some(3)),
+        "{v}"
+    );
+    let got = work.path().join("out");
+    assert!(std::fs::read(got.join("x")).unwrap() == big);
+    assert_eq!(std::fs::read(got.join("z")).unwrap(), b"z");
+    assert_eq!(names(&got), ["x", "z"]);
+    assert!(
+        stderr(&out).contains("ends like the partial files"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -86,10 +86,13 @@ pub struct Journal {
     chunks: Vec<Option<Entry>>,
 }
 
+/// What a download's journal adds to its target's name.
+pub const JOURNAL_SUFFIX: &str = ".sfts-journal";
+
 /// The journal path for a download target.
 pub fn journal_path(target: &Path) -> PathBuf {
     let mut name = target.as_os_str().to_owned();
-    name.push(".sfts-journal");
+    name.push(JOURNAL_SUFFIX);
     PathBuf::from(name)
 }
 

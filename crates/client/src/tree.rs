@@ -19,9 +19,10 @@ use crate::dir_handle::{DirHandle, Published};
 use crate::error::{ClientError, Kept};
 use crate::fetch::Fetcher;
 use crate::interrupt::Interrupt;
+use crate::journal::JOURNAL_SUFFIX;
 use crate::listing::list;
 use crate::native::Request;
-use crate::output::{base_name, part_path, Destination, OutputSpec};
+use crate::output::{base_name, part_path, Destination, OutputSpec, PART_SUFFIX};
 use crate::progress::Bytes;
 use crate::sinks::FileSink;
 use crate::transfer::{into_error, verify, Context};
@@ -160,6 +161,14 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
+/// The first component of a listed path that ends like a partial download or its journal
+/// (`<name>.sfts-part`, `<name>.sfts-journal`): `get -r` leaves such entries (and what is
+/// below them) alone.
+fn reserved(name: &str) -> Option<&str> {
+    name.split('/')
+        .find(|c| c.ends_with(PART_SUFFIX) || c.ends_with(JOURNAL_SUFFIX))
+}
+
 fn join_remote(dir: &str, name: &str) -> String {
     match dir.trim_end_matches('/') {
         "" | "." => name.to_string(),
@@ -233,6 +242,16 @@ pub fn get_tree(opts: &GetOptions, interrupt: &Interrupt) -> Result<TreeOutcome,
                 kept: Kept::Nothing,
             });
         };
+        if let Some(part) = reserved(&entry.name) {
+            // Fetched, it could be taken for this client's own leftover (the partial of
+            // a file of the same name but the suffix) and removed as stale.
+            tracing::warn!(
+                "skipping '{}' ('{part}' ends like the partial files sfts-client writes)",
+                entry.name
+            );
+            out.skipped += 1;
+            continue;
+        }
         let local = out_dir.join(&rel);
         match entry.kind {
             EntryKind::Directory => {
