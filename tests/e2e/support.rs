@@ -132,7 +132,6 @@ impl Server {
         wait_child(&mut self.child, limit)
     }
 
-    /// The contents of the server's log file(s).
     /// The server's log files, once they stopped growing: the server writes its lines a
     /// burst at a time, up to 50 ms after they were logged (`sfts_logging::GATHER`).
     pub fn logs(&self) -> String {
@@ -326,7 +325,6 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Polls `cond` every 10 ms until it holds or `limit` passes.
 /// What `read` gives once it gave the same twice, 150 ms apart (at most 5 s).
 pub fn settled(read: impl Fn() -> String) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -341,6 +339,7 @@ pub fn settled(read: impl Fn() -> String) -> String {
     }
 }
 
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

@@ -8,9 +8,11 @@
 //! `sched_yield` calls, 15 % of the server's CPU, on a machine where the client needs that
 //! CPU; gathered, a few dozen of each.
 //!
-//! A line therefore reaches its file (or the console) up to [`GATHER`] late. Dropping the
-//! [`BackgroundGuard`] writes everything queued before it and waits for that, at most
-//! [`FLUSH_WAIT`].
+//! A line therefore reaches its file (or the console) up to [`GATHER`] late, later only if
+//! the output itself is slower than the lines come. Dropping the [`BackgroundGuard`] writes
+//! everything queued before it and waits for that, at most [`FLUSH_WAIT`] (each writer's
+//! guard on its own). A process that ends without dropping it (`std::process::exit`, such
+//! as the client's second Ctrl-C) loses the lines of the last [`GATHER`].
 
 use std::io::{self, BufWriter, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};

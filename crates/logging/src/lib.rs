@@ -63,13 +63,14 @@ pub struct LogConfig {
     /// Most detailed level written to standard error (`OFF` for none).
     pub console_level: LevelFilter,
     /// Lines the background file writer may hold; `None`: 128,000, lines beyond it dropped
-    /// (there are 50 ms of lines at most in the queue: a burst is written at once). The
-    /// queue's memory is written when it is made,
+    /// (the queue holds about the last 50 ms of lines while the output keeps up: a burst is
+    /// written at once). The queue's memory is written when it is made,
     /// 32 bytes a line: 4 MiB, about 4 ms of page faults, for the default. `Some(n)`: `n`
     /// lines, and a full queue makes the logging thread wait instead of dropping lines.
     pub buffered_lines: Option<usize>,
     /// Write the console's lines from a background thread, a burst at a time, as the file's
-    /// are (so they show up to 50 ms late):
+    /// are (so they show up about 50 ms late, later only if the console is slower than the
+    /// lines come):
     /// a burst of lines (one per file of a tree) then costs the logging thread no `write`
     /// to standard error, and a console that does not keep up never holds up the work (its
     /// lines wait in the queue; past a full default queue they are dropped from the console

@@ -146,7 +146,6 @@ pub fn start_binary_with(
     (guard, addr)
 }
 
-/// Everything the server's log files in `dir` say.
 /// The server log files in `dir`, once they stopped growing: a running server writes its
 /// lines a burst at a time, up to 50 ms after they were logged (`sfts_logging::GATHER`).
 pub fn logs(dir: &Path) -> String {
