@@ -370,3 +370,38 @@ fn get_r_leaves_remote_names_that_look_like_partial_downloads_alone() {
         stderr(&out)
     );
 }
+
+#[test]
+fn ctrl_c_while_the_listing_comes_is_an_interruption() {
+    use crate::proxy::{Behaviour, Proxy};
+    use std::process::Stdio;
+    use std::time::Duration;
+    let server = Server::start();
+    build_tree(&server.root.join("t"), 3000);
+    // About 120 KB of listing at 20 KB/s: several seconds to come.
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            rate: 20_000,
+            ..Behaviour::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let mut child = client(work.path())
+        .args(["get", "-r", &proxy.addr.to_string(), "t", "-o", "out"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status =
+        wait_child(&mut child, Duration::from_secs(20)).expect("still running 20 s after Ctrl-C");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+}

@@ -147,14 +147,14 @@ fn run_put(args: &cli::PutArgs, global: &GlobalArgs) -> ExitCode {
     );
     if opts.conn.recursive {
         return tree_result(
-            tree::put_tree(&opts, &interrupt),
+            after_interrupt(tree::put_tree(&opts, &interrupt), &interrupt),
             "put",
             &opts.conn.remote,
             "sent",
             &opts.conn,
         );
     }
-    match upload::put(&opts, &interrupt) {
+    match after_interrupt(upload::put(&opts, &interrupt), &interrupt) {
         Ok(o) => {
             if opts.conn.json {
                 println!("{}", summary::put_json(&o));
@@ -171,6 +171,23 @@ fn run_put(args: &cli::PutArgs, global: &GlobalArgs) -> ExitCode {
 }
 
 /// Prints a tree transfer's outcome and returns the exit code.
+/// Ctrl-C shuts the connection down to stop a blocked read: a lost connection after it is
+/// the interruption (exit 130), not a lost server (exit 6).
+fn after_interrupt<T>(
+    result: Result<T, ClientError>,
+    interrupt: &Interrupt,
+) -> Result<T, ClientError> {
+    result.map_err(|e| match e {
+        ClientError::Disconnected { .. } if interrupt.is_set() => ClientError::Interrupted {
+            kept: error::Kept::Nothing,
+        },
+        ClientError::ConnectionLost { kept, .. } if interrupt.is_set() => {
+            ClientError::Interrupted { kept }
+        }
+        e => e,
+    })
+}
+
 fn tree_result(
     result: Result<tree::TreeOutcome, ClientError>,
     direction: &str,
@@ -222,14 +239,14 @@ fn run_get(args: cli::GetArgs, global: &GlobalArgs) -> ExitCode {
     );
     if opts.recursive {
         return tree_result(
-            tree::get_tree(&opts, &interrupt),
+            after_interrupt(tree::get_tree(&opts, &interrupt), &interrupt),
             "get",
             &opts.remote,
             "received",
             &opts,
         );
     }
-    match get(&opts, &interrupt) {
+    match after_interrupt(get(&opts, &interrupt), &interrupt) {
         Ok(outcome) => {
             print_outcome(&opts, &outcome);
             ExitCode::SUCCESS
