@@ -405,3 +405,27 @@ fn ctrl_c_while_the_listing_comes_is_an_interruption() {
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
 }
+
+#[test]
+fn get_r_publishes_files_too_large_for_the_writer_queue_the_same_way() {
+    // 600 KiB: more than the writer thread takes (256 KiB), less than a chunk (1 MiB), so
+    // received and published on the connection's thread.
+    let server = Server::start();
+    let data = write_random(&server.root, "t/mid.bin", 600 << 10, 91);
+    std::fs::write(server.root.join("t/small.txt"), b"s").unwrap();
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(server.root.join("t/mid.bin"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = run(client(work.path()).args(["get", "-r", &server.target(), "t", "-o", "out"]));
+    assert_ok(&out);
+    let got = work.path().join("out");
+    assert!(std::fs::read(got.join("mid.bin")).unwrap() == data);
+    let m = std::fs::metadata(got.join("mid.bin")).unwrap();
+    assert_eq!(m.modified().unwrap(), when);
+    assert_eq!(names(&got), ["mid.bin", "small.txt"]);
+}

@@ -15,18 +15,18 @@
 //! `symlink` entries, which `get -r` skips; `put -r` skips local symlinks (both say so).
 
 use crate::cli::GetOptions;
-use crate::dir_handle::{DirHandle, Published};
+use crate::dir_handle::DirHandle;
 use crate::error::{ClientError, Kept};
 use crate::fetch::Fetcher;
 use crate::interrupt::Interrupt;
 use crate::journal::JOURNAL_SUFFIX;
 use crate::listing::list;
 use crate::native::Request;
-use crate::output::{base_name, part_path, Destination, OutputSpec, PART_SUFFIX};
+use crate::output::{base_name, Destination, OutputSpec, PART_SUFFIX};
 use crate::progress::Bytes;
 use crate::sinks::FileSink;
 use crate::transfer::{into_error, verify, Context};
-use crate::tree_writer::{Verified, Writer, MAX_BYTES};
+use crate::tree_writer::{self, Verified, Writer, MAX_BYTES};
 use crate::upload::{self, disconnected, refusal, unexpected, PutOptions};
 use serde_json::{json, Value};
 use sfts_protocol::checksum::{digest_reader, sha256};
@@ -444,14 +444,8 @@ fn get_small_files(
                     data,
                 });
             }
-            let part = part_path(&local);
-            let (parent, name) = crate::tree_writer::split(&local)?;
-            if dir.as_ref().is_none_or(|d| d.path() != parent) {
-                let opened = DirHandle::open(parent)
-                    .map_err(|e| ClientError::local("cannot open", parent, e))?;
-                dir = Some(opened);
-            }
-            let dir = dir.as_ref().expect("opened above");
+            let (parent, name) = tree_writer::split(&local)?;
+            let dir = tree_writer::open_dir(&mut dir, parent)?;
             let file = match dir.create_part(name) {
                 Ok(file) => file,
                 // Another client is writing this very file: this one is left to it (its answer
@@ -484,24 +478,10 @@ fn get_small_files(
                 out.failed.push((entry.name.clone(), e.to_string()));
                 return Ok(());
             }
-            set_mtime(&file, &part, entry.mtime_ns);
-            // No fsync here: one for the whole tree at the end. The file stays open (and
-            // locked) until renamed.
-            let why = match dir.publish(name, replace) {
-                Ok(Published::Done) => {
-                    out.files += 1;
-                    return Ok(());
-                }
-                Ok(Published::Exists) => format!(
-                    "'{}' appeared while the tree was fetched; use --force to replace it",
-                    local.display()
-                ),
-                Err(e) => {
-                    ClientError::local("cannot rename the download to", &local, e).to_string()
-                }
-            };
-            let _ = dir.remove_part(name);
-            out.failed.push((entry.name.clone(), why));
+            match tree_writer::publish_part(dir, file, &local, entry.mtime_ns, replace) {
+                None => out.files += 1,
+                Some(why) => out.failed.push((entry.name.clone(), why)),
+            }
             Ok(())
         })();
         match step {

@@ -17,6 +17,7 @@ use crate::dir_handle::{DirHandle, Published};
 use crate::error::ClientError;
 use crate::output::part_path;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -166,7 +167,6 @@ fn stopped() -> ClientError {
 }
 
 fn run(rx: Receiver<Verified>, report: &Mutex<Written>) {
-    // The listing goes directory by directory: one open directory at a time is enough.
     let mut dir: Option<DirHandle> = None;
     for file in rx {
         match publish(&mut dir, &file) {
@@ -185,12 +185,7 @@ fn run(rx: Receiver<Verified>, report: &Mutex<Written>) {
 /// is published, or why it was not (the tree goes on); an error stops the tree.
 fn publish(dir: &mut Option<DirHandle>, file: &Verified) -> Result<Option<String>, ClientError> {
     let (parent, name) = split(&file.local)?;
-    if dir.as_ref().is_none_or(|d| d.path() != parent) {
-        let opened =
-            DirHandle::open(parent).map_err(|e| ClientError::local("cannot open", parent, e))?;
-        *dir = Some(opened);
-    }
-    let dir = dir.as_ref().expect("opened above");
+    let dir = open_dir(dir, parent)?;
     let mut part = match dir.create_part(name) {
         Ok(part) => part,
         // Another client is writing this very file: it is left to it.
@@ -205,19 +200,54 @@ fn publish(dir: &mut Option<DirHandle>, file: &Verified) -> Result<Option<String
             e,
         ));
     }
-    crate::tree::set_mtime(&part, &part_path(&file.local), file.mtime_ns);
+    Ok(publish_part(
+        dir,
+        part,
+        &file.local,
+        file.mtime_ns,
+        file.replace,
+    ))
+}
+
+/// `dir`, opened on `parent` unless it already is: the listing goes directory by directory,
+/// one open directory at a time is enough.
+pub fn open_dir<'d>(
+    dir: &'d mut Option<DirHandle>,
+    parent: &Path,
+) -> Result<&'d DirHandle, ClientError> {
+    if dir.as_ref().is_none_or(|d| d.path() != parent) {
+        let opened =
+            DirHandle::open(parent).map_err(|e| ClientError::local("cannot open", parent, e))?;
+        *dir = Some(opened);
+    }
+    Ok(dir.as_ref().expect("opened above"))
+}
+
+/// Gives the written and verified `part` of `local` (in `dir`) its time and renames it to
+/// `local`: `None` when it is published, or why it was not (its part is then removed).
+pub fn publish_part(
+    dir: &DirHandle,
+    part: File,
+    local: &Path,
+    mtime_ns: i64,
+    replace: bool,
+) -> Option<String> {
+    let name = local.file_name().unwrap_or_default();
+    crate::tree::set_mtime(&part, &part_path(local), mtime_ns);
     // No fsync here: one for the whole tree at the end. The file stays open (and locked)
     // until renamed.
-    let why = match dir.publish(name, file.replace) {
-        Ok(Published::Done) => return Ok(None),
+    let why = match dir.publish(name, replace) {
+        Ok(Published::Done) => return None,
         Ok(Published::Exists) => format!(
             "'{}' appeared while the tree was fetched; use --force to replace it",
-            file.local.display()
+            local.display()
         ),
-        Err(e) => ClientError::local("cannot rename the download to", &file.local, e).to_string(),
+        Err(e) => ClientError::local("cannot rename the download to", local, e).to_string(),
     };
+    // Removed while still locked: only a holder of its lock removes a partial file.
     let _ = dir.remove_part(name);
-    Ok(Some(why))
+    drop(part);
+    Some(why)
 }
 
 /// The directory and the name of a file's path.
