@@ -72,7 +72,7 @@ impl FileId {
 /// `secs` and `nsec` as one count of nanoseconds, saturating far outside the year range a file
 /// system can hold.
 #[cfg(unix)]
-fn ns(secs: i64, nsec: i64) -> i64 {
+pub(crate) fn ns(secs: i64, nsec: i64) -> i64 {
     secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 

@@ -105,9 +105,7 @@ impl Dir {
         Ok(Look {
             kind,
             size: st.st_size as u64,
-            mtime_ns: (st.st_mtime as i64)
-                .saturating_mul(1_000_000_000)
-                .saturating_add(st.st_mtime_nsec as i64),
+            mtime_ns: crate::fileid::ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
             device: st.st_dev,
             inode: st.st_ino,
         })
