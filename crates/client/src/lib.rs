@@ -20,6 +20,7 @@ pub mod dir_handle;
 pub mod download;
 pub mod error;
 pub mod fetch;
+pub mod handoff;
 pub mod inspect;
 pub mod interrupt;
 pub mod journal;

@@ -9,25 +9,28 @@
 //! without replacing unless asked, the time set). A file that fails its check is never
 //! written at all.
 //!
-//! At most [`QUEUE`] files of at most [`MAX_BYTES`] each wait for the writer (larger files of
-//! a tree are written by the connection's thread as they arrive). Dropping the [`Writer`]
+//! At most [`QUEUE`] files of at most [`MAX_BYTES`] each wait for the writer, which takes all
+//! that wait at once (one wake-up per batch, [`crate::handoff`]); larger files of a tree are
+//! written by the connection's thread as they arrive. Dropping the [`Writer`]
 //! lets it write what it was given and waits for it.
 
 use crate::dir_handle::{DirHandle, Published};
 use crate::error::ClientError;
+use crate::handoff::{bounded, Receiver, Sender};
 use crate::output::part_path;
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// Verified files waiting for the writer.
-pub const QUEUE: usize = 64;
-/// Largest file handed to the writer: the queue holds at most 16 MiB.
+/// Verified files waiting for the writer. It takes them all at once ([`crate::handoff`]), so
+/// at most twice as many are held: the queued ones and the ones being written.
+pub const QUEUE: usize = 32;
+/// Largest file handed to the writer: at most 16 MiB are held.
 pub const MAX_BYTES: u64 = 256 * 1024;
 
 /// A small file received whole and verified, to be published.
@@ -59,7 +62,7 @@ pub struct Written {
 
 /// The writer thread.
 pub struct Writer {
-    tx: Option<SyncSender<Verified>>,
+    tx: Option<Sender<Verified>>,
     report: Arc<Mutex<Written>>,
     thread: Option<JoinHandle<()>>,
     /// Set by the thread when it stops on a fatal error.
@@ -71,7 +74,7 @@ pub struct Writer {
 impl Writer {
     /// Starts the thread.
     pub fn start() -> std::io::Result<Writer> {
-        let (tx, rx) = sync_channel(QUEUE);
+        let (tx, rx) = bounded(QUEUE);
         let report = Arc::new(Mutex::new(Written::default()));
         let halted = Arc::new(AtomicBool::new(false));
         let (theirs, flag) = (Arc::clone(&report), Arc::clone(&halted));
@@ -168,14 +171,17 @@ fn stopped() -> ClientError {
 
 fn run(rx: Receiver<Verified>, report: &Mutex<Written>) {
     let mut dir: Option<DirHandle> = None;
-    for file in rx {
-        match publish(&mut dir, &file) {
-            Ok(None) => lock(report).files += 1,
-            Ok(Some(why)) => lock(report).failed.push((file.name, why)),
-            Err(fatal) => {
-                lock(report).fatal = Some(fatal);
-                // Dropping the receiver tells the connection's thread at its next file.
-                return;
+    let mut batch = VecDeque::with_capacity(QUEUE);
+    while rx.take(&mut batch) {
+        while let Some(file) = batch.pop_front() {
+            match publish(&mut dir, &file) {
+                Ok(None) => lock(report).files += 1,
+                Ok(Some(why)) => lock(report).failed.push((file.name, why)),
+                Err(fatal) => {
+                    lock(report).fatal = Some(fatal);
+                    // Dropping the receiver tells the connection's thread at its next file.
+                    return;
+                }
             }
         }
     }
