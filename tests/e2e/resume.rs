@@ -34,6 +34,19 @@ fn download_then_kill_with(
     at: u64,
     checksum: &str,
 ) -> u64 {
+    download_then_signal(work, via, name, at, checksum, "KILL")
+}
+
+/// Starts a download through `via` and sends the client `sig` once the partial holds at
+/// least `at` bytes; waits for it to exit. Returns the partial's size then.
+fn download_then_signal(
+    work: &std::path::Path,
+    via: &str,
+    name: &str,
+    at: u64,
+    checksum: &str,
+    sig: &str,
+) -> u64 {
     let part = work.join(format!("{name}.sfts-part"));
     let mut cmd = client(work);
     cmd.args([
@@ -53,7 +66,7 @@ fn download_then_kill_with(
         wait_until(Duration::from_secs(60), || size() >= at),
         "partial never reached {at} bytes"
     );
-    signal(child.0.id(), "KILL");
+    signal(child.0.id(), sig);
     let _ = wait_child(&mut child.0, Duration::from_secs(10));
     size()
 }
@@ -192,6 +205,74 @@ fn flipped_byte_in_the_partial_refetches_only_that_chunk_xxh128() {
     let err = flipped_byte_case("xxh128", 35);
     assert!(!err.contains("from the saved hash state"), "{err}");
     assert!(err.contains("chunk 3 "), "{err}");
+}
+
+/// The journal's last line.
+fn last_journal_line(work: &std::path::Path, name: &str) -> String {
+    let text = std::fs::read_to_string(work.join(format!("{name}.sfts-journal"))).unwrap();
+    text.lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_download_stopped_by_ctrl_c_is_sealed_and_resumed_without_reading_it_back() {
+    let (server, data, proxy) = throttled("s.bin", 12 * MIB, 36);
+    let work = tempfile::tempdir().unwrap();
+    let via = proxy.addr.to_string();
+    let at = download_then_signal(work.path(), &via, "s.bin", 5 * MIB, "sha256", "INT");
+    let seal = last_journal_line(work.path(), "s.bin");
+    assert!(seal.starts_with("sealed "), "last journal line: {seal}");
+
+    let out = run(client(work.path()).args(["get", &server.target(), "s.bin", "--json", "-v"]));
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("(sealed), so it is not read back"), "{err}");
+    assert!(!err.contains("checking the"), "{err}");
+    let v = json(&out);
+    assert!(
+        num(&v, "bytes_reused") + CHUNK >= at / CHUNK * CHUNK,
+        "{v}, {at} on disk"
+    );
+    assert_eq!(num(&v, "bytes_reused") + num(&v, "bytes_fetched"), 12 * MIB);
+    assert!(std::fs::read(work.path().join("s.bin")).unwrap() == data);
+}
+
+#[test]
+fn a_sealed_partial_changed_afterwards_is_read_back_and_repaired() {
+    let (server, data, proxy) = throttled("t.bin", 12 * MIB, 37);
+    let work = tempfile::tempdir().unwrap();
+    let via = proxy.addr.to_string();
+    download_then_signal(work.path(), &via, "t.bin", 6 * MIB, "sha256", "INT");
+    assert!(last_journal_line(work.path(), "t.bin").starts_with("sealed "));
+    // Another program changes a byte of chunk 3 in place, keeping the size. (The pause lets
+    // a coarse file-system clock move on: the change must get a change time of its own.)
+    std::thread::sleep(Duration::from_millis(50));
+    let part = work.path().join("t.bin.sfts-part");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    use std::io::{Seek, SeekFrom, Write};
+    f.seek(SeekFrom::Start(3 * CHUNK + 777)).unwrap();
+    let at = 3 * CHUNK + 777;
+    f.write_all(&[data[at as usize] ^ 0x5a]).unwrap();
+    drop(f);
+
+    let out = run(client(work.path()).args(["get", &server.target(), "t.bin", "--json", "-v"]));
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("checking the"), "{err}");
+    assert!(err.contains("chunk 3 "), "{err}");
+    assert_eq!(num(&json(&out), "chunks_repaired"), 1);
+    assert!(std::fs::read(work.path().join("t.bin")).unwrap() == data);
+}
+
+#[test]
+fn a_killed_download_leaves_no_seal_and_its_resume_reads_the_partial_back() {
+    let (server, data, proxy) = throttled("k.bin", 8 * MIB, 38);
+    let work = tempfile::tempdir().unwrap();
+    download_then_kill(work.path(), &proxy.addr.to_string(), "k.bin", 3 * MIB);
+    assert!(!last_journal_line(work.path(), "k.bin").starts_with("sealed "));
+    let out = run(client(work.path()).args(["get", &server.target(), "k.bin", "-v"]));
+    assert_ok(&out);
+    assert!(stderr(&out).contains("checking the"), "{}", stderr(&out));
+    assert!(std::fs::read(work.path().join("k.bin")).unwrap() == data);
 }
 
 #[test]

@@ -15,13 +15,20 @@
 //! 1 9a11… 02c4f0…
 //! ```
 //!
+//! A download that stops cleanly appends a last line `sealed <boot id> <dev> <inode> <size>
+//! <ctime s> <ctime ns>` describing the partial file as it left it ([`crate::seal`]); a resume
+//! that finds the file still so does not read it back. Any line after it voids it, and a run
+//! that resumes appends `unsealed` before it changes the file (releases before the seal skip
+//! both as lines they do not understand).
+//!
 //! A chunk line is appended (one `write`, no buffering) after the chunk's bytes were written
 //! to the partial file, so a crash or `kill -9` loses at most the chunk in flight. Its optional
 //! third field is the whole-file hash state after that chunk (see
 //! [`sfts_protocol::MultiHasher::save`]; only for SHA-256 downloads), so a resume continues the
 //! whole-file digest from there instead of hashing everything it already has again. On resume
 //! each recorded chunk is still read back and checked against its line (on helper threads,
-//! while the rest downloads); a chunk that no longer matches is fetched again. A torn last line
+//! while the rest downloads; not when the file is still as sealed); a chunk that no longer
+//! matches is fetched again. A torn last line
 //! (a crash in the middle of the append) is ignored. A repaired chunk is appended again; the
 //! last line for an index wins.
 //!
@@ -35,6 +42,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use crate::chunk_check::{self, ChunkCheck};
+use crate::seal::Seal;
 use sfts_protocol::checksum::{from_hex, to_hex};
 
 const MAGIC_LINE: &str = "sfts-journal 2";
@@ -84,7 +92,12 @@ pub struct Journal {
     /// How the chunk digests were computed.
     chunk_digest: ChunkCheck,
     chunks: Vec<Option<Entry>>,
+    /// The seal on the last line, if it is one.
+    seal: Option<Seal>,
 }
+
+/// The first word of a seal line.
+const SEAL_WORD: &str = "sealed ";
 
 /// What a download's journal adds to its target's name.
 pub const JOURNAL_SUFFIX: &str = ".sfts-journal";
@@ -121,6 +134,7 @@ impl Journal {
             header,
             chunk_digest: chunk_check::NEW,
             chunks: vec![None; count],
+            seal: None,
         })
     }
 
@@ -132,7 +146,7 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Some((header, chunk_digest, chunks)) = parse(BufReader::new(file))? else {
+        let Some((header, chunk_digest, chunks, seal)) = parse(BufReader::new(file))? else {
             return Ok(None);
         };
         let file = OpenOptions::new().append(true).open(path)?;
@@ -142,7 +156,29 @@ impl Journal {
             header,
             chunk_digest,
             chunks,
+            seal,
         }))
+    }
+
+    /// The seal the last run left, if nothing was recorded after it.
+    pub fn seal(&self) -> Option<&Seal> {
+        self.seal.as_ref()
+    }
+
+    /// Voids the seal before a run changes the partial file: appends a line after it.
+    pub fn unseal(&mut self) -> io::Result<()> {
+        if self.seal.take().is_some() {
+            self.file.write_all(b"unsealed\n")?;
+        }
+        Ok(())
+    }
+
+    /// Appends `seal` (the partial file as it is now, synced). One `write`, like a chunk line.
+    pub fn record_seal(&mut self, seal: Seal) -> io::Result<()> {
+        let line = format!("{SEAL_WORD}{}\n", seal.to_fields());
+        self.file.write_all(line.as_bytes())?;
+        self.seal = Some(seal);
+        Ok(())
     }
 
     /// The header.
@@ -212,6 +248,7 @@ impl Journal {
         };
         self.file.write_all(line.as_bytes())?;
         *slot = Some(Entry { digest, state });
+        self.seal = None;
         Ok(())
     }
 
@@ -228,7 +265,7 @@ impl Journal {
     }
 }
 
-type Parsed = (JournalHeader, ChunkCheck, Vec<Option<Entry>>);
+type Parsed = (JournalHeader, ChunkCheck, Vec<Option<Entry>>, Option<Seal>);
 
 fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
     let mut lines = reader.lines();
@@ -268,9 +305,15 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
         chunk_size,
     };
     let mut chunks = vec![None; header.chunk_count() as usize];
+    let mut seal = None;
     // Lines that do not parse (a torn last line) are skipped: losing a record only costs
     // fetching that chunk again.
     while let Some(line) = next()? {
+        // A seal holds only as the last line.
+        seal = line.strip_prefix(SEAL_WORD).and_then(Seal::from_fields);
+        if seal.is_some() {
+            continue;
+        }
         let mut fields = line.split(' ');
         let (Some(index), Some(hex), state, None) =
             (fields.next(), fields.next(), fields.next(), fields.next())
@@ -295,7 +338,7 @@ fn parse(reader: impl BufRead) -> io::Result<Option<Parsed>> {
             *slot = Some(Entry { digest, state });
         }
     }
-    Ok(Some((header, chunk_digest, chunks)))
+    Ok(Some((header, chunk_digest, chunks, seal)))
 }
 
 #[cfg(test)]
@@ -437,6 +480,66 @@ mod tests {
         drop(j);
         let j = Journal::open(&path).unwrap().unwrap();
         assert_eq!(j.chunk(1), Some([9; 32]));
+    }
+
+    fn a_seal() -> Seal {
+        Seal {
+            boot: "0d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6".into(),
+            dev: 1,
+            ino: 2,
+            size: 10,
+            ctime: (3, 4),
+        }
+    }
+
+    #[test]
+    fn a_seal_holds_only_as_the_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = Journal::create(&path, header()).unwrap();
+        j.record(0, [1; 32], None).unwrap();
+        assert!(j.seal().is_none());
+        j.record_seal(a_seal()).unwrap();
+        assert_eq!(j.seal(), Some(&a_seal()));
+        drop(j);
+        let mut j = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(j.seal(), Some(&a_seal()));
+        assert_eq!(j.confirmed_chunks(), 1);
+        // A later run voids it before it changes the file.
+        j.unseal().unwrap();
+        assert!(j.seal().is_none());
+        drop(j);
+        let mut j = Journal::open(&path).unwrap().unwrap();
+        assert!(j.seal().is_none());
+        j.record_seal(a_seal()).unwrap();
+        // A chunk recorded after it voids it too.
+        j.record(1, [2; 32], None).unwrap();
+        assert!(j.seal().is_none());
+        drop(j);
+        let j = Journal::open(&path).unwrap().unwrap();
+        assert!(j.seal().is_none());
+        assert_eq!(j.confirmed_chunks(), 2);
+        // Nor does a torn line after it (a run that crashed while appending).
+        let mut j = Journal::open(&path).unwrap().unwrap();
+        j.record_seal(a_seal()).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"2 ab").unwrap();
+        assert!(Journal::open(&path).unwrap().unwrap().seal().is_none());
+    }
+
+    #[test]
+    fn a_seal_line_is_no_chunk_line_for_earlier_parsers() {
+        // The fields of a chunk line are one index, one digest and an optional state: the
+        // seal's seven fields fail that pattern, so releases before the seal skip the line.
+        let line = format!("{SEAL_WORD}{}", a_seal().to_fields());
+        assert_eq!(line.split(' ').count(), 7);
+        let dir = tempfile::tempdir().unwrap();
+        let lines = format!("0 {}\n{line}\n", to_hex(&[7; 16]));
+        let path = by_hand(dir.path(), MAGIC_LINE, "chunk_digest xxh3-128\n", &lines);
+        let j = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(j.confirmed_chunks(), 1);
+        assert_eq!(j.seal(), Some(&a_seal()));
     }
 
     #[test]

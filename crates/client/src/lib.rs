@@ -32,6 +32,7 @@ pub mod pagebuf;
 pub mod part_lock;
 pub mod progress;
 pub mod resume;
+pub mod seal;
 pub mod sinks;
 pub mod size;
 pub mod summary;

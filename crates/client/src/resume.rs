@@ -11,7 +11,8 @@
 //!    there at once, while helper threads (one per core, at most four) read each journaled
 //!    chunk back and check its digest; a chunk that no longer matches is fetched again afterwards and must be exactly
 //!    what was downloaded before (else the saved state would not describe the file, and the
-//!    download starts over);
+//!    download starts over). A partial file the last run sealed when it stopped cleanly, and
+//!    still exactly as sealed, is not read back ([`crate::seal`]);
 //! 3. otherwise (MD5, BLAKE3 and XXH128 downloads, journals of older releases) reads each journaled
 //!    chunk once, checks its digest and feeds it to the whole-file hash, repairing what no
 //!    longer matches, then fetches the rest from the end of the verified part.
@@ -294,8 +295,19 @@ fn resume_file(
         .len();
     f.progress.set_total(header.size);
     let journaled = journal.confirmed_chunks();
+    // Sealed when the last run stopped, and unchanged since (see `crate::seal`). The seal no
+    // longer holds once this run changes the file.
+    let sealed = journal.seal().is_some_and(|seal| seal.matches(&file));
+    journal
+        .unseal()
+        .map_err(|e| ClientError::local("cannot write to", &jpath, e))?;
     if let Some((whole, confirmed)) = saved_state(&journal, journaled, on_disk, opts.algorithm) {
-        return continue_from_state(f, opts, part, file, journal, whole, confirmed);
+        let state = Continued {
+            whole,
+            confirmed,
+            sealed,
+        };
+        return continue_from_state(f, opts, part, file, journal, state);
     }
 
     // Verify the journaled prefix, repairing what no longer matches.
@@ -363,7 +375,8 @@ fn resume_file(
 
     // Whatever lies past the verified part was never confirmed: drop it and fetch the rest.
     truncate_to(&mut file, confirmed, part)?;
-    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole);
+    // Every chunk up to `confirmed` was just read back and checked (or repaired).
+    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole, true);
     let digests = DigestSet::of(&[opts.algorithm]);
     let fetched = match f.fetch(confirmed, TO_END, digests, &mut version, &mut sink, &kept) {
         Ok(fetched) => fetched,
@@ -454,17 +467,32 @@ fn saved_state(
     Some((whole, end))
 }
 
+/// Where a resume from the saved hash state starts.
+struct Continued {
+    /// The whole-file hasher after the journaled chunks.
+    whole: MultiHasher,
+    /// The bytes they cover.
+    confirmed: u64,
+    /// The partial file is as the last run sealed it: nothing to read back.
+    sealed: bool,
+}
+
 /// Continues from the saved hash state: fetches the rest at once while [`PrefixCheck`] reads
-/// the journaled chunks back, then fetches again the chunks that failed.
+/// the journaled chunks back (unless the file is sealed), then fetches again the chunks that
+/// failed.
 fn continue_from_state(
     f: &mut Fetcher<'_>,
     opts: &GetOptions,
     part: &Path,
     mut file: File,
     journal: Journal,
-    whole: MultiHasher,
-    confirmed: u64,
+    state: Continued,
 ) -> Result<Step, ClientError> {
+    let Continued {
+        whole,
+        confirmed,
+        sealed,
+    } = state;
     let header = journal.header().clone();
     let jpath = journal.path().to_path_buf();
     let kind = journal.chunk_digest();
@@ -477,30 +505,50 @@ fn continue_from_state(
     });
     // Whatever lies past the journaled part was never confirmed: drop it.
     truncate_to(&mut file, confirmed, part)?;
-    let check = PrefixCheck::start(part, &header, kind, expected.clone())
-        .map_err(|e| ClientError::local("cannot read", part, e))?;
+    let check = if sealed {
+        None
+    } else {
+        let started = PrefixCheck::start(part, &header, kind, expected.clone())
+            .map_err(|e| ClientError::local("cannot read", part, e))?;
+        Some(started)
+    };
     f.stats.reused += confirmed;
     f.progress.advance(confirmed as usize);
-    tracing::info!(
-        "resuming '{}' at byte {confirmed} of {} from the saved hash state; checking the {} \
-         chunk(s) already downloaded meanwhile",
-        opts.remote,
-        header.size,
-        journaled
-    );
-    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole);
+    if sealed {
+        tracing::info!(
+            "resuming '{}' at byte {confirmed} of {} from the saved hash state; the partial \
+             file is as the last run left it when it stopped (sealed), so it is not read back",
+            opts.remote,
+            header.size
+        );
+    } else {
+        tracing::info!(
+            "resuming '{}' at byte {confirmed} of {} from the saved hash state; checking the \
+             {} chunk(s) already downloaded meanwhile",
+            opts.remote,
+            header.size,
+            journaled
+        );
+    }
+    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole, sealed);
     let digests = DigestSet::of(&[opts.algorithm]);
     let fetched = match f.fetch(confirmed, TO_END, digests, &mut version, &mut sink, &kept) {
         Ok(fetched) => fetched,
         Err(e) => {
-            check.cancel();
+            // A check that already found every chunk good lets this stop be sealed too.
+            if check.is_some_and(PrefixCheck::stop) {
+                sink.trust();
+            }
             sink.sync();
             return Err(e);
         }
     };
-    let bad = check
-        .finish()
-        .map_err(|e| ClientError::local("cannot read", part, e))?;
+    let bad = match check {
+        Some(check) => check
+            .finish()
+            .map_err(|e| ClientError::local("cannot read", part, e))?,
+        None => Vec::new(),
+    };
     if matches!(fetched, Fetched::Done(_)) && !bad.is_empty() {
         let mut out = OpenOptions::new()
             .write(true)
@@ -677,6 +725,17 @@ impl PrefixCheck {
         }
         bad.sort_unstable();
         Ok(bad)
+    }
+
+    /// Stops it (the download stopped anyway): `true` when it had already found every chunk
+    /// good.
+    fn stop(self) -> bool {
+        let done = self.handles.iter().all(JoinHandle::is_finished);
+        if done {
+            return self.finish().is_ok_and(|bad| bad.is_empty());
+        }
+        self.cancel();
+        false
     }
 
     /// Stops early (the download failed anyway).

@@ -11,6 +11,7 @@ use crate::error::ClientError;
 use crate::fetch::RangeSink;
 use crate::journal::{Journal, JournalHeader};
 use crate::native::Threads;
+use crate::seal::Seal;
 use sfts_protocol::{Algorithm, Digest, DigestSet, FileHeader, MultiHasher};
 use std::fs::File;
 use std::io::{self, Write};
@@ -158,6 +159,9 @@ pub struct FileSink {
     whole: MultiHasher,
     /// Whether `whole`'s state can be saved in the journal at each chunk's end.
     saves_state: bool,
+    /// Every journaled byte in the file is known good: written by this run, or checked (or
+    /// found sealed) before it continued. Only then does [`FileSink::sync`] seal the file.
+    trusted: bool,
 }
 
 impl FileSink {
@@ -180,18 +184,21 @@ impl FileSink {
             pos: 0,
             saves_state: whole.save().is_some(),
             whole,
+            trusted: true,
         }
     }
 
-    /// A sink that continues a verified partial file at `pos` (a chunk boundary of the
-    /// journal), with `whole` already fed with the first `pos` bytes. The file's cursor must
-    /// be at `pos`.
+    /// A sink that continues a partial file at `pos` (a chunk boundary of the journal), with
+    /// `whole` already fed with the first `pos` bytes. The file's cursor must be at `pos`.
+    /// `trusted`: the first `pos` bytes are known good already (else they are being checked
+    /// meanwhile, and an interruption leaves no seal).
     pub fn resumed(
         file: File,
         journal: Journal,
         remote: &str,
         pos: u64,
         whole: MultiHasher,
+        trusted: bool,
     ) -> FileSink {
         FileSink {
             file,
@@ -203,7 +210,14 @@ impl FileSink {
             pos,
             saves_state: whole.save().is_some(),
             whole,
+            trusted,
         }
+    }
+
+    /// Marks the journaled bytes as known good (the check that ran beside the download
+    /// found them so): [`FileSink::sync`] may seal the file.
+    pub fn trust(&mut self) {
+        self.trusted = true;
     }
 
     /// Bytes written so far.
@@ -211,16 +225,32 @@ impl FileSink {
         self.pos
     }
 
-    /// Makes the file and the journal durable (before exiting with a partial download).
+    /// Makes the file and the journal durable (before exiting with a partial download), and
+    /// seals the file when it is trusted ([`crate::seal`]): the next run need not read it back.
     pub fn sync(&mut self) {
-        if let Err(e) = self.file.sync_data() {
+        let synced = self.file.sync_data();
+        if let Err(e) = &synced {
             tracing::warn!("cannot flush the partial download: {e}");
         }
-        if let Some(mut w) = self.worker.take() {
-            match w.stop().and_then(|j| j.sync()) {
-                Ok(()) => {}
-                Err(e) => tracing::warn!("cannot flush the resume journal: {e}"),
+        let Some(mut w) = self.worker.take() else {
+            return;
+        };
+        let mut journal = match w.stop() {
+            Ok(journal) => journal,
+            Err(e) => {
+                tracing::warn!("cannot write the resume journal: {e}");
+                return;
             }
+        };
+        if self.trusted && synced.is_ok() {
+            if let Some(seal) = Seal::of(&self.file) {
+                if let Err(e) = journal.record_seal(seal) {
+                    tracing::warn!("cannot seal the partial download: {e}");
+                }
+            }
+        }
+        if let Err(e) = journal.sync() {
+            tracing::warn!("cannot flush the resume journal: {e}");
         }
     }
 
@@ -425,6 +455,41 @@ mod tests {
             std::fs::read(dir.path().join("out.part")).unwrap(),
             b"abcdefghij"
         );
+    }
+
+    #[test]
+    fn a_stop_seals_the_partial_only_when_every_journaled_byte_is_known_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("out.part");
+        let jpath = journal_path(&dir.path().join("out"));
+        // Fresh: everything in the file was written by this run.
+        let file = File::create(&part).unwrap();
+        let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, Algorithm::Sha256);
+        sink.begin(&header(10)).unwrap();
+        sink.write_all(b"abcdef").unwrap();
+        sink.sync();
+        let j = Journal::open(&jpath).unwrap().unwrap();
+        let seal = j.seal().expect("sealed").clone();
+        assert!(seal.matches(&File::open(&part).unwrap()));
+        assert_eq!(seal.size, 6);
+        // Resumed while its prefix is still being checked: not sealed, until trusted.
+        for trust in [false, true] {
+            let file = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+            let mut j = Journal::open(&jpath).unwrap().unwrap();
+            j.unseal().unwrap();
+            let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
+            whole.update(b"abcd");
+            let mut file = file;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(4)).unwrap();
+            let mut sink = FileSink::resumed(file, j, "a/b", 4, whole, false);
+            sink.write_all(b"ef").unwrap();
+            if trust {
+                sink.trust();
+            }
+            sink.sync();
+            let j = Journal::open(&jpath).unwrap().unwrap();
+            assert_eq!(j.seal().is_some(), trust, "trusted: {trust}");
+        }
     }
 
     #[test]

@@ -1,0 +1,213 @@
+//! The seal: what a partial download looked like when the run that wrote it stopped cleanly.
+//!
+//! A resume reads every journaled chunk back and checks it, because the partial file may have
+//! changed since it was written: a crash or power cut before the bytes reached the disk,
+//! another program writing to it, a copy. For a 4 GiB file that is 3.6 GB read again, and on
+//! a disk slower than the network it costs more than fetching the rest.
+//!
+//! When a download stops cleanly (Ctrl-C, the connection lost for good, a server error), the
+//! client syncs the partial file and its journal and appends a seal to the journal: this
+//! boot's id, the file's device, inode, size and change time. The next run skips the read-back
+//! when all of them are still the same: the file is the one this client wrote, nothing wrote
+//! to it, truncated it or changed it since (every such change sets the change time, which no
+//! program can set back), and the machine was not restarted (so no write was lost in a power
+//! cut). Anything else, or no seal (a `kill -9`, a crash), and every chunk is read back as
+//! before. `touch` on the partial file forces that.
+//!
+//! Seals are made and trusted only on file systems that keep a change time no program can set
+//! (ext2/3/4, XFS, Btrfs, F2FS, ZFS, tmpfs, and overlayfs over them): FAT and exFAT, for one,
+//! have none, and network file systems may cache it. Elsewhere every resume reads back.
+//!
+//! What the seal does not cover: the storage itself returning other bytes than were written
+//! without an error (a download that is never interrupted trusts the same between its writes
+//! and its rename); and, on kernels whose file times are coarse (before Linux 6.13's
+//! fine-grained change times), a change by another program within the same clock tick (a few
+//! milliseconds) as the seal.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+/// The identity and state of a partial file at a clean stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    /// The boot the file was written in (`/proc/sys/kernel/random/boot_id`).
+    pub boot: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Change time: seconds and nanoseconds.
+    pub ctime: (i64, i64),
+}
+
+impl Seal {
+    /// The seal `file` has now; `None` where the boot cannot be told apart (not Linux) or
+    /// the file cannot be examined.
+    pub fn of(file: &File) -> Option<Seal> {
+        if !keeps_change_times(file) {
+            return None;
+        }
+        let boot = boot_id()?;
+        let m = file.metadata().ok()?;
+        Some(Seal {
+            boot,
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// Whether `file` is still exactly as sealed.
+    pub fn matches(&self, file: &File) -> bool {
+        Seal::of(file).as_ref() == Some(self)
+    }
+
+    /// The journal line's fields after `sealed `.
+    pub fn to_fields(&self) -> String {
+        format!(
+            "{} {} {} {} {} {}",
+            self.boot, self.dev, self.ino, self.size, self.ctime.0, self.ctime.1
+        )
+    }
+
+    /// Parses [`Seal::to_fields`]; `None` for anything else (a torn line).
+    pub fn from_fields(text: &str) -> Option<Seal> {
+        let f: Vec<&str> = text.split(' ').collect();
+        let [boot, dev, ino, size, secs, nanos] = f[..] else {
+            return None;
+        };
+        if !valid_boot(boot) {
+            return None;
+        }
+        Some(Seal {
+            boot: boot.to_owned(),
+            dev: dev.parse().ok()?,
+            ino: ino.parse().ok()?,
+            size: size.parse().ok()?,
+            ctime: (secs.parse().ok()?, nanos.parse().ok()?),
+        })
+    }
+}
+
+/// This boot's id: a UUID the kernel draws at every start.
+fn boot_id() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = text.trim();
+    valid_boot(id).then(|| id.to_owned())
+}
+
+/// Whether `file`'s file system keeps a change time that only the kernel sets.
+fn keeps_change_times(file: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        const TRUSTED: [u32; 8] = [
+            0xEF53,      // ext2, ext3, ext4
+            0x5846_5342, // XFS
+            0x9123_683E, // Btrfs
+            0xF2F5_2010, // F2FS
+            0x2FC1_2FC1, // ZFS
+            0x0102_1994, // tmpfs
+            0x794C_7630, // overlayfs (its change times are the upper file system's)
+            0xCA45_1A4E, // bcachefs
+        ];
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: fstatfs fills `st` for an open descriptor; read only when it succeeded.
+        if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: initialised by the successful call above.
+        let raw = unsafe { st.assume_init() }.f_type;
+        // `f_type` is an i64 here and an i32 on 32-bit targets (where Btrfs's is negative):
+        // its low 32 bits are the magic number either way.
+        #[allow(clippy::unnecessary_cast)]
+        let kind = raw as i64 as u64 as u32;
+        TRUSTED.contains(&kind)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        false
+    }
+}
+
+fn valid_boot(id: &str) -> bool {
+    id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_file_matches_its_seal_until_it_is_written_truncated_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let mut file = File::create(&path).unwrap();
+        file.write_all(b"0123456789").unwrap();
+        // The test's temporary directory is on one of the file systems above (ext4 or tmpfs
+        // here and in CI).
+        let seal = Seal::of(&file).expect("a sealable file system and a boot id");
+        assert_eq!(seal.size, 10);
+        assert!(seal.matches(&file));
+        // Opened again: the same file.
+        assert!(seal.matches(&File::open(&path).unwrap()));
+        // Any write changes the change time (bounded: at most 2 s of 1 ms steps for the
+        // clock to move on file systems with coarse timestamps).
+        let changed = (0..2_000).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(b"x"))
+                .unwrap();
+            !seal.matches(&file)
+        });
+        assert!(changed, "a write left the seal matching");
+        let seal = Seal::of(&file).unwrap();
+        file.set_len(5).unwrap();
+        assert!(!seal.matches(&file), "truncated");
+        // Replaced by a copy: another inode.
+        let seal = Seal::of(&file).unwrap();
+        std::fs::copy(&path, dir.path().join("q")).unwrap();
+        std::fs::rename(dir.path().join("q"), &path).unwrap();
+        assert!(!seal.matches(&File::open(&path).unwrap()));
+    }
+
+    #[test]
+    fn nothing_is_sealed_where_change_times_are_not_kept() {
+        // procfs keeps no change times a seal could trust.
+        let file = File::open("/proc/self/status").unwrap();
+        assert!(!keeps_change_times(&file));
+        assert_eq!(Seal::of(&file), None);
+        assert!(keeps_change_times(
+            &File::open(std::env::temp_dir()).unwrap()
+        ));
+    }
+
+    #[test]
+    fn fields_round_trip_and_torn_ones_are_refused() {
+        let seal = Seal {
+            boot: "0d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6".into(),
+            dev: 66306,
+            ino: 1234,
+            size: 3_865_470_566,
+            ctime: (1_765_000_000, 123_456_789),
+        };
+        let text = seal.to_fields();
+        assert_eq!(Seal::from_fields(&text), Some(seal));
+        for cut in [text.len() - 1, text.len() - 10, 36, 10] {
+            let torn = &text[..cut];
+            // A cut inside the last number still parses as a number: the value differs.
+            if let Some(s) = Seal::from_fields(torn) {
+                assert_ne!(s.ctime.1, 123_456_789, "{torn}");
+            }
+        }
+        assert_eq!(Seal::from_fields("not a seal"), None);
+        assert_eq!(Seal::from_fields(&text.replace("0d1e", "zzzz")), None);
+    }
+}
