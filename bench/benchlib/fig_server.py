@@ -161,11 +161,15 @@ def first_byte_of_command(argv, err_path):
 
 
 class ResumeTool(Tool):
-    """A full download of the (page-cached) big file, or one killed at 90 % and rerun."""
+    """A full download of the (page-cached) big file, or one stopped at 90 % and rerun.
 
-    def __init__(self, ctx, row, kind, resume):
+    `stop` is the signal that stops it: SIGKILL (a crash: the SFTS client reads the partial
+    back on resume) or SIGINT (Ctrl-C: the SFTS client seals the partial and the resume
+    trusts it while it is unchanged)."""
+
+    def __init__(self, ctx, row, kind, resume, stop=signal.SIGKILL):
         super().__init__(ctx, row)
-        self.kind, self.resume = kind, resume
+        self.kind, self.resume, self.stop = kind, resume, stop
         self.name = os.path.basename(ctx.huge_path)
         self.checked = False
 
@@ -176,7 +180,8 @@ class ResumeTool(Tool):
         return cmd[:1] + ["-C", "-"] + cmd[1:] if again else cmd
 
     def kill_at(self, out, fraction):
-        """Start a download and SIGKILL it once `fraction` of the file is on disk."""
+        """Start a download and stop it with `self.stop` once `fraction` of the file is on
+        disk."""
         watch = out + ".sfts-part" if self.kind == "sfts" else out
         s = spawn(self.argv(out), self.ctx.ws.run_log("resume-first"))
         target = fraction * self.ctx.sizes.huge
@@ -188,11 +193,13 @@ class ResumeTool(Tool):
             except OSError:
                 got = 0
             if got >= target:
-                kill_group(s.proc.pid, signal.SIGKILL)
+                kill_group(s.proc.pid, self.stop)
                 break
             time.sleep(0.0005)
         r = s.wait(5)
-        if r.returncode != -signal.SIGKILL:
+        # Ctrl-C: sfts-client exits 130 ("interrupted") after syncing the partial.
+        expected = -signal.SIGKILL if self.stop == signal.SIGKILL else 130
+        if r.returncode != expected:
             raise ToolFailure(f"{self.row.label}: the first attempt was not stopped at "
                               f"{fraction:.0%} ({got} bytes; {r.describe()})")
         return got / self.ctx.sizes.huge
@@ -244,8 +251,10 @@ def figure6(ctx):
         "'protocol' rows connect with a small Python client (docs/PROTOCOL.md, asking for "
         "SHA-256 like sfts-client) and stop at the first data byte; 'command' rows start "
         "the client process and read its standard output's first byte. Resume, s: the "
-        "download (into a tmpfs file, the source in page cache) SIGKILLed at 90 % and run "
-        "again, against a full download in the same run.",
+        "download (into a tmpfs file, the source in page cache) stopped at 90 % and run "
+        "again, against a full download in the same run: by SIGINT (Ctrl-C; SFTS seals the "
+        "partial and its resume does not read it back while it is unchanged) or by SIGKILL "
+        "(a crash; SFTS reads the 90 % back and checks it while the rest downloads).",
     )
     tools = [
         FirstByte(ctx, fig.row("sfts-ttfb", "SFTS first byte (protocol)", "ms", "lower",
@@ -265,8 +274,12 @@ def figure6(ctx):
     tools = [
         ResumeTool(ctx, fig.row("sfts-full", "SFTS full get → tmpfs file", "s", "lower"),
                    "sfts", False),
-        ResumeTool(ctx, fig.row("sfts-resume", "SFTS resume after 90 %", "s", "lower",
-                                sfts=True, compare=["sfts-full", "curl-resume"]), "sfts", True),
+        ResumeTool(ctx, fig.row("sfts-resume-int", "SFTS resume after Ctrl-C at 90 %", "s",
+                                "lower", sfts=True, compare=["sfts-full", "curl-resume"]),
+                   "sfts", True, signal.SIGINT),
+        ResumeTool(ctx, fig.row("sfts-resume", "SFTS resume after kill -9 at 90 %", "s",
+                                "lower", sfts=True, compare=["sfts-full", "curl-resume"]),
+                   "sfts", True),
         ResumeTool(ctx, fig.row("curl-full", "curl full (nginx, no verification)", "s",
                                 "lower"), "curl", False),
         ResumeTool(ctx, fig.row("curl-resume", "curl -C - after 90 %", "s", "lower",
@@ -276,6 +289,7 @@ def figure6(ctx):
     for t in tools:
         fr = t.row.extra.get("killed_at_fraction")
         if fr and t.row.status == "ok":
-            t.row.note = f"killed at {min(fr):.0%}–{max(fr):.0%}"
+            how = "interrupted" if t.stop == signal.SIGINT else "killed"
+            t.row.note = f"{how} at {min(fr):.0%}–{max(fr):.0%}"
     ctx.ws.purge()
     return fig
