@@ -264,6 +264,30 @@ fn a_sealed_partial_changed_afterwards_is_read_back_and_repaired() {
 }
 
 #[test]
+fn a_resume_whose_check_had_finished_and_a_sealed_resume_are_sealed_again_when_stopped() {
+    let (server, data, proxy) = throttled("u.bin", 16 * MIB, 39);
+    let work = tempfile::tempdir().unwrap();
+    let via = proxy.addr.to_string();
+    // A crash: no seal.
+    download_then_kill(work.path(), &via, "u.bin", 3 * MIB);
+    assert!(!last_journal_line(work.path(), "u.bin").starts_with("sealed "));
+    // Resumed (its check of the 3 MiB is over within milliseconds), then Ctrl-C: sealed,
+    // since the check had found every chunk good.
+    download_then_signal(work.path(), &via, "u.bin", 7 * MIB, "sha256", "INT");
+    assert!(last_journal_line(work.path(), "u.bin").starts_with("sealed "));
+    // Resumed from the seal, then Ctrl-C again: sealed again.
+    download_then_signal(work.path(), &via, "u.bin", 11 * MIB, "sha256", "INT");
+    assert!(last_journal_line(work.path(), "u.bin").starts_with("sealed "));
+    let journal = std::fs::read_to_string(work.path().join("u.bin.sfts-journal")).unwrap();
+    assert_eq!(journal.matches("\nunsealed\n").count(), 1, "{journal}");
+
+    let out = run(client(work.path()).args(["get", &server.target(), "u.bin", "-v"]));
+    assert_ok(&out);
+    assert!(stderr(&out).contains("(sealed)"), "{}", stderr(&out));
+    assert!(std::fs::read(work.path().join("u.bin")).unwrap() == data);
+}
+
+#[test]
 fn a_killed_download_leaves_no_seal_and_its_resume_reads_the_partial_back() {
     let (server, data, proxy) = throttled("k.bin", 8 * MIB, 38);
     let work = tempfile::tempdir().unwrap();

@@ -18,11 +18,17 @@
 //! (ext2/3/4, XFS, Btrfs, F2FS, ZFS, tmpfs, and overlayfs over them): FAT and exFAT, for one,
 //! have none, and network file systems may cache it. Elsewhere every resume reads back.
 //!
-//! What the seal does not cover: the storage itself returning other bytes than were written
-//! without an error (a download that is never interrupted trusts the same between its writes
-//! and its rename); and, on kernels whose file times are coarse (before Linux 6.13's
-//! fine-grained change times), a change by another program within the same clock tick (a few
-//! milliseconds) as the seal.
+//! A seal is taken only once the clock that stamps change times has moved past the file's
+//! (at most a clock tick, a few milliseconds), so any later change gets a later change time;
+//! on file systems whose change times are whole seconds (ext2, ext3, ext4 with small inodes)
+//! no seal is taken at all.
+//!
+//! What the seal does not cover, as a download that is never interrupted does not either
+//! between its writes and its rename: another program writing to the partial file while this
+//! client runs (what it wrote before the seal is sealed in; on tmpfs, which never
+//! write-protects pages again, a program that already had the file mapped for writing can go
+//! on changing it without a new change time); the storage returning other bytes than were
+//! written without an error; and someone with raw access to the device editing it offline.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -57,6 +63,25 @@ impl Seal {
         })
     }
 
+    /// The seal to record for `file` after its last write: `None` where a later change could
+    /// keep the same change time (whole-second change times, or a clock that does not move
+    /// past the file's within 20 ms).
+    pub fn settled(file: &File) -> Option<Seal> {
+        let seal = Seal::of(file)?;
+        if seal.ctime.1 == 0 {
+            // Whole-second change times: a change in the same second would not show.
+            return None;
+        }
+        // Bounded: 20 looks 1 ms apart.
+        for _ in 0..20 {
+            if stamp_clock() > seal.ctime {
+                return Some(seal);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        None
+    }
+
     /// Whether `file` is still exactly as sealed.
     pub fn matches(&self, file: &File) -> bool {
         Seal::of(file).as_ref() == Some(self)
@@ -87,6 +112,25 @@ impl Seal {
             ctime: (secs.parse().ok()?, nanos.parse().ok()?),
         })
     }
+}
+
+/// The clock the kernel stamps change times from (the coarse real-time clock; a fine-grained
+/// change time is never behind it).
+fn stamp_clock() -> (i64, i64) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    #[cfg(target_os = "linux")]
+    let clock = libc::CLOCK_REALTIME_COARSE;
+    #[cfg(not(target_os = "linux"))]
+    let clock = libc::CLOCK_REALTIME;
+    // SAFETY: clock_gettime fills `ts`; on failure it stays at zero, which is never past a
+    // change time, so no seal is taken.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    // Narrower than i64 on some 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    (ts.tv_sec as i64, ts.tv_nsec as i64)
 }
 
 /// This boot's id: a UUID the kernel draws at every start.
@@ -176,6 +220,16 @@ mod tests {
         std::fs::copy(&path, dir.path().join("q")).unwrap();
         std::fs::rename(dir.path().join("q"), &path).unwrap();
         assert!(!seal.matches(&File::open(&path).unwrap()));
+    }
+
+    #[test]
+    fn a_settled_seal_waits_for_the_clock_to_pass_the_change_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = File::create(dir.path().join("p")).unwrap();
+        file.write_all(b"abc").unwrap();
+        let seal = Seal::settled(&file).expect("fine-grained change times here");
+        assert!(stamp_clock() > seal.ctime);
+        assert!(seal.matches(&file));
     }
 
     #[test]

@@ -159,8 +159,9 @@ pub struct FileSink {
     whole: MultiHasher,
     /// Whether `whole`'s state can be saved in the journal at each chunk's end.
     saves_state: bool,
-    /// Every journaled byte in the file is known good: written by this run, or checked (or
-    /// found sealed) before it continued. Only then does [`FileSink::sync`] seal the file.
+    /// Every journaled byte in the file was written by this run, or checked (or found sealed)
+    /// before it continued: trusted as far as a download that is never interrupted trusts its
+    /// file. Only then does [`FileSink::sync`] seal the file.
     trusted: bool,
 }
 
@@ -243,7 +244,7 @@ impl FileSink {
             }
         };
         if self.trusted && synced.is_ok() {
-            if let Some(seal) = Seal::of(&self.file) {
+            if let Some(seal) = Seal::settled(&self.file) {
                 if let Err(e) = journal.record_seal(seal) {
                     tracing::warn!("cannot seal the partial download: {e}");
                 }
