@@ -68,18 +68,8 @@ impl Seal {
     /// past the file's within 20 ms).
     pub fn settled(file: &File) -> Option<Seal> {
         let seal = Seal::of(file)?;
-        if seal.ctime.1 == 0 {
-            // Whole-second change times: a change in the same second would not show.
-            return None;
-        }
-        // Bounded: 20 looks 1 ms apart.
-        for _ in 0..20 {
-            if stamp_clock() > seal.ctime {
-                return Some(seal);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        None
+        let wait = || std::thread::sleep(std::time::Duration::from_millis(1));
+        clock_passes(seal.ctime, stamp_clock, wait).then_some(seal)
     }
 
     /// Whether `file` is still exactly as sealed.
@@ -112,6 +102,26 @@ impl Seal {
             ctime: (secs.parse().ok()?, nanos.parse().ok()?),
         })
     }
+}
+
+/// Whether `clock` moves past `ctime` within 20 looks, `wait` between them; never for a
+/// change time of whole seconds (a change in the same second would not show).
+fn clock_passes(
+    ctime: (i64, i64),
+    mut clock: impl FnMut() -> (i64, i64),
+    mut wait: impl FnMut(),
+) -> bool {
+    if ctime.1 == 0 {
+        return false;
+    }
+    // Bounded: 20 looks.
+    for _ in 0..20 {
+        if clock() > ctime {
+            return true;
+        }
+        wait();
+    }
+    false
 }
 
 /// The clock the kernel stamps change times from (the coarse real-time clock; a fine-grained
@@ -230,6 +240,27 @@ mod tests {
         let seal = Seal::settled(&file).expect("fine-grained change times here");
         assert!(stamp_clock() > seal.ctime);
         assert!(seal.matches(&file));
+    }
+
+    #[test]
+    fn no_seal_for_whole_seconds_or_a_clock_that_does_not_move_past() {
+        let ticking = |start: (i64, i64)| {
+            let mut now = start;
+            move || {
+                now.1 += 4_000_000;
+                now
+            }
+        };
+        // Fine-grained, and the clock passes it after a few ticks: sealed.
+        assert!(clock_passes((10, 5), ticking((10, 0)), || {}));
+        // Whole seconds: never, however far the clock has gone.
+        assert!(!clock_passes((10, 0), ticking((99, 0)), || {}));
+        // A change time the clock does not pass within 20 looks (a clock set back): never.
+        let mut waits = 0;
+        assert!(!clock_passes((10, 900_000_000), ticking((10, 0)), || {
+            waits += 1
+        }));
+        assert_eq!(waits, 20);
     }
 
     #[test]
