@@ -193,9 +193,9 @@ fn flipped_byte_in_the_partial_refetches_only_that_chunk() {
 
 #[test]
 fn flipped_byte_in_the_partial_refetches_only_that_chunk_md5() {
-    // MD5's state cannot be saved: the partial is read and hashed again before the rest.
+    // MD5's state is saved too: as for SHA-256, the check runs while the rest downloads.
     let err = flipped_byte_case("md5", 34);
-    assert!(!err.contains("from the saved hash state"), "{err}");
+    assert!(err.contains("from the saved hash state"), "{err}");
     assert!(err.contains("chunk 3 "), "{err}");
 }
 
@@ -213,16 +213,24 @@ fn last_journal_line(work: &std::path::Path, name: &str) -> String {
     text.lines().last().unwrap_or_default().to_owned()
 }
 
-#[test]
-fn a_download_stopped_by_ctrl_c_is_sealed_and_resumed_without_reading_it_back() {
-    let (server, data, proxy) = throttled("s.bin", 12 * MIB, 36);
+/// Ctrl-C at 5 of 12 MiB with `checksum`, then the same command again: no read-back.
+fn sealed_case(checksum: &str, seed: u64) {
+    let (server, data, proxy) = throttled("s.bin", 12 * MIB, seed);
     let work = tempfile::tempdir().unwrap();
     let via = proxy.addr.to_string();
-    let at = download_then_signal(work.path(), &via, "s.bin", 5 * MIB, "sha256", "INT");
+    let at = download_then_signal(work.path(), &via, "s.bin", 5 * MIB, checksum, "INT");
     let seal = last_journal_line(work.path(), "s.bin");
     assert!(seal.starts_with("sealed "), "last journal line: {seal}");
 
-    let out = run(client(work.path()).args(["get", &server.target(), "s.bin", "--json", "-v"]));
+    let out = run(client(work.path()).args([
+        "get",
+        &server.target(),
+        "s.bin",
+        "--json",
+        "-v",
+        "--checksum",
+        checksum,
+    ]));
     assert_ok(&out);
     let err = stderr(&out);
     assert!(err.contains("(sealed), so it is not read back"), "{err}");
@@ -234,6 +242,16 @@ fn a_download_stopped_by_ctrl_c_is_sealed_and_resumed_without_reading_it_back() 
     );
     assert_eq!(num(&v, "bytes_reused") + num(&v, "bytes_fetched"), 12 * MIB);
     assert!(std::fs::read(work.path().join("s.bin")).unwrap() == data);
+}
+
+#[test]
+fn a_download_stopped_by_ctrl_c_is_sealed_and_resumed_without_reading_it_back() {
+    sealed_case("sha256", 36);
+}
+
+#[test]
+fn an_md5_download_stopped_by_ctrl_c_is_resumed_without_reading_it_back_too() {
+    sealed_case("md5", 40);
 }
 
 #[test]
@@ -297,6 +315,42 @@ fn a_killed_download_leaves_no_seal_and_its_resume_reads_the_partial_back() {
     assert_ok(&out);
     assert!(stderr(&out).contains("checking the"), "{}", stderr(&out));
     assert!(std::fs::read(work.path().join("k.bin")).unwrap() == data);
+}
+
+#[test]
+fn a_resume_with_another_checksum_does_not_continue_the_first_ones_state() {
+    let (server, data, proxy) = throttled("x.bin", 8 * MIB, 41);
+    let work = tempfile::tempdir().unwrap();
+    download_then_kill_with(
+        work.path(),
+        &proxy.addr.to_string(),
+        "x.bin",
+        3 * MIB,
+        "sha256",
+    );
+    let out = run(client(work.path()).args([
+        "get",
+        &server.target(),
+        "x.bin",
+        "--json",
+        "-v",
+        "--checksum",
+        "md5",
+    ]));
+    assert_ok(&out);
+    let err = stderr(&out);
+    // The journal's SHA-256 states are no MD5 state: the partial is read and hashed again.
+    assert!(!err.contains("from the saved hash state"), "{err}");
+    assert!(
+        num(&json(&out), "bytes_reused") >= 2 * MIB,
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        json(&out)["digests"]["md5"].as_str().unwrap(),
+        coreutils_digest("md5sum", &server.root.join("x.bin"))
+    );
+    assert!(std::fs::read(work.path().join("x.bin")).unwrap() == data);
 }
 
 #[test]

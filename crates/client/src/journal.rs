@@ -24,7 +24,7 @@
 //! A chunk line is appended (one `write`, no buffering) after the chunk's bytes were written
 //! to the partial file, so a crash or `kill -9` loses at most the chunk in flight. Its optional
 //! third field is the whole-file hash state after that chunk (see
-//! [`sfts_protocol::MultiHasher::save`]; only for SHA-256 downloads), so a resume continues the
+//! [`sfts_protocol::MultiHasher::save`]; for SHA-256 and MD5 downloads), so a resume continues the
 //! whole-file digest from there instead of hashing everything it already has again. On resume
 //! each recorded chunk is still read back and checked against its line (on helper threads,
 //! while the rest downloads; not when the file is still as sealed); a chunk that no longer

@@ -6,14 +6,14 @@
 //!
 //! 1. asks the server for the file's size and modification time (`Stat`): if they differ from
 //!    the journal's, the file changed; the partial is discarded and the download starts over;
-//! 2. when the journal holds the whole-file hash state after its last chunk (SHA-256
+//! 2. when the journal holds the whole-file hash state after its last chunk (SHA-256 and MD5
 //!    downloads), continues the whole-file digest from that state and fetches the rest from
 //!    there at once, while helper threads (one per core, at most four) read each journaled
 //!    chunk back and check its digest; a chunk that no longer matches is fetched again afterwards and must be exactly
 //!    what was downloaded before (else the saved state would not describe the file, and the
 //!    download starts over). A partial file the last run sealed when it stopped cleanly, and
 //!    still exactly as sealed, is not read back ([`crate::seal`]);
-//! 3. otherwise (MD5, BLAKE3 and XXH128 downloads, journals of older releases) reads each journaled
+//! 3. otherwise (BLAKE3 and XXH128 downloads, journals of older releases) reads each journaled
 //!    chunk once, checks its digest and feeds it to the whole-file hash, repairing what no
 //!    longer matches, then fetches the rest from the end of the verified part.
 //!
@@ -460,10 +460,13 @@ fn saved_state(
 ) -> Option<(MultiHasher, u64)> {
     let last = journaled.checked_sub(1)?;
     let end = journal.header().chunk_range(last).1;
-    if end > on_disk || algorithm != Algorithm::Sha256 {
+    let state = journal.state_after(last)?;
+    // A state of this run's algorithm (a journal may hold another's, from a run asked for
+    // another checksum).
+    if end > on_disk || state.first() != Some(&algorithm.code()) {
         return None;
     }
-    let whole = MultiHasher::restore(journal.state_after(last)?)?;
+    let whole = MultiHasher::restore(state)?;
     Some((whole, end))
 }
 

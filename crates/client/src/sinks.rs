@@ -435,7 +435,7 @@ mod tests {
         let target = dir.path().join("out");
         let file = File::create(dir.path().join("out.part")).unwrap();
         let jpath = journal_path(&target);
-        let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, Algorithm::Md5);
+        let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, Algorithm::Xxh128);
         sink.begin(&header(10)).unwrap();
         sink.write_all(b"ab").unwrap();
         sink.write_all(b"cdefg").unwrap(); // completes chunk 0, half of chunk 1
@@ -447,9 +447,9 @@ mod tests {
         assert_eq!(j.chunk(0), Some(ChunkCheck::Xxh3.of(b"abcd")));
         assert_eq!(j.chunk(1), Some(ChunkCheck::Xxh3.of(b"efgh")));
         assert_eq!(j.chunk(2), Some(ChunkCheck::Xxh3.of(b"ij")));
-        // MD5's state cannot be saved.
+        // XXH128's state cannot be saved.
         assert_eq!(j.state_after(0), None);
-        let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Md5]));
+        let mut h = MultiHasher::new(DigestSet::of(&[Algorithm::Xxh128]));
         h.update(b"abcdefghij");
         assert_eq!(digest, h.finish().remove(0));
         assert_eq!(

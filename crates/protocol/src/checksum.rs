@@ -309,31 +309,38 @@ impl MultiHasher {
     }
 
     /// The hashing state so far, to continue later with [`MultiHasher::restore`] (a download's
-    /// resume journal keeps it so a resume need not hash the bytes it already has again).
-    /// `None` unless the hasher computes exactly one SHA-256: the MD5, BLAKE3 and XXH128 crates
-    /// do not expose their state.
+    /// resume journal keeps it so a resume need not hash the bytes it already has again): the
+    /// algorithm's code, then the `md-5` or `sha2` crate's serialized state. `None` unless the
+    /// hasher computes exactly one MD5 or one SHA-256: the BLAKE3 and XXH128 crates do not
+    /// expose their state.
     pub fn save(&self) -> Option<Vec<u8>> {
-        match self.states.as_slice() {
-            [State::Sha256(h)] => {
-                let mut out = vec![Algorithm::Sha256.code()];
-                out.extend_from_slice(&h.serialize());
-                Some(out)
-            }
-            _ => None,
-        }
+        let (code, state) = match self.states.as_slice() {
+            [State::Sha256(h)] => (Algorithm::Sha256.code(), h.serialize().to_vec()),
+            [State::Md5(h)] => (Algorithm::Md5.code(), h.serialize().to_vec()),
+            _ => return None,
+        };
+        let mut out = vec![code];
+        out.extend_from_slice(&state);
+        Some(out)
     }
 
     /// A hasher continuing from a state [`MultiHasher::save`] returned; `None` when `saved` is
-    /// not such a state (truncated, corrupted, another algorithm).
+    /// not such a state (truncated, corrupted, of an algorithm that cannot be saved).
     pub fn restore(saved: &[u8]) -> Option<MultiHasher> {
         let (&code, rest) = saved.split_first()?;
-        if code != Algorithm::Sha256.code() {
-            return None;
-        }
-        let serialized = SerializedState::<Sha256>::try_from(rest).ok()?;
-        let h = Sha256::deserialize(&serialized).ok()?;
+        let state = match Algorithm::from_code(code).ok()? {
+            Algorithm::Sha256 => {
+                let serialized = SerializedState::<Sha256>::try_from(rest).ok()?;
+                State::Sha256(Sha256::deserialize(&serialized).ok()?)
+            }
+            Algorithm::Md5 => {
+                let serialized = SerializedState::<Md5>::try_from(rest).ok()?;
+                State::Md5(Md5::deserialize(&serialized).ok()?)
+            }
+            Algorithm::Blake3 | Algorithm::Xxh128 => return None,
+        };
         Some(MultiHasher {
-            states: vec![State::Sha256(h)],
+            states: vec![state],
         })
     }
 
@@ -454,10 +461,26 @@ mod tests {
     }
 
     #[test]
-    fn only_a_lone_sha256_state_is_saved_and_garbage_is_not_restored() {
+    fn a_saved_md5_state_continues_where_it_stopped() {
+        let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Md5]));
+        // Across a 64-byte block boundary, with bytes left in the block buffer.
+        whole.update(&[b'a'; 70]);
+        let saved = whole.save().expect("MD5 alone can be saved");
+        assert_eq!(saved[0], Algorithm::Md5.code());
+        let mut restored = MultiHasher::restore(&saved).expect("a state save() returned");
+        restored.update(&[b'a'; 30]);
+        // MD5 of 100 times 'a'.
+        assert_eq!(
+            restored.finish()[0].to_hex(),
+            "36a92cc94a9e0fa21f625f8bfb007adf"
+        );
+    }
+
+    #[test]
+    fn only_a_lone_md5_or_sha256_state_is_saved_and_garbage_is_not_restored() {
         for set in [
-            DigestSet::of(&[Algorithm::Md5]),
             DigestSet::of(&[Algorithm::Blake3]),
+            DigestSet::of(&[Algorithm::Xxh128]),
             DigestSet::of(&[Algorithm::Md5, Algorithm::Sha256]),
             DigestSet::default(),
         ] {
@@ -468,9 +491,12 @@ mod tests {
             .unwrap();
         assert!(MultiHasher::restore(&saved[..saved.len() - 1]).is_none());
         assert!(MultiHasher::restore(&[]).is_none());
-        let mut other = saved.clone();
-        other[0] = Algorithm::Md5.code();
-        assert!(MultiHasher::restore(&other).is_none());
+        // A SHA-256 state labelled MD5 (another length), or BLAKE3, or an unknown code.
+        for code in [Algorithm::Md5.code(), Algorithm::Blake3.code(), 0xee] {
+            let mut other = saved.clone();
+            other[0] = code;
+            assert!(MultiHasher::restore(&other).is_none(), "code {code}");
+        }
     }
 
     #[test]
