@@ -314,14 +314,17 @@ impl MultiHasher {
     /// hasher computes exactly one MD5 or one SHA-256: the BLAKE3 and XXH128 crates do not
     /// expose their state.
     pub fn save(&self) -> Option<Vec<u8>> {
-        let (code, state) = match self.states.as_slice() {
-            [State::Sha256(h)] => (Algorithm::Sha256.code(), h.serialize().to_vec()),
-            [State::Md5(h)] => (Algorithm::Md5.code(), h.serialize().to_vec()),
-            _ => return None,
+        let with_code = |algorithm: Algorithm, state: &[u8]| {
+            let mut out = Vec::with_capacity(1 + state.len());
+            out.push(algorithm.code());
+            out.extend_from_slice(state);
+            out
         };
-        let mut out = vec![code];
-        out.extend_from_slice(&state);
-        Some(out)
+        match self.states.as_slice() {
+            [State::Sha256(h)] => Some(with_code(Algorithm::Sha256, &h.serialize())),
+            [State::Md5(h)] => Some(with_code(Algorithm::Md5, &h.serialize())),
+            _ => None,
+        }
     }
 
     /// A hasher continuing from a state [`MultiHasher::save`] returned; `None` when `saved` is
