@@ -28,9 +28,8 @@
 //! whole-file digest from there instead of hashing everything it already has again. On resume
 //! each recorded chunk is still read back and checked against its line (on helper threads,
 //! while the rest downloads; not when the file is still as sealed); a chunk that no longer
-//! matches is fetched again. A torn last line
-//! (a crash in the middle of the append) is ignored. A repaired chunk is appended again; the
-//! last line for an index wins.
+//! matches is fetched again. A torn last line (a crash in the middle of the append) is
+//! ignored. A repaired chunk is appended again; the last line for an index wins.
 //!
 //! The chunk digest is XXH3-128 ([`crate::chunk_check`] says why a non-cryptographic one).
 //! Journals of earlier releases are still resumed: version 2 with `chunk_digest blake3`,

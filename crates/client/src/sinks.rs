@@ -475,13 +475,12 @@ mod tests {
         assert_eq!(seal.size, 6);
         // Resumed while its prefix is still being checked: not sealed, until trusted.
         for trust in [false, true] {
-            let file = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+            let mut file = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(4)).unwrap();
             let mut j = Journal::open(&jpath).unwrap().unwrap();
             j.unseal().unwrap();
             let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
             whole.update(b"abcd");
-            let mut file = file;
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(4)).unwrap();
             let mut sink = FileSink::resumed(file, j, "a/b", 4, whole, false);
             sink.write_all(b"ef").unwrap();
             if trust {
