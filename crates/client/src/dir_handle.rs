@@ -11,10 +11,12 @@
 
 use crate::error::ClientError;
 use crate::output::{create_replacing_stale, PartName, PART_SUFFIX};
+use std::cell::OnceCell;
+use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,11 @@ use std::path::{Path, PathBuf};
 pub struct DirHandle {
     path: PathBuf,
     fd: OwnedFd,
+    /// The names whose `.sfts-part` was in the directory when first asked ([`has_part`]);
+    /// `None` when it could not be read.
+    ///
+    /// [`has_part`]: DirHandle::has_part
+    parts: OnceCell<Option<HashSet<OsString>>>,
 }
 
 /// How a publication ended.
@@ -49,12 +56,28 @@ impl DirHandle {
             path: path.to_path_buf(),
             // SAFETY: `fd` was just opened and is owned by nothing else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            parts: OnceCell::new(),
         })
     }
 
     /// The directory's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory's descriptor, for the `*at` calls of [`crate::unnamed`].
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// True when `<name>.sfts-part` was in the directory the first time this was asked (one
+    /// read of the whole directory, not a look per file), or when the directory could not
+    /// be read: such a file takes the named way ([`crate::unnamed`]).
+    pub fn has_part(&self, name: &OsStr) -> bool {
+        self.parts
+            .get_or_init(|| parts_in(&self.path))
+            .as_ref()
+            .is_none_or(|parts| parts.contains(name))
     }
 
     /// Creates `<name>.sfts-part` for writing, always new (`O_EXCL`: a symbolic link planted
@@ -154,6 +177,18 @@ impl DirHandle {
     }
 }
 
+/// The names whose `.sfts-part` is in `dir`, or `None` when it cannot be read.
+fn parts_in(dir: &Path) -> Option<HashSet<OsString>> {
+    let mut names = HashSet::new();
+    for entry in std::fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?.file_name();
+        if let Some(name) = entry.as_bytes().strip_suffix(PART_SUFFIX.as_bytes()) {
+            names.insert(OsStr::from_bytes(name).to_owned());
+        }
+    }
+    Some(names)
+}
+
 /// `<name>.sfts-part`.
 fn part_name(name: &OsStr) -> OsString {
     let mut part = name.to_owned();
@@ -237,6 +272,29 @@ mod tests {
         d.remove_part(name).unwrap();
         assert!(!dir.path().join("a.bin.sfts-part").exists());
         d.remove_part(name).unwrap();
+    }
+
+    #[test]
+    fn the_parts_in_the_directory_are_known_from_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.sfts-part"), b"").unwrap();
+        std::fs::write(dir.path().join("y"), b"").unwrap();
+        let d = DirHandle::open(dir.path()).unwrap();
+        assert!(d.has_part(OsStr::new("x")));
+        assert!(!d.has_part(OsStr::new("y")));
+        assert!(!d.has_part(OsStr::new("x.sfts-part")));
+        // Read once: a part that appears later is not seen by this handle.
+        std::fs::write(dir.path().join("z.sfts-part"), b"").unwrap();
+        assert!(!d.has_part(OsStr::new("z")));
+        assert!(DirHandle::open(dir.path())
+            .unwrap()
+            .has_part(OsStr::new("z")));
+        // A directory that cannot be read: every name may have one.
+        let gone = dir.path().join("gone");
+        std::fs::create_dir(&gone).unwrap();
+        let d = DirHandle::open(&gone).unwrap();
+        std::fs::remove_dir(&gone).unwrap();
+        assert!(d.has_part(OsStr::new("anything")));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod tls;
 pub mod transfer;
 pub mod tree;
 pub mod tree_writer;
+pub mod unnamed;
 pub mod upload;
 pub mod upload_stream;
 

@@ -4,10 +4,11 @@
 //! receive and hash, and about 35 µs of system calls to create `<name>.sfts-part`, lock it,
 //! write it, set its time, rename it and close it. On one thread the client was the slowest
 //! part of the pipeline. So the connection's thread receives each small file into memory and
-//! checks it against the server's digest, and this thread creates, writes and publishes the
-//! verified files, each exactly as before ([`DirHandle`]: created new and locked, renamed
-//! without replacing unless asked, the time set). A file that fails its check is never
-//! written at all.
+//! checks it against the server's digest, and this thread writes and publishes the verified
+//! files: as an unnamed file linked under its name once whole ([`crate::unnamed`]), or, to
+//! replace a file, beside a `.sfts-part` already there, or where unnamed files do not work,
+//! as before ([`DirHandle`]: created new and locked, renamed without replacing unless asked,
+//! the time set). A file that fails its check is never written at all.
 //!
 //! At most [`QUEUE`] files of at most [`MAX_BYTES`] each wait for the writer, which takes all
 //! that wait at once (one wake-up per batch, [`crate::handoff`]); larger files of a tree are
@@ -18,6 +19,7 @@ use crate::dir_handle::{DirHandle, Published};
 use crate::error::ClientError;
 use crate::handoff::{bounded, Receiver, Sender};
 use crate::output::part_path;
+use crate::unnamed::Unnamed;
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -171,10 +173,11 @@ fn stopped() -> ClientError {
 
 fn run(rx: Receiver<Verified>, report: &Mutex<Written>) {
     let mut dir: Option<DirHandle> = None;
+    let mut unnamed = Unnamed::default();
     let mut batch = VecDeque::with_capacity(QUEUE);
     while rx.take(&mut batch) {
         while let Some(file) = batch.pop_front() {
-            match publish(&mut dir, &file) {
+            match publish(&mut dir, &mut unnamed, &file) {
                 Ok(None) => lock(report).files += 1,
                 Ok(Some(why)) => lock(report).failed.push((file.name, why)),
                 Err(fatal) => {
@@ -187,11 +190,24 @@ fn run(rx: Receiver<Verified>, report: &Mutex<Written>) {
     }
 }
 
-/// Writes `file` as `<name>.sfts-part` beside its name and renames it there: `None` when it
-/// is published, or why it was not (the tree goes on); an error stops the tree.
-fn publish(dir: &mut Option<DirHandle>, file: &Verified) -> Result<Option<String>, ClientError> {
+/// Publishes `file` as an unnamed file linked under its name where that works and it replaces
+/// nothing, else writes it as `<name>.sfts-part` beside its name and renames it there: `None`
+/// when it is published, or why it was not (the tree goes on); an error stops the tree.
+fn publish(
+    dir: &mut Option<DirHandle>,
+    unnamed: &mut Unnamed,
+    file: &Verified,
+) -> Result<Option<String>, ClientError> {
     let (parent, name) = split(&file.local)?;
     let dir = open_dir(dir, parent)?;
+    if unnamed.available() && !file.replace && !dir.has_part(name) {
+        match unnamed.publish(dir, name, &file.data, &file.local, file.mtime_ns) {
+            Some(Published::Done) => return Ok(None),
+            Some(Published::Exists) => return Ok(Some(appeared(&file.local))),
+            // It failed (and is off): the named way, which says what is wrong.
+            None => {}
+        }
+    }
     let mut part = match dir.create_part(name) {
         Ok(part) => part,
         // Another client is writing this very file: it is left to it.
@@ -244,16 +260,21 @@ pub fn publish_part(
     // until renamed.
     let why = match dir.publish(name, replace) {
         Ok(Published::Done) => return None,
-        Ok(Published::Exists) => format!(
-            "'{}' appeared while the tree was fetched; use --force to replace it",
-            local.display()
-        ),
+        Ok(Published::Exists) => appeared(local),
         Err(e) => ClientError::local("cannot rename the download to", local, e).to_string(),
     };
     // Removed while still locked: only a holder of its lock removes a partial file.
     let _ = dir.remove_part(name);
     drop(part);
     Some(why)
+}
+
+/// Why a file was not published: its name was taken meanwhile.
+fn appeared(local: &Path) -> String {
+    format!(
+        "'{}' appeared while the tree was fetched; use --force to replace it",
+        local.display()
+    )
 }
 
 /// The directory and the name of a file's path.

@@ -1,0 +1,228 @@
+//! Publishing a small verified file of a `get -r` without a temporary name.
+//!
+//! The named way ([`DirHandle::create_part`], then [`DirHandle::publish`]) costs seven system
+//! calls per file: create `<name>.sfts-part`, lock it, check that it still has its name,
+//! write, set the time, rename, close; creating a name and renaming it change the directory's
+//! index twice, the dearest part. An unnamed file (`O_TMPFILE`) has no name another client
+//! could see, take or remove before it is whole, so it needs no lock: open it, write, set the
+//! time, give it its name (`linkat`, which never replaces a name), close. Five calls and one
+//! change to the directory. On tmpfs, 10,000 files of 4 KiB in 100 directories, 10 alternated
+//! rounds of a C program making the same calls: 177–205 ms (median 192) the named way,
+//! 132–173 ms (median 145) this way.
+//!
+//! Recent kernels let any user link a file by its descriptor (`AT_EMPTY_PATH`); older ones
+//! only with `CAP_DAC_READ_SEARCH`, and then the link goes through `/proc/self/fd`. Where
+//! neither works, or the file system has no unnamed files, or anything else fails, [`Unnamed`]
+//! turns itself off and the writer takes the named way for that file and the rest of the
+//! tree, which reports what is wrong as before.
+//!
+//! The writer still takes the named way for a file to replace (`--force`: `linkat` never
+//! replaces) and for a name whose `.sfts-part` is in the directory ([`DirHandle::has_part`]):
+//! another client writing that file keeps it, and a part left by an earlier run is removed.
+
+use crate::dir_handle::{DirHandle, Published};
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Publishes files through unnamed files while that works here.
+#[derive(Debug)]
+pub struct Unnamed {
+    link: Link,
+}
+
+/// How an unnamed file gets its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// `linkat(fd, "", …, AT_EMPTY_PATH)`.
+    Descriptor,
+    /// `linkat` of `/proc/self/fd/<fd>`, following the magic link.
+    Proc,
+    /// Not here: the named way.
+    Off,
+}
+
+impl Default for Unnamed {
+    fn default() -> Self {
+        Unnamed {
+            link: Link::Descriptor,
+        }
+    }
+}
+
+impl Unnamed {
+    /// False once this way failed: the caller takes the named way.
+    pub fn available(&self) -> bool {
+        self.link != Link::Off
+    }
+
+    /// Writes `data` to an unnamed file in `dir`, gives it the modification time `mtime_ns`
+    /// (ns since the epoch) and links it as `name` (`local` names it in messages):
+    /// [`Published::Done`], or [`Published::Exists`] when something has the name already
+    /// (left as it is). `None` when this way failed: nothing was published, and it is off
+    /// from now on.
+    pub fn publish(
+        &mut self,
+        dir: &DirHandle,
+        name: &OsStr,
+        data: &[u8],
+        local: &Path,
+        mtime_ns: i64,
+    ) -> Option<Published> {
+        match self.try_publish(dir, name, data, local, mtime_ns) {
+            Ok(published) => Some(published),
+            Err(e) => {
+                tracing::debug!(
+                    "no unnamed files in '{}' ({e}): the tree's files get a .sfts-part each",
+                    dir.path().display()
+                );
+                self.link = Link::Off;
+                None
+            }
+        }
+    }
+
+    fn try_publish(
+        &mut self,
+        dir: &DirHandle,
+        name: &OsStr,
+        data: &[u8],
+        local: &Path,
+        mtime_ns: i64,
+    ) -> io::Result<Published> {
+        let target = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut file = create_unnamed(dir)?;
+        file.write_all(data)?;
+        crate::tree::set_mtime(&file, local, mtime_ns);
+        match self.link_as(&file, dir, &target) {
+            Ok(()) => Ok(Published::Done),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Published::Exists),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the unnamed `file` the name `target` in `dir`; fails if the name exists.
+    fn link_as(&mut self, file: &File, dir: &DirHandle, target: &CString) -> io::Result<()> {
+        let to = dir.raw_fd();
+        if self.link == Link::Descriptor {
+            // SAFETY: valid descriptors and NUL-terminated names; an empty path with
+            // AT_EMPTY_PATH names the file `file` has open.
+            let r = unsafe {
+                libc::linkat(
+                    file.as_raw_fd(),
+                    c"".as_ptr(),
+                    to,
+                    target.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            // ENOENT: this kernel links by descriptor only with CAP_DAC_READ_SEARCH.
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+            self.link = Link::Proc;
+        }
+        let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .expect("no NUL in a number");
+        // SAFETY: NUL-terminated paths and a valid directory descriptor; AT_SYMLINK_FOLLOW
+        // links the file the magic link points at.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                to,
+                target.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// An unnamed file in `dir`, open for writing (`O_TMPFILE`, without `O_EXCL`, so that it can
+/// be linked).
+fn create_unnamed(dir: &DirHandle) -> io::Result<File> {
+    let flags = libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; checked below.
+    let fd = unsafe { libc::openat(dir.raw_fd(), c".".as_ptr(), flags, 0o666) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    const MTIME_NS: i64 = 1_234_567_890_000_000_000;
+
+    #[test]
+    fn a_file_is_published_whole_with_its_time_and_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DirHandle::open(dir.path()).unwrap();
+        let mut u = Unnamed::default();
+        let local = dir.path().join("a.bin");
+        let got = u.publish(&d, OsStr::new("a.bin"), b"alpha", &local, MTIME_NS);
+        // tmpfs and ext4 (where the tests run) have unnamed files: this way must work there.
+        assert_eq!(got, Some(Published::Done));
+        assert!(u.available());
+        assert_eq!(std::fs::read(&local).unwrap(), b"alpha");
+        assert_eq!(std::fs::metadata(&local).unwrap().mtime(), 1_234_567_890);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "only a.bin: {names:?}");
+    }
+
+    #[test]
+    fn a_name_already_taken_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DirHandle::open(dir.path()).unwrap();
+        let local = dir.path().join("x");
+        std::fs::write(&local, b"theirs").unwrap();
+        let mut u = Unnamed::default();
+        let got = u.publish(&d, OsStr::new("x"), b"ours", &local, MTIME_NS);
+        assert_eq!(got, Some(Published::Exists));
+        assert!(u.available(), "a taken name is not a failure of the way");
+        assert_eq!(std::fs::read(&local).unwrap(), b"theirs");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "only x: {names:?}");
+    }
+
+    #[test]
+    fn a_failure_turns_the_way_off_and_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        std::fs::create_dir(&gone).unwrap();
+        let d = DirHandle::open(&gone).unwrap();
+        std::fs::remove_dir(&gone).unwrap();
+        let mut u = Unnamed::default();
+        let got = u.publish(&d, OsStr::new("a"), b"a", &gone.join("a"), MTIME_NS);
+        assert_eq!(got, None);
+        assert!(!u.available());
+    }
+
+    #[test]
+    fn the_link_through_proc_works_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DirHandle::open(dir.path()).unwrap();
+        // As on a kernel that refused the link by descriptor.
+        let mut u = Unnamed { link: Link::Proc };
+        let local = dir.path().join("p");
+        let got = u.publish(&d, OsStr::new("p"), b"by proc", &local, MTIME_NS);
+        assert_eq!(got, Some(Published::Done));
+        assert_eq!(std::fs::read(&local).unwrap(), b"by proc");
+    }
+}
