@@ -241,6 +241,12 @@ fn sealed_case(checksum: &str, seed: u64) {
         "{v}, {at} on disk"
     );
     assert_eq!(num(&v, "bytes_reused") + num(&v, "bytes_fetched"), 12 * MIB);
+    // Every reused byte came from the seal, none was read back.
+    assert_eq!(
+        num(&v, "bytes_reused_sealed"),
+        num(&v, "bytes_reused"),
+        "{v}"
+    );
     assert!(std::fs::read(work.path().join("s.bin")).unwrap() == data);
 }
 
@@ -311,9 +317,12 @@ fn a_killed_download_leaves_no_seal_and_its_resume_reads_the_partial_back() {
     let work = tempfile::tempdir().unwrap();
     download_then_kill(work.path(), &proxy.addr.to_string(), "k.bin", 3 * MIB);
     assert!(!last_journal_line(work.path(), "k.bin").starts_with("sealed "));
-    let out = run(client(work.path()).args(["get", &server.target(), "k.bin", "-v"]));
+    let out = run(client(work.path()).args(["get", &server.target(), "k.bin", "-v", "--json"]));
     assert_ok(&out);
     assert!(stderr(&out).contains("checking the"), "{}", stderr(&out));
+    let v = json(&out);
+    assert!(num(&v, "bytes_reused") > 0, "{v}");
+    assert_eq!(num(&v, "bytes_reused_sealed"), 0, "{v}");
     assert!(std::fs::read(work.path().join("k.bin")).unwrap() == data);
 }
 

@@ -29,6 +29,9 @@ pub struct Stats {
     pub fetched: u64,
     /// Bytes of an earlier partial download that verified and were kept.
     pub reused: u64,
+    /// Of those, bytes kept without reading them back: the partial was sealed by a clean stop
+    /// and found unchanged (see `seal.rs`).
+    pub sealed: u64,
     /// Reconnections after a connection dropped or stalled mid-transfer.
     pub retries: u32,
     /// Chunks of a partial download that no longer matched their journal and were fetched

@@ -166,6 +166,7 @@ fn to_file(
                 }
                 tracing::warn!("{why}; starting over");
                 f.stats.reused = 0;
+                f.stats.sealed = 0;
             }
         }
     }
@@ -518,6 +519,7 @@ fn continue_from_state(
     f.stats.reused += confirmed;
     f.progress.advance(confirmed as usize);
     if sealed {
+        f.stats.sealed += confirmed;
         tracing::info!(
             "resuming '{}' at byte {confirmed} of {} from the saved hash state; the partial \
              file is as the last run left it when it stopped (sealed), so it is not read back",

@@ -19,8 +19,13 @@ pub fn human(opts: &GetOptions, outcome: &Outcome) -> String {
         opts.algorithm.name(),
     );
     if s.reused > 0 || s.retries > 0 || s.repaired > 0 {
+        let how = match s.sealed {
+            0 => String::new(),
+            n if n == s.reused => " (sealed, not read back)".into(),
+            n => format!(" ({} of it sealed, not read back)", Bytes(n)),
+        };
         line.push_str(&format!(
-            "\n  {} reused from the partial download, {} fetched, {} reconnection(s), \
+            "\n  {} reused from the partial download{how}, {} fetched, {} reconnection(s), \
              {} chunk(s) repaired",
             Bytes(s.reused),
             Bytes(s.fetched),
@@ -43,6 +48,7 @@ pub fn outcome_json(opts: &GetOptions, outcome: &Outcome) -> Value {
         "digests": { opts.algorithm.name(): outcome.digest.to_hex() },
         "bytes_fetched": s.fetched,
         "bytes_reused": s.reused,
+        "bytes_reused_sealed": s.sealed,
         "retries": s.retries,
         "chunks_repaired": s.repaired,
         "seconds": round3(seconds),
@@ -132,26 +138,33 @@ mod tests {
         GetOptions::from_args(args, &cli.global).unwrap()
     }
 
-    #[test]
-    fn json_summary_has_every_field() {
-        let outcome = Outcome {
+    /// 100 bytes in 1.5 s with these counters.
+    fn outcome(stats: Stats) -> Outcome {
+        Outcome {
             digest: Digest::from_hex(Algorithm::Sha256, &"ab".repeat(32)).unwrap(),
             output: "b.bin".into(),
             size: 100,
             elapsed: Duration::from_millis(1500),
-            stats: Stats {
-                fetched: 60,
-                reused: 40,
-                retries: 2,
-                repaired: 1,
-            },
-        };
+            stats,
+        }
+    }
+
+    #[test]
+    fn json_summary_has_every_field() {
+        let outcome = outcome(Stats {
+            fetched: 60,
+            reused: 40,
+            sealed: 0,
+            retries: 2,
+            repaired: 1,
+        });
         let v = outcome_json(&opts(), &outcome);
         assert_eq!(v["path"], "a/b.bin");
         assert_eq!(v["size"], 100);
         assert_eq!(v["digests"]["sha256"], "ab".repeat(32));
         assert_eq!(v["bytes_fetched"], 60);
         assert_eq!(v["bytes_reused"], 40);
+        assert_eq!(v["bytes_reused_sealed"], 0);
         assert_eq!(v["retries"], 2);
         assert_eq!(v["chunks_repaired"], 1);
         assert_eq!(v["seconds"], 1.5);
@@ -159,6 +172,29 @@ mod tests {
         let text = human(&opts(), &outcome);
         assert!(text.contains("40 B reused"), "{text}");
         assert!(text.contains("2 reconnection(s)"), "{text}");
+        assert!(!text.contains("sealed"), "{text}");
+    }
+
+    #[test]
+    fn the_summary_says_what_was_reused_without_reading_it_back() {
+        let mut outcome = outcome(Stats {
+            fetched: 60,
+            reused: 40,
+            sealed: 40,
+            ..Stats::default()
+        });
+        assert_eq!(outcome_json(&opts(), &outcome)["bytes_reused_sealed"], 40);
+        let text = human(&opts(), &outcome);
+        assert!(
+            text.contains("40 B reused from the partial download (sealed, not read back)"),
+            "{text}"
+        );
+        outcome.stats.sealed = 30;
+        let text = human(&opts(), &outcome);
+        assert!(
+            text.contains("(30 B of it sealed, not read back)"),
+            "{text}"
+        );
     }
 
     #[test]
