@@ -30,6 +30,7 @@ pub mod native;
 pub mod output;
 pub mod pagebuf;
 pub mod part_lock;
+pub mod prefix_check;
 pub mod progress;
 pub mod resume;
 pub mod seal;

@@ -8,7 +8,7 @@
 //!    the journal's, the file changed; the partial is discarded and the download starts over;
 //! 2. when the journal holds the whole-file hash state after its last chunk (SHA-256 and MD5
 //!    downloads), continues the whole-file digest from that state and fetches the rest from
-//!    there at once, while helper threads (one per core, at most four) read each journaled
+//!    there at once, while helper threads ([`crate::prefix_check`]) read each journaled
 //!    chunk back and check its digest; a chunk that no longer matches is fetched again afterwards and must be exactly
 //!    what was downloaded before (else the saved state would not describe the file, and the
 //!    download starts over). A partial file the last run sealed when it stopped cleanly, and
@@ -25,7 +25,6 @@
 //! handled below this module by [`Fetcher`]. To standard output there is nothing to resume,
 //! but a dropped connection is still re-established and continued.
 
-use crate::chunk_check::ChunkCheck;
 use crate::cli::GetOptions;
 use crate::download::Outcome;
 use crate::error::{ClientError, Kept};
@@ -33,20 +32,16 @@ use crate::fetch::{Fetched, Fetcher};
 use crate::interrupt::Interrupt;
 use crate::journal::{journal_path, Journal};
 use crate::output::{create_part, stdout_error, Destination, Sink};
-use crate::pagebuf::PageBuf;
 use crate::part_lock;
+use crate::prefix_check::PrefixCheck;
 use crate::progress::Bytes;
 use crate::sinks::{BufferSink, FileSink, StdoutSink};
 use crate::transfer::verify;
 use sfts_protocol::{Algorithm, Capabilities, Digest, DigestSet, FileVersion, MultiHasher, TO_END};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::path::Path;
 use std::time::Instant;
 
 /// How often a file may change under a download before the client gives up.
@@ -632,126 +627,6 @@ fn truncate_to(file: &mut File, at: u64, part: &Path) -> Result<(), ClientError>
         .map_err(|e| ClientError::local("cannot truncate", part, e))
 }
 
-/// Reads the journaled chunks of a partial file back on helper threads (one per core, at
-/// most [`CHECK_THREADS`]; chunk `i` goes to thread `i mod n`) and names those whose digest
-/// no longer matches the journal.
-struct PrefixCheck {
-    stop: Arc<AtomicBool>,
-    handles: Vec<JoinHandle<io::Result<Vec<u64>>>>,
-}
-
-/// The most threads a prefix check uses. Reading back and hashing is what a resume after
-/// 90 % mostly waits for; on two cores a second thread took a 2 GiB resume from 0.27-0.34 of
-/// a full download to less (docs/PERFORMANCE.md).
-const CHECK_THREADS: usize = 4;
-
-impl PrefixCheck {
-    fn start(
-        part: &Path,
-        header: &crate::journal::JournalHeader,
-        kind: ChunkCheck,
-        expected: Vec<[u8; 32]>,
-    ) -> io::Result<PrefixCheck> {
-        let file = File::open(part)?;
-        // Read once and never again: without this, every page read a second time is moved
-        // to the active list (a lock and a list update per page; Linux 6.3+ honours it).
-        // SAFETY: plain advice on a descriptor we own; failure is harmless.
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                0,
-                0,
-                libc::POSIX_FADV_NOREUSE,
-            )
-        };
-        let file = Arc::new(file);
-        let expected = Arc::new(expected);
-        let stop = Arc::new(AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let threads = cores.clamp(1, CHECK_THREADS).min(expected.len().max(1));
-        let mut handles = Vec::with_capacity(threads);
-        for first in 0..threads {
-            let (file, expected) = (Arc::clone(&file), Arc::clone(&expected));
-            let (header, stopped) = (header.clone(), Arc::clone(&stop));
-            let path: PathBuf = part.to_path_buf();
-            let spawned = std::thread::Builder::new()
-                .name("prefix-check".into())
-                .spawn(move || {
-                    // Page-aligned: see `PageBuf`.
-                    let mut buf = PageBuf::with_capacity(header.chunk_size as usize);
-                    buf.set_len(header.chunk_size as usize);
-                    let mut bad = Vec::new();
-                    for index in (first..expected.len()).step_by(threads) {
-                        if stopped.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let (start, end) = header.chunk_range(index as u64);
-                        let chunk = &mut buf[..(end - start) as usize];
-                        match file.read_exact_at(chunk, start) {
-                            Ok(()) if kind.of(chunk) == expected[index] => {}
-                            Ok(()) => bad.push(index as u64),
-                            Err(e) => {
-                                return Err(io::Error::new(
-                                    e.kind(),
-                                    format!("{} at byte {start}: {e}", path.display()),
-                                ))
-                            }
-                        }
-                    }
-                    Ok(bad)
-                });
-            match spawned {
-                Ok(handle) => handles.push(handle),
-                Err(e) => {
-                    // Stop those already started: the download cannot be checked.
-                    let partial = PrefixCheck { stop, handles };
-                    partial.cancel();
-                    return Err(e);
-                }
-            }
-        }
-        Ok(PrefixCheck { stop, handles })
-    }
-
-    /// The chunks that failed, in order, once every one was checked.
-    fn finish(self) -> io::Result<Vec<u64>> {
-        // Every thread is joined before an error is returned.
-        let found: Vec<io::Result<Vec<u64>>> = self
-            .handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("the prefix check thread panicked")))
-            })
-            .collect();
-        let mut bad = Vec::new();
-        for f in found {
-            bad.extend(f?);
-        }
-        bad.sort_unstable();
-        Ok(bad)
-    }
-
-    /// Stops it (the download stopped anyway): `true` when it had already found every chunk
-    /// good.
-    fn stop(self) -> bool {
-        let done = self.handles.iter().all(JoinHandle::is_finished);
-        if done {
-            return self.finish().is_ok_and(|bad| bad.is_empty());
-        }
-        self.cancel();
-        false
-    }
-
-    /// Stops early (the download failed anyway).
-    fn cancel(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for handle in self.handles {
-            let _ = handle.join();
-        }
-    }
-}
-
 /// Compares the trailer with our digest of the whole partial file.
 fn finish(
     opts: &GetOptions,
@@ -817,44 +692,4 @@ pub fn time_text(mtime_ns: i64) -> String {
         || format!("{mtime_ns} ns"),
         |t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::journal::JournalHeader;
-
-    #[test]
-    fn the_prefix_check_names_every_bad_chunk_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("f.sfts-part");
-        let chunk = 4096u32;
-        // Nine chunks, the last one short.
-        let mut bytes: Vec<u8> = (0..8 * chunk + 100).map(|i| (i % 253) as u8).collect();
-        let header = JournalHeader {
-            path: "f".into(),
-            size: bytes.len() as u64,
-            mtime_ns: 0,
-            chunk_size: chunk,
-        };
-        let kind = ChunkCheck::Xxh3;
-        let expected: Vec<[u8; 32]> = (0..header.chunk_count())
-            .map(|i| {
-                let (start, end) = header.chunk_range(i);
-                kind.of(&bytes[start as usize..end as usize])
-            })
-            .collect();
-        // Damage chunks that different threads read: 0, 3, 4 and the short last one.
-        for i in [0u32, 3, 4, 8] {
-            bytes[(i * chunk + 7) as usize] ^= 1;
-        }
-        std::fs::write(&part, &bytes).unwrap();
-        let check = PrefixCheck::start(&part, &header, kind, expected.clone()).unwrap();
-        assert_eq!(check.finish().unwrap(), vec![0, 3, 4, 8]);
-        // A partial cut short is an error, not a list.
-        std::fs::write(&part, &bytes[..5000]).unwrap();
-        let check = PrefixCheck::start(&part, &header, kind, expected).unwrap();
-        let err = check.finish().unwrap_err();
-        assert!(err.to_string().contains("f.sfts-part"), "{err}");
-    }
 }
