@@ -11,8 +11,7 @@
 
 use crate::error::ClientError;
 use crate::output::{create_replacing_stale, PartName, PART_SUFFIX};
-use std::cell::OnceCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -24,11 +23,6 @@ use std::path::{Path, PathBuf};
 pub struct DirHandle {
     path: PathBuf,
     fd: OwnedFd,
-    /// The names whose `.sfts-part` was in the directory when first asked ([`has_part`]);
-    /// `None` when it could not be read.
-    ///
-    /// [`has_part`]: DirHandle::has_part
-    parts: OnceCell<Option<HashSet<OsString>>>,
 }
 
 /// How a publication ended.
@@ -56,7 +50,6 @@ impl DirHandle {
             path: path.to_path_buf(),
             // SAFETY: `fd` was just opened and is owned by nothing else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            parts: OnceCell::new(),
         })
     }
 
@@ -68,16 +61,6 @@ impl DirHandle {
     /// The directory's descriptor, for the `*at` calls of [`crate::unnamed`].
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    /// True when `<name>.sfts-part` was in the directory the first time this was asked (one
-    /// read of the whole directory, not a look per file), or when the directory could not
-    /// be read: such a file takes the named way ([`crate::unnamed`]).
-    pub fn has_part(&self, name: &OsStr) -> bool {
-        self.parts
-            .get_or_init(|| parts_in(&self.path))
-            .as_ref()
-            .is_none_or(|parts| parts.contains(name))
     }
 
     /// Creates `<name>.sfts-part` for writing, always new (`O_EXCL`: a symbolic link planted
@@ -174,6 +157,29 @@ impl DirHandle {
             io::ErrorKind::NotFound => Ok(false),
             _ => Err(e),
         }
+    }
+}
+
+/// The `.sfts-part` files of the directories a tree is written into, each directory read once
+/// (when first asked about), however often the writer comes back to it: a listing goes
+/// through a directory's entries in name order, its subdirectories among its files.
+#[derive(Debug, Default)]
+pub struct KnownParts {
+    /// Per directory, the names whose `.sfts-part` was there; `None` when it could not be
+    /// read.
+    dirs: HashMap<PathBuf, Option<HashSet<OsString>>>,
+}
+
+impl KnownParts {
+    /// True when `<name>.sfts-part` was in `dir` when it was read, or when `dir` could not be
+    /// read: such a file takes the named way ([`crate::unnamed`]).
+    pub fn has_part(&mut self, dir: &Path, name: &OsStr) -> bool {
+        if !self.dirs.contains_key(dir) {
+            self.dirs.insert(dir.to_path_buf(), parts_in(dir));
+        }
+        self.dirs[dir]
+            .as_ref()
+            .is_none_or(|parts| parts.contains(name))
     }
 }
 
@@ -275,26 +281,27 @@ mod tests {
     }
 
     #[test]
-    fn the_parts_in_the_directory_are_known_from_one_read() {
+    fn the_parts_in_a_directory_are_known_from_one_read() {
         let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
         std::fs::write(dir.path().join("x.sfts-part"), b"").unwrap();
         std::fs::write(dir.path().join("y"), b"").unwrap();
-        let d = DirHandle::open(dir.path()).unwrap();
-        assert!(d.has_part(OsStr::new("x")));
-        assert!(!d.has_part(OsStr::new("y")));
-        assert!(!d.has_part(OsStr::new("x.sfts-part")));
-        // Read once: a part that appears later is not seen by this handle.
-        std::fs::write(dir.path().join("z.sfts-part"), b"").unwrap();
-        assert!(!d.has_part(OsStr::new("z")));
-        assert!(DirHandle::open(dir.path())
-            .unwrap()
-            .has_part(OsStr::new("z")));
+        std::fs::write(sub.join("s.sfts-part"), b"").unwrap();
+        let mut known = KnownParts::default();
+        let top = dir.path();
+        assert!(known.has_part(top, OsStr::new("x")));
+        assert!(!known.has_part(top, OsStr::new("y")));
+        assert!(!known.has_part(top, OsStr::new("x.sfts-part")));
+        assert!(known.has_part(&sub, OsStr::new("s")));
+        assert!(!known.has_part(&sub, OsStr::new("x")));
+        // Read once, also when asked again after another directory: a part that appears
+        // later is not seen (the directory is not read again for every file).
+        std::fs::write(top.join("z.sfts-part"), b"").unwrap();
+        assert!(!known.has_part(top, OsStr::new("z")));
+        assert!(KnownParts::default().has_part(top, OsStr::new("z")));
         // A directory that cannot be read: every name may have one.
-        let gone = dir.path().join("gone");
-        std::fs::create_dir(&gone).unwrap();
-        let d = DirHandle::open(&gone).unwrap();
-        std::fs::remove_dir(&gone).unwrap();
-        assert!(d.has_part(OsStr::new("anything")));
+        assert!(known.has_part(&top.join("gone"), OsStr::new("anything")));
     }
 
     #[test]

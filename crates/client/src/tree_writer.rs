@@ -15,7 +15,7 @@
 //! written by the connection's thread as they arrive. Dropping the [`Writer`]
 //! lets it write what it was given and waits for it.
 
-use crate::dir_handle::{DirHandle, Published};
+use crate::dir_handle::{DirHandle, KnownParts, Published};
 use crate::error::ClientError;
 use crate::handoff::{bounded, Receiver, Sender};
 use crate::output::part_path;
@@ -174,10 +174,11 @@ fn stopped() -> ClientError {
 fn run(rx: Receiver<Verified>, report: &Mutex<Written>) {
     let mut dir: Option<DirHandle> = None;
     let mut unnamed = Unnamed::default();
+    let mut parts = KnownParts::default();
     let mut batch = VecDeque::with_capacity(QUEUE);
     while rx.take(&mut batch) {
         while let Some(file) = batch.pop_front() {
-            match publish(&mut dir, &mut unnamed, &file) {
+            match publish(&mut dir, &mut unnamed, &mut parts, &file) {
                 Ok(None) => lock(report).files += 1,
                 Ok(Some(why)) => lock(report).failed.push((file.name, why)),
                 Err(fatal) => {
@@ -196,11 +197,12 @@ fn run(rx: Receiver<Verified>, report: &Mutex<Written>) {
 fn publish(
     dir: &mut Option<DirHandle>,
     unnamed: &mut Unnamed,
+    parts: &mut KnownParts,
     file: &Verified,
 ) -> Result<Option<String>, ClientError> {
     let (parent, name) = split(&file.local)?;
     let dir = open_dir(dir, parent)?;
-    if unnamed.available() && !file.replace && !dir.has_part(name) {
+    if unnamed.available() && !file.replace && !parts.has_part(parent, name) {
         match unnamed.publish(dir, name, &file.data, &file.local, file.mtime_ns) {
             Some(Published::Done) => return Ok(None),
             Some(Published::Exists) => return Ok(Some(appeared(&file.local))),

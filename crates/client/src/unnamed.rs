@@ -17,8 +17,9 @@
 //! tree, which reports what is wrong as before.
 //!
 //! The writer still takes the named way for a file to replace (`--force`: `linkat` never
-//! replaces) and for a name whose `.sfts-part` is in the directory ([`DirHandle::has_part`]):
-//! another client writing that file keeps it, and a part left by an earlier run is removed.
+//! replaces) and for a name whose `.sfts-part` is in the directory (each directory read once,
+//! [`crate::dir_handle::KnownParts`]): another client writing that file keeps it, and a part
+//! left by an earlier run is removed.
 
 use crate::dir_handle::{DirHandle, Published};
 use std::ffi::{CString, OsStr};
