@@ -68,10 +68,12 @@ impl CheckWork {
                 Ok(()) if self.kind.of(chunk) == *expected => {}
                 Ok(()) => bad.push(index as u64),
                 Err(e) => {
+                    // The check has failed: the other threads need not read on.
+                    self.stop.store(true, Ordering::Relaxed);
                     return Err(io::Error::new(
                         e.kind(),
                         format!("{} at byte {start}: {e}", self.path.display()),
-                    ))
+                    ));
                 }
             }
         }
@@ -123,11 +125,10 @@ impl PrefixCheck {
                 .spawn(move || theirs.run());
             match spawned {
                 Ok(handle) => handles.push(handle),
+                // Fewer helpers (perhaps none): the calling thread checks what they leave.
                 Err(e) => {
-                    // Stop those already started: the download cannot be checked.
-                    let partial = PrefixCheck { work, handles };
-                    partial.cancel();
-                    return Err(e);
+                    tracing::debug!("the prefix check runs on fewer threads: {e}");
+                    break;
                 }
             }
         }
@@ -159,10 +160,12 @@ impl PrefixCheck {
     }
 
     /// Stops it (the download stopped anyway): `true` when it had already found every chunk
-    /// good.
+    /// good. Checks nothing more on the calling thread.
     pub fn stop(self) -> bool {
-        let done = self.handles.iter().all(JoinHandle::is_finished);
+        let taken = self.work.next.load(Ordering::Relaxed) >= self.work.expected.len();
+        let done = taken && self.handles.iter().all(JoinHandle::is_finished);
         if done {
+            // Every chunk was taken and every taker is done: nothing is left to read.
             return self.finish().is_ok_and(|bad| bad.is_empty());
         }
         self.cancel();
@@ -250,5 +253,40 @@ mod tests {
         };
         assert_eq!(check.finish().unwrap(), vec![15]);
         assert!(work.next.load(Ordering::Relaxed) >= 16);
+    }
+
+    #[test]
+    fn a_stop_with_chunks_left_says_not_all_good_and_reads_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("h.sfts-part");
+        let bytes = vec![7u8; 8 * 4096];
+        std::fs::write(&part, &bytes).unwrap();
+        let (header, expected) = journaled(&bytes, 4096);
+        // No helper ran (as if none could be started): every chunk is still to be checked.
+        let work = Arc::new(CheckWork {
+            file: File::open(&part).unwrap(),
+            path: part.clone(),
+            header,
+            kind: KIND,
+            expected,
+            next: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let check = PrefixCheck {
+            work: Arc::clone(&work),
+            handles: Vec::new(),
+        };
+        assert!(!check.stop());
+        assert_eq!(work.next.load(Ordering::Relaxed), 0, "nothing was read");
+        // Once every chunk was taken and checked, a stop says all good.
+        let all_taken = Arc::new(CheckWork {
+            next: AtomicUsize::new(8),
+            ..Arc::into_inner(work).unwrap()
+        });
+        let check = PrefixCheck {
+            work: all_taken,
+            handles: Vec::new(),
+        };
+        assert!(check.stop());
     }
 }

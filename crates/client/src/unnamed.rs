@@ -11,10 +11,11 @@
 //! 132–173 ms (median 145) this way.
 //!
 //! Recent kernels let any user link a file by its descriptor (`AT_EMPTY_PATH`); older ones
-//! only with `CAP_DAC_READ_SEARCH`, and then the link goes through `/proc/self/fd`. Where
-//! neither works, or the file system has no unnamed files, or anything else fails, [`Unnamed`]
-//! turns itself off and the writer takes the named way for that file and the rest of the
-//! tree, which reports what is wrong as before.
+//! only with `CAP_DAC_READ_SEARCH`, and then the link goes through `/proc/self/fd`. Whatever
+//! fails, the writer takes the named way for that file, which reports what is wrong as
+//! before; where the failure says this way does not work here (the file system has no
+//! unnamed files, neither link is allowed), [`Unnamed`] turns itself off for the rest of the
+//! tree.
 //!
 //! The writer still takes the named way for a file to replace (`--force`: `linkat` never
 //! replaces) and for a name whose `.sfts-part` is in the directory (each directory read once,
@@ -25,7 +26,7 @@ use crate::dir_handle::{DirHandle, Published};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -63,8 +64,8 @@ impl Unnamed {
     /// Writes `data` to an unnamed file in `dir`, gives it the modification time `mtime_ns`
     /// (ns since the epoch) and links it as `name` (`local` names it in messages):
     /// [`Published::Done`], or [`Published::Exists`] when something has the name already
-    /// (left as it is). `None` when this way failed: nothing was published, and it is off
-    /// from now on.
+    /// (left as it is). `None` when this way failed: nothing was published (and, when the
+    /// failure says it cannot work here, it is off from now on).
     pub fn publish(
         &mut self,
         dir: &DirHandle,
@@ -75,7 +76,7 @@ impl Unnamed {
     ) -> Option<Published> {
         match self.try_publish(dir, name, data, local, mtime_ns) {
             Ok(published) => Some(published),
-            Err(e) => {
+            Err(e) if unsupported(&e) => {
                 tracing::debug!(
                     "no unnamed files in '{}' ({e}): the tree's files get a .sfts-part each",
                     dir.path().display()
@@ -83,6 +84,8 @@ impl Unnamed {
                 self.link = Link::Off;
                 None
             }
+            // No space, an I/O error...: the named way says what it is.
+            Err(_) => None,
         }
     }
 
@@ -110,45 +113,77 @@ impl Unnamed {
     fn link_as(&mut self, file: &File, dir: &DirHandle, target: &CString) -> io::Result<()> {
         let to = dir.raw_fd();
         if self.link == Link::Descriptor {
-            // SAFETY: valid descriptors and NUL-terminated names; an empty path with
-            // AT_EMPTY_PATH names the file `file` has open.
-            let r = unsafe {
-                libc::linkat(
-                    file.as_raw_fd(),
-                    c"".as_ptr(),
-                    to,
-                    target.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            };
-            if r == 0 {
-                return Ok(());
+            match link_by_descriptor(file, to, target) {
+                Ok(()) => return Ok(()),
+                // ENOENT: this kernel links by descriptor only with CAP_DAC_READ_SEARCH.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
             }
-            let e = io::Error::last_os_error();
-            // ENOENT: this kernel links by descriptor only with CAP_DAC_READ_SEARCH.
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                return Err(e);
-            }
+            link_through_proc(file, to, target)?;
+            // The way that works here, from now on.
             self.link = Link::Proc;
+            return Ok(());
         }
-        let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .expect("no NUL in a number");
-        // SAFETY: NUL-terminated paths and a valid directory descriptor; AT_SYMLINK_FOLLOW
-        // links the file the magic link points at.
-        let r = unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                to,
-                target.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        link_through_proc(file, to, target)
     }
+}
+
+/// `linkat(file, "", to, target, AT_EMPTY_PATH)`.
+fn link_by_descriptor(file: &File, to: RawFd, target: &CString) -> io::Result<()> {
+    // SAFETY: valid descriptors and NUL-terminated names; an empty path with AT_EMPTY_PATH
+    // names the file `file` has open.
+    let r = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            to,
+            target.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `linkat` of `/proc/self/fd/<file>` to `target` in `to`, following the magic link.
+fn link_through_proc(file: &File, to: RawFd, target: &CString) -> io::Result<()> {
+    let from =
+        CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL in a number");
+    // SAFETY: NUL-terminated paths and a valid directory descriptor; AT_SYMLINK_FOLLOW links
+    // the file the magic link points at.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            to,
+            target.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A failure that says unnamed files cannot work in this directory: no `O_TMPFILE` on this
+/// file system or kernel, a link that is not allowed, no `/proc`, the directory gone.
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EOPNOTSUPP
+                | libc::EISDIR
+                | libc::EINVAL
+                | libc::ENOSYS
+                | libc::EPERM
+                | libc::EACCES
+                | libc::ENOENT
+                | libc::EXDEV
+        )
+    )
 }
 
 /// An unnamed file in `dir`, open for writing (`O_TMPFILE`, without `O_EXCL`, so that it can
