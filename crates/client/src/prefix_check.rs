@@ -227,6 +227,30 @@ mod tests {
         assert!(err.to_string().contains("f.sfts-part"), "{err}");
     }
 
+    /// A check of `part` against `expected` with no helper thread, whose next chunk to take
+    /// is `next` (the helpers took those before), and the work it shares.
+    fn without_helpers(
+        part: &Path,
+        header: JournalHeader,
+        expected: Vec<[u8; 32]>,
+        next: usize,
+    ) -> (PrefixCheck, Arc<CheckWork>) {
+        let work = Arc::new(CheckWork {
+            file: File::open(part).unwrap(),
+            path: part.to_path_buf(),
+            header,
+            kind: KIND,
+            expected,
+            next: AtomicUsize::new(next),
+            stop: AtomicBool::new(false),
+        });
+        let check = PrefixCheck {
+            work: Arc::clone(&work),
+            handles: Vec::new(),
+        };
+        (check, work)
+    }
+
     #[test]
     fn the_calling_thread_checks_what_the_helpers_left() {
         let dir = tempfile::tempdir().unwrap();
@@ -238,19 +262,7 @@ mod tests {
         expected[15] = [0; 32];
         // As if the helpers had stopped after the first five chunks: the rest is the
         // calling thread's, the bad last chunk included.
-        let work = Arc::new(CheckWork {
-            file: File::open(&part).unwrap(),
-            path: part.clone(),
-            header,
-            kind: KIND,
-            expected,
-            next: AtomicUsize::new(5),
-            stop: AtomicBool::new(false),
-        });
-        let check = PrefixCheck {
-            work: Arc::clone(&work),
-            handles: Vec::new(),
-        };
+        let (check, work) = without_helpers(&part, header, expected, 5);
         assert_eq!(check.finish().unwrap(), vec![15]);
         assert!(work.next.load(Ordering::Relaxed) >= 16);
     }
@@ -263,30 +275,11 @@ mod tests {
         std::fs::write(&part, &bytes).unwrap();
         let (header, expected) = journaled(&bytes, 4096);
         // No helper ran (as if none could be started): every chunk is still to be checked.
-        let work = Arc::new(CheckWork {
-            file: File::open(&part).unwrap(),
-            path: part.clone(),
-            header,
-            kind: KIND,
-            expected,
-            next: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-        });
-        let check = PrefixCheck {
-            work: Arc::clone(&work),
-            handles: Vec::new(),
-        };
+        let (check, work) = without_helpers(&part, header.clone(), expected.clone(), 0);
         assert!(!check.stop());
         assert_eq!(work.next.load(Ordering::Relaxed), 0, "nothing was read");
         // Once every chunk was taken and checked, a stop says all good.
-        let all_taken = Arc::new(CheckWork {
-            next: AtomicUsize::new(8),
-            ..Arc::into_inner(work).unwrap()
-        });
-        let check = PrefixCheck {
-            work: all_taken,
-            handles: Vec::new(),
-        };
+        let (check, _) = without_helpers(&part, header, expected, 8);
         assert!(check.stop());
     }
 }
