@@ -12,7 +12,7 @@
 use crate::error::ClientError;
 use crate::output::{create_replacing_stale, PartName, PART_SUFFIX};
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -115,7 +115,12 @@ impl DirHandle {
     }
 
     fn create(&self, name: &CString) -> io::Result<File> {
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+        self.open_at(name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+    }
+
+    /// `openat(dir, name, flags | O_CLOEXEC, 0666)`.
+    pub(crate) fn open_at(&self, name: &CStr, flags: libc::c_int) -> io::Result<File> {
+        let flags = flags | libc::O_CLOEXEC;
         // SAFETY: a valid directory descriptor and NUL-terminated name; checked below.
         let fd = unsafe { libc::openat(self.fd.as_raw_fd(), name.as_ptr(), flags, 0o666) };
         if fd < 0 {
@@ -223,14 +228,8 @@ impl PartName for InDir<'_> {
     }
 
     fn open_existing(&self) -> io::Result<File> {
-        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-        // SAFETY: a valid directory descriptor and NUL-terminated name; checked below.
-        let fd = unsafe { libc::openat(self.dir.fd.as_raw_fd(), self.name.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        self.dir.open_at(self.name, flags)
     }
 
     fn identity(&self) -> io::Result<(u64, u64)> {

@@ -23,10 +23,10 @@
 //! left by an earlier run is removed.
 
 use crate::dir_handle::{DirHandle, Published};
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -112,56 +112,39 @@ impl Unnamed {
     /// Gives the unnamed `file` the name `target` in `dir`; fails if the name exists.
     fn link_as(&mut self, file: &File, dir: &DirHandle, target: &CString) -> io::Result<()> {
         let to = dir.raw_fd();
+        let through_proc = || {
+            let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .expect("no NUL in a number");
+            // AT_SYMLINK_FOLLOW links the file the magic link points at.
+            link_at(libc::AT_FDCWD, &from, to, target, libc::AT_SYMLINK_FOLLOW)
+        };
         if self.link == Link::Descriptor {
-            match link_by_descriptor(file, to, target) {
+            // An empty path with AT_EMPTY_PATH names the file `file` has open.
+            match link_at(file.as_raw_fd(), c"", to, target, libc::AT_EMPTY_PATH) {
                 Ok(()) => return Ok(()),
                 // ENOENT: this kernel links by descriptor only with CAP_DAC_READ_SEARCH.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(e),
             }
-            link_through_proc(file, to, target)?;
+            through_proc()?;
             // The way that works here, from now on.
             self.link = Link::Proc;
             return Ok(());
         }
-        link_through_proc(file, to, target)
+        through_proc()
     }
 }
 
-/// `linkat(file, "", to, target, AT_EMPTY_PATH)`.
-fn link_by_descriptor(file: &File, to: RawFd, target: &CString) -> io::Result<()> {
-    // SAFETY: valid descriptors and NUL-terminated names; an empty path with AT_EMPTY_PATH
-    // names the file `file` has open.
-    let r = unsafe {
-        libc::linkat(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            to,
-            target.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `linkat` of `/proc/self/fd/<file>` to `target` in `to`, following the magic link.
-fn link_through_proc(file: &File, to: RawFd, target: &CString) -> io::Result<()> {
-    let from =
-        CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL in a number");
-    // SAFETY: NUL-terminated paths and a valid directory descriptor; AT_SYMLINK_FOLLOW links
-    // the file the magic link points at.
-    let r = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            to,
-            target.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
+/// `linkat(from_dir, from, to_dir, target, flags)`.
+fn link_at(
+    from_dir: RawFd,
+    from: &CStr,
+    to_dir: RawFd,
+    target: &CStr,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: valid descriptors (or AT_FDCWD) and NUL-terminated names.
+    let r = unsafe { libc::linkat(from_dir, from.as_ptr(), to_dir, target.as_ptr(), flags) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -189,14 +172,7 @@ fn unsupported(e: &io::Error) -> bool {
 /// An unnamed file in `dir`, open for writing (`O_TMPFILE`, without `O_EXCL`, so that it can
 /// be linked).
 fn create_unnamed(dir: &DirHandle) -> io::Result<File> {
-    let flags = libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC;
-    // SAFETY: a valid directory descriptor and a NUL-terminated name; checked below.
-    let fd = unsafe { libc::openat(dir.raw_fd(), c".".as_ptr(), flags, 0o666) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    dir.open_at(c".", libc::O_TMPFILE | libc::O_WRONLY)
 }
 
 #[cfg(test)]
