@@ -133,6 +133,9 @@ pub fn legacy_refusal(port: &Port) -> Option<&'static str> {
 pub struct Session<'a> {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The same as text, formatted once: a tree of small files names it in a log line and
+    /// a history row per file.
+    pub peer_text: String,
     /// The connection's registry entry.
     pub guard: &'a ConnectionGuard,
     /// Server-wide state.
@@ -151,6 +154,7 @@ pub fn handle(
     let started = Instant::now();
     let session = Session {
         peer,
+        peer_text: peer.to_string(),
         guard: &guard,
         state,
     };

@@ -123,7 +123,7 @@ pub fn serve(s: &Session<'_>, mut link: Link, first: [u8; 4]) -> Result<(), Serv
         out.write_all(&meta).map_err(ServerError::peer)?;
         let transfer = Transfer {
             name: &name,
-            peer,
+            peer: &s.peer_text,
             offset: 0,
             size,
             file_size: size,
@@ -204,7 +204,7 @@ fn md5_of(
 /// Starts the history row of a request for `name`.
 fn history(s: &Session<'_>, name: &str, size: u64) -> Record {
     s.state.store.begin(&NewTransfer {
-        peer: &s.peer.to_string(),
+        peer: &s.peer_text,
         path: name,
         direction: "download",
         protocol: "legacy",

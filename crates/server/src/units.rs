@@ -102,12 +102,15 @@ pub fn duration_text(d: Duration) -> String {
     }
 }
 
-/// How long a transfer took, for its log line: `2.35 s` from a second up, `0.42 ms` below.
+/// How long a transfer took, for its log line: `2.35 s` from a second up, `1.42 ms` from a
+/// millisecond, `42 µs` below.
 pub fn seconds_text(secs: f64) -> String {
     if secs >= 1.0 {
         format!("{secs:.2} s")
-    } else {
+    } else if secs >= 1e-3 {
         format!("{:.2} ms", secs * 1e3)
+    } else {
+        format!("{:.0} µs", secs * 1e6)
     }
 }
 
@@ -118,7 +121,8 @@ mod tests {
     #[test]
     fn transfer_times() {
         assert_eq!(seconds_text(2.345), "2.35 s");
-        assert_eq!(seconds_text(0.000_42), "0.42 ms");
+        assert_eq!(seconds_text(0.001_42), "1.42 ms");
+        assert_eq!(seconds_text(0.000_042_4), "42 µs");
         assert_eq!(seconds_text(0.5), "500.00 ms");
     }
 

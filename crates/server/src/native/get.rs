@@ -227,7 +227,7 @@ impl Native<'_> {
         };
         let transfer = Transfer {
             name,
-            peer: s.peer,
+            peer: &s.peer_text,
             offset: range.offset,
             size: range.length,
             file_size: size,
@@ -312,7 +312,7 @@ impl Native<'_> {
     /// Starts the history row of `req`.
     fn record(&self, req: &GetRequest, range: &Range, size: u64) -> crate::store::Record {
         self.s.state.store.begin(&NewTransfer {
-            peer: &self.s.peer.to_string(),
+            peer: &self.s.peer_text,
             path: &req.path,
             direction: "download",
             protocol: "native",

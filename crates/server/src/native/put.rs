@@ -597,7 +597,7 @@ impl<'a> Native<'a> {
     /// come.
     fn history(&self, path: &str, size: u64, length: u64) -> crate::store::Record {
         self.s.state.store.begin(&NewTransfer {
-            peer: &self.s.peer.to_string(),
+            peer: &self.s.peer_text,
             path,
             direction: "upload",
             protocol: "native",
