@@ -7,10 +7,8 @@
 //! fifth of the server's CPU. Most paths have no symlink at all, and for those
 //! [`open_plain`] does it in one look and one open:
 //!
-//! 1. `fstatat(AT_SYMLINK_NOFOLLOW)` of the path relative to the root's descriptor (the
-//!    kernel walks only the components below the root): only a regular file goes on (a
-//!    device, a pipe or a directory is never opened here: opening some devices has side
-//!    effects, a pipe blocks);
+//! 1. `symlink_metadata` of the path: only a regular file goes on (a device, a pipe or a
+//!    directory is never opened here: opening some devices has side effects, a pipe blocks);
 //! 2. `openat2` from the root's descriptor with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
 //!    RESOLVE_NO_MAGICLINKS` and `O_NONBLOCK`: the kernel refuses a symlink anywhere on the
 //!    way and any escape from the root, and nothing swapped in meanwhile can block the open;
@@ -61,10 +59,13 @@ pub fn open_plain(root: &RootDir, parts: &[&str]) -> Option<Plain> {
     }
     let relative = parts.join("/");
     let path = root.root.join(&relative);
-    let seen = regular_beneath(&root.dir, &relative)?;
+    let seen = fs::symlink_metadata(&path).ok()?;
+    if !seen.file_type().is_file() {
+        return None;
+    }
     let file = open_beneath(&root.dir, &relative).ok()?;
     let metadata = file.metadata().ok()?;
-    if !metadata.is_file() || seen != identity(&metadata) {
+    if !metadata.is_file() || !same_file(&seen, &metadata) {
         return None;
     }
     Some(Plain {
@@ -74,43 +75,10 @@ pub fn open_plain(root: &RootDir, parts: &[&str]) -> Option<Plain> {
     })
 }
 
-/// Device and inode.
 #[cfg(unix)]
-fn identity(m: &fs::Metadata) -> (u64, u64) {
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
-
-/// Device and inode of `relative` under `dir` (the last component not followed) when it is
-/// a regular file; `None` otherwise or when it cannot be looked at.
-#[cfg(target_os = "linux")]
-fn regular_beneath(dir: &File, relative: &str) -> Option<(u64, u64)> {
-    use std::ffi::CString;
-    use std::os::fd::AsRawFd;
-    let name = CString::new(relative).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `name` is NUL-terminated and `st` has room for a `struct stat`; both outlive
-    // the call, which fills `st` when it returns 0.
-    let rc = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: fstatat returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    (st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some((st.st_dev, st.st_ino))
-}
-
-/// No `fstatat` by descriptor here: always the careful way.
-#[cfg(not(target_os = "linux"))]
-fn regular_beneath(_dir: &File, _relative: &str) -> Option<(u64, u64)> {
-    None
+    a.dev() == b.dev() && a.ino() == b.ino()
 }
 
 #[cfg(unix)]
