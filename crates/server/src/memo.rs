@@ -3,23 +3,26 @@
 //!
 //! A tree of small files asks the cache once per file; from SQLite that is a read transaction
 //! (file locks included), a sixth of the serving thread's time for 4 KiB files. Entries here
-//! are found by device and inode, and hold the size and both times of the version they
-//! describe, so one can never describe another version of a file. The path, which the
-//! database's key also holds, is left out: names that share an inode share its bytes, and
-//! hashing and comparing the path was about a tenth of the serving thread's time for a tree
-//! of 4 KiB files (a profile; about half that by inode). Entries hold the whole-file digests only (per-chunk digests stay in
-//! SQLite), so each costs about a hundred and fifty bytes. Past [`MEMO_ENTRIES`] entries,
-//! arbitrary ones are forgotten.
+//! are found by device and inode and hold a 64-bit hash of the path, the size and both times
+//! of the version they describe: the cache's key (path, size, times, inode, device) up to
+//! that hash, so an entry does not describe another version of a file, nor a file that took
+//! over a deleted file's inode under another name. Finding entries by the path itself
+//! (hashing it into the table, then comparing it with the stored copy on another cache line)
+//! was about a tenth of the serving thread's time for a tree of 4 KiB files. Entries hold the
+//! whole-file digests only (per-chunk digests stay in SQLite), so each costs about a hundred
+//! and fifty bytes. Past [`MEMO_ENTRIES`] entries, arbitrary ones are forgotten.
 
 use sfts_state::{CachedDigests, FileKey};
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Mutex, PoisonError};
 
 /// Most entries kept (about 8 MiB).
 pub const MEMO_ENTRIES: usize = 50_000;
 
-/// The version of a file an entry describes: size, modification and status change times.
-type Version = (u64, i64, i64);
+/// The version of a file an entry describes: a hash of its path, its size, modification and
+/// status change times.
+type Version = (u64, u64, i64, i64);
 
 /// Digests by device and inode, with the version they describe.
 #[derive(Default)]
@@ -32,7 +35,9 @@ fn inode(key: &FileKey) -> (u64, u64) {
 }
 
 fn version(key: &FileKey) -> Version {
-    (key.size, key.mtime_ns, key.ctime_ns)
+    let mut path = DefaultHasher::new();
+    key.path.hash(&mut path);
+    (path.finish(), key.size, key.mtime_ns, key.ctime_ns)
 }
 
 /// `d` without its per-chunk digests.
@@ -127,12 +132,12 @@ mod tests {
         ] {
             assert_eq!(memo.get(&changed), None);
         }
-        // Another name of the same inode (a hard link) has the same bytes.
-        let link = FileKey {
-            path: "elsewhere/link".into(),
+        // Another name with the inode (a file that took it over, or a hard link).
+        let renamed = FileKey {
+            path: "elsewhere/g".into(),
             ..key(7, 1)
         };
-        assert_eq!(memo.get(&link).unwrap().md5, Some([1; 16]));
+        assert_eq!(memo.get(&renamed), None);
         let got = memo.get(&key(7, 1)).unwrap();
         assert_eq!((got.md5, got.chunks), (Some([1; 16]), None));
         let sha = CachedDigests {
