@@ -49,7 +49,8 @@ pub trait RangeSink: Write {
 
     /// How many threads a transfer into this sink is received on: by default two from a few
     /// MiB ([`Threads::Auto`]); a sink whose writing and hashing costs about as much as
-    /// handing frames to another thread says so ([`Threads::LargeOnly`], [`Threads::One`]).
+    /// handing frames to another thread says so ([`Threads::LargeOnly`], [`Threads::One`]),
+    /// and one whose hash is faster than memory takes the bytes in pieces ([`Threads::Hot`]).
     fn threads(&self) -> Threads {
         Threads::Auto
     }

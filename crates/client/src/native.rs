@@ -614,10 +614,9 @@ fn read_frames<S: Read>(
                 }
             }
         };
-        let last = !matches!(frame, Frame::Data(_));
-        if tx.send(frame).is_err() || last {
-            return;
-        }
+        // The trailer or a stop: the last frame either way. `Data` went in pieces above.
+        let _ = tx.send(frame);
+        return;
     }
 }
 
@@ -1043,31 +1042,45 @@ mod tests {
         }
     }
 
+    fn whole(size: usize) -> FileHeader {
+        FileHeader {
+            size: size as u64,
+            offset: 0,
+            length: size as u64,
+            mtime_ns: 0,
+            chunk_size: 1 << 20,
+        }
+    }
+
+    /// Receives `server` (frames after the header `h`) into `sink` with `threads`.
+    fn receive_into<W: Write>(
+        server: Vec<u8>,
+        h: &FileHeader,
+        sink: &mut W,
+        threads: Threads,
+    ) -> Result<Vec<Digest>, Stopped> {
+        let mut s = NativeSession::new(Fake {
+            input: Cursor::new(server),
+            output: Vec::new(),
+        });
+        let (interrupt, progress) = (Interrupt::new(), Progress::hidden());
+        let ctx = Context {
+            interrupt: &interrupt,
+            progress: &progress,
+            timeout: Duration::from_secs(10),
+        };
+        s.receive_all(h, sink, &ctx, threads)
+    }
+
     #[test]
     fn the_reading_thread_hands_frames_over_in_pieces_only_for_hot_sinks() {
         let data = vec![7u8; (5 << 20) + 3];
         let mut msgs: Vec<Message<'_>> = data.chunks(1 << 20).map(Message::Data).collect();
         msgs.push(Message::Trailer { digests: vec![] });
-        let h = FileHeader {
-            size: data.len() as u64,
-            offset: 0,
-            length: data.len() as u64,
-            mtime_ns: 0,
-            chunk_size: 1 << 20,
-        };
+        let h = whole(data.len());
         let run = |threads: Threads| {
-            let mut s = NativeSession::new(Fake {
-                input: Cursor::new(script(&msgs)),
-                output: Vec::new(),
-            });
-            let (interrupt, progress) = (Interrupt::new(), Progress::hidden());
-            let ctx = Context {
-                interrupt: &interrupt,
-                progress: &progress,
-                timeout: Duration::from_secs(10),
-            };
             let mut sink = Writes::default();
-            s.receive_all(&h, &mut sink, &ctx, threads).unwrap();
+            receive_into(script(&msgs), &h, &mut sink, threads).unwrap();
             sink.0
         };
         let pieces = run(Threads::Hot);
@@ -1078,5 +1091,47 @@ mod tests {
             let frames = run(threads);
             assert_eq!(frames, [1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20, 3]);
         }
+    }
+
+    #[test]
+    fn pieces_of_a_cut_frame_are_counted_and_a_failing_sink_stops_the_reader() {
+        let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let frames: Vec<Message<'_>> = data.chunks(1 << 20).map(Message::Data).collect();
+        let h = whole(data.len());
+
+        // The connection ends 512 KiB into the third frame: four pieces of it arrived.
+        let mut cut = script(&frames);
+        cut.truncate(2 * (HEADER_LEN + (1 << 20)) + HEADER_LEN + (512 << 10) + 100);
+        let mut sink = Vec::new();
+        let stopped = receive_into(cut, &h, &mut sink, Threads::Hot).unwrap_err();
+        assert!(matches!(stopped.cause, Stop::Lost(_)), "{}", stopped.cause);
+        assert_eq!(stopped.received, (2 << 20) + (512 << 10));
+        assert_eq!(sink, data[..sink.len()]);
+        assert_eq!(sink.len() as u64, stopped.received);
+
+        /// Fails every write from `room` bytes on.
+        struct Full {
+            room: usize,
+        }
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if buf.len() > self.room {
+                    return Err(io::Error::other("no space left"));
+                }
+                self.room -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        // The sink fails in the middle of the second frame; the reading thread, which may be
+        // waiting to hand over a piece, stops too (the test would hang otherwise).
+        let mut full = Full {
+            room: (1 << 20) + (300 << 10),
+        };
+        let stopped = receive_into(script(&frames), &h, &mut full, Threads::Hot).unwrap_err();
+        assert!(matches!(stopped.cause, Stop::Write(_)), "{}", stopped.cause);
+        assert_eq!(stopped.received, (1 << 20) + (256 << 10));
     }
 }

@@ -329,10 +329,26 @@ impl Write for FileSink {
     }
 }
 
+/// True when this CPU has SHA-256 instructions (x86 SHA extensions, Arm SHA2).
+fn sha256_in_hardware() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::arch::is_x86_feature_detected!("sha")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("sha2")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 /// Standard output, hashed.
 ///
 /// Written through a duplicate of descriptor 1 as a plain [`File`], one `write` per `Data`
-/// payload straight from the receive buffer. `Stdout` is a `LineWriter`: for every payload it
+/// payload (or piece of one, see [`Threads::Hot`]) straight from the receive buffer. `Stdout` is a `LineWriter`: for every payload it
 /// searches the bytes for a newline and splits the write there, an extra pass over each byte
 /// and an extra system call per frame (measured: 2.12 → 2.32 GB/s for BLAKE3 to /dev/null).
 pub struct StdoutSink {
@@ -368,14 +384,15 @@ impl StdoutSink {
 impl RangeSink for StdoutSink {
     /// BLAKE3 hashes at several GB/s on one core: handing each frame to a second thread costs
     /// CPU (about a seventh more for the download) that only a large one wins back. XXH128,
-    /// at over ten, never does. SHA-256 with SHA-NI hashes faster from the cache than from
-    /// memory: it takes the bytes in pieces (see `native::PIECE`).
+    /// at over ten, never does. SHA-256 in hardware hashes faster from the cache than from
+    /// memory: it takes the bytes in pieces (see `native::PIECE`); in software it is as slow
+    /// as MD5, which the extra hand-overs cost more than the cache saves.
     fn threads(&self) -> Threads {
         match self.algorithm {
             Algorithm::Blake3 => Threads::LargeOnly,
             Algorithm::Xxh128 => Threads::One,
-            Algorithm::Sha256 => Threads::Hot,
-            Algorithm::Md5 => Threads::Auto,
+            Algorithm::Sha256 if sha256_in_hardware() => Threads::Hot,
+            Algorithm::Sha256 | Algorithm::Md5 => Threads::Auto,
         }
     }
 }
