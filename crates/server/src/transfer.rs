@@ -25,7 +25,7 @@
 
 use crate::digest::FileHasher;
 use crate::error::ServerError;
-use crate::units::seconds_text;
+use crate::units::{rate_text, seconds_text};
 use sfts_protocol::frame::{self, HEADER_LEN};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,9 +34,6 @@ use tracing::{info, warn};
 
 /// Largest first frame of a transfer.
 pub const FIRST_FRAME: usize = 64 * 1024;
-
-/// Transfers that take at least this long (seconds) log their rate.
-const RATE_FROM: f64 = 0.01;
 
 /// Largest transfer [`Transfer::queue`] takes.
 pub const QUEUED_MAX: u64 = 64 * 1024;
@@ -210,23 +207,13 @@ impl Transfer<'_> {
         let result = send(&mut sent);
         let secs = started.elapsed().as_secs_f64();
         match &result {
-            // The rate of a transfer this short says nothing (a 4 KiB file of a tree takes
-            // tens of microseconds, and clock noise is most of that).
-            Ok(()) if secs < RATE_FROM => info!(
-                "sent '{}'{part} to {}: {} bytes in {}{}",
-                self.name,
-                self.peer,
-                sent,
-                seconds_text(secs),
-                self.note
-            ),
             Ok(()) => info!(
-                "sent '{}'{part} to {}: {} bytes in {} ({:.1} MB/s){}",
+                "sent '{}'{part} to {}: {} bytes in {}{}{}",
                 self.name,
                 self.peer,
                 sent,
                 seconds_text(secs),
-                sent as f64 / 1e6 / secs,
+                rate_text(sent, secs),
                 self.note
             ),
             Err(e) => warn!(

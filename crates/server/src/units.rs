@@ -105,12 +105,27 @@ pub fn duration_text(d: Duration) -> String {
 /// How long a transfer took, for its log line: `2.35 s` from a second up, `1.42 ms` from a
 /// millisecond, `42 µs` below.
 pub fn seconds_text(secs: f64) -> String {
-    if secs >= 1.0 {
+    // The boundaries sit where the shorter unit would round up to 1000.
+    if secs >= 0.999_995 {
         format!("{secs:.2} s")
-    } else if secs >= 1e-3 {
+    } else if secs >= 0.999_5e-3 {
         format!("{:.2} ms", secs * 1e3)
     } else {
         format!("{:.0} µs", secs * 1e6)
+    }
+}
+
+/// Transfers that take at least this long (seconds) log their rate.
+const RATE_FROM: f64 = 0.01;
+
+/// The rate of a transfer for its log line, ` (163.7 MB/s)`; nothing for one shorter than
+/// [`RATE_FROM`], whose rate would say nothing (a 4 KiB file of a tree takes tens of
+/// microseconds, clock noise much of it).
+pub fn rate_text(bytes: u64, secs: f64) -> String {
+    if secs < RATE_FROM {
+        String::new()
+    } else {
+        format!(" ({:.1} MB/s)", bytes as f64 / 1e6 / secs)
     }
 }
 
@@ -123,6 +138,10 @@ mod tests {
         assert_eq!(seconds_text(2.345), "2.35 s");
         assert_eq!(seconds_text(0.001_42), "1.42 ms");
         assert_eq!(seconds_text(0.000_042_4), "42 µs");
+        assert_eq!(seconds_text(0.000_999_6), "1.00 ms");
+        assert_eq!(seconds_text(0.999_999), "1.00 s");
+        assert_eq!(rate_text(67_108_864, 0.41), " (163.7 MB/s)");
+        assert_eq!(rate_text(4096, 0.000_042), "");
         assert_eq!(seconds_text(0.5), "500.00 ms");
     }
 
