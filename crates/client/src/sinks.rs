@@ -348,9 +348,10 @@ fn sha256_in_hardware() -> bool {
 /// Standard output, hashed.
 ///
 /// Written through a duplicate of descriptor 1 as a plain [`File`], one `write` per `Data`
-/// payload (or piece of one, see [`Threads::Hot`]) straight from the receive buffer. `Stdout` is a `LineWriter`: for every payload it
-/// searches the bytes for a newline and splits the write there, an extra pass over each byte
-/// and an extra system call per frame (measured: 2.12 → 2.32 GB/s for BLAKE3 to /dev/null).
+/// payload (or piece of one, see [`Threads::Hot`]) straight from the receive buffer.
+/// `Stdout` is a `LineWriter`: for every payload it searches the bytes for a newline and
+/// splits the write there, an extra pass over each byte and an extra system call per frame
+/// (measured: 2.12 → 2.32 GB/s for BLAKE3 to /dev/null).
 pub struct StdoutSink {
     out: Option<File>,
     whole: MultiHasher,
