@@ -164,8 +164,9 @@ class ResumeTool(Tool):
     """A full download of the (page-cached) big file, or one stopped at 90 % and rerun.
 
     `stop` is the signal that stops it: SIGKILL (a crash: the SFTS client reads the partial
-    back on resume) or SIGINT (Ctrl-C: the SFTS client seals the partial and the resume
-    trusts it while it is unchanged)."""
+    back on resume, unless the kill fell between two chunks and the seal its journal got
+    after the last one still holds) or SIGINT (Ctrl-C: the SFTS client seals the partial and
+    the resume trusts it while it is unchanged)."""
 
     def __init__(self, ctx, row, kind, resume, stop=signal.SIGKILL):
         super().__init__(ctx, row)
@@ -228,6 +229,8 @@ class ResumeTool(Tool):
             if got != self.ctx.digests[("huge", "sha256")]:
                 raise ToolFailure(f"{self.row.label}: digest {got} is not the file's")
             self.row.extra.setdefault("bytes_reused", []).append(summary.get("bytes_reused"))
+            self.row.extra.setdefault("sealed", []).append(
+                bool(summary.get("bytes_reused_sealed")))
         elif r.returncode != 0:
             raise ToolFailure(f"{self.row.label}: {r.describe()}")
         if os.path.getsize(out) != self.ctx.sizes.huge:
@@ -254,7 +257,9 @@ def figure6(ctx):
         "download (into a tmpfs file, the source in page cache) stopped at 90 % and run "
         "again, against a full download in the same run: by SIGINT (Ctrl-C; SFTS seals the "
         "partial and its resume does not read it back while it is unchanged) or by SIGKILL "
-        "(a crash; SFTS reads the 90 % back and checks it while the rest downloads).",
+        "(a crash; SFTS reads the 90 % back and checks it while the rest downloads, unless "
+        "the kill fell between two chunks and the seal the journal got after the last one "
+        "still holds: the note says how many resumes found it so).",
     )
     tools = [
         FirstByte(ctx, fig.row("sfts-ttfb", "SFTS first byte (protocol)", "ms", "lower",
@@ -291,5 +296,8 @@ def figure6(ctx):
         if fr and t.row.status == "ok":
             how = "interrupted" if t.stop == signal.SIGINT else "killed"
             t.row.note = f"{how} at {min(fr):.0%}–{max(fr):.0%}"
+            sealed = t.row.extra.get("sealed", [])
+            if t.stop == signal.SIGKILL and sealed:
+                t.row.note += f"; {sum(sealed)} of {len(sealed)} resumed sealed"
     ctx.ws.purge()
     return fig

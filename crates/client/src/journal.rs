@@ -17,7 +17,9 @@
 //!
 //! A download that stops cleanly appends a last line `sealed <boot id> <dev> <inode> <size>
 //! <ctime s> <ctime ns>` describing the partial file as it left it ([`crate::seal`]); a resume
-//! that finds the file still so does not read it back. Any line after it voids it, and a run
+//! that finds the file still so does not read it back. Where the file system allows it, a
+//! running download also writes such a line after every chunk line, in the same `write`, so
+//! a run killed between two chunks leaves a seal too. Any line after it voids it, and a run
 //! that resumes appends `unsealed` before it changes the file (releases before the seal skip
 //! both as lines they do not understand).
 //!
@@ -234,6 +236,18 @@ impl Journal {
         digest: [u8; 32],
         state: Option<Vec<u8>>,
     ) -> io::Result<()> {
+        self.record_sealed(index, digest, state, None)
+    }
+
+    /// [`Journal::record`], followed in the same `write` by `seal`, if given: the partial file
+    /// as it was once the chunk's bytes were in it ([`crate::seal::Watch`]).
+    pub fn record_sealed(
+        &mut self,
+        index: u64,
+        digest: [u8; 32],
+        state: Option<Vec<u8>>,
+        seal: Option<Seal>,
+    ) -> io::Result<()> {
         let Some(slot) = self.chunks.get_mut(index as usize) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -241,13 +255,18 @@ impl Journal {
             ));
         };
         let hex = to_hex(&digest[..self.chunk_digest.digest_len()]);
-        let line = match &state {
+        let mut line = match &state {
             Some(state) => format!("{index} {hex} {}\n", to_hex(state)),
             None => format!("{index} {hex}\n"),
         };
+        if let Some(seal) = &seal {
+            line.push_str(SEAL_WORD);
+            line.push_str(&seal.to_fields());
+            line.push('\n');
+        }
         self.file.write_all(line.as_bytes())?;
         *slot = Some(Entry { digest, state });
-        self.seal = None;
+        self.seal = seal;
         Ok(())
     }
 
@@ -524,6 +543,27 @@ mod tests {
         drop(j);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"2 ab").unwrap();
+        assert!(Journal::open(&path).unwrap().unwrap().seal().is_none());
+    }
+
+    #[test]
+    fn a_chunk_recorded_with_a_seal_is_sealed_until_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = Journal::create(&path, header()).unwrap();
+        j.record_sealed(0, [1; 32], None, Some(a_seal())).unwrap();
+        assert_eq!(j.seal(), Some(&a_seal()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: Vec<&str> = text.lines().rev().take(2).collect();
+        assert!(last[0].starts_with("sealed "), "{text}");
+        assert!(last[1].starts_with("0 "), "{text}");
+        let reopened = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(reopened.seal(), Some(&a_seal()));
+        assert_eq!(reopened.confirmed_chunks(), 1);
+        // A chunk recorded without one voids it.
+        let mut j = reopened;
+        j.record(1, [2; 32], None).unwrap();
+        assert!(j.seal().is_none());
         assert!(Journal::open(&path).unwrap().unwrap().seal().is_none());
     }
 

@@ -11,8 +11,15 @@
 //! when all of them are still the same: the file is the one this client wrote, nothing wrote
 //! to it, truncated it or changed it since (every such change sets the change time, which no
 //! program can set back), and the machine was not restarted (so no write was lost in a power
-//! cut). Anything else, or no seal (a `kill -9`, a crash), and every chunk is read back as
-//! before. `touch` on the partial file forces that.
+//! cut). Anything else, or no seal, and every chunk is read back as before. `touch` on the
+//! partial file forces that.
+//!
+//! A run that is killed (`kill -9`, the out-of-memory killer) has no clean stop, so while a
+//! download runs the journal also gets a seal after every chunk, in the same write as the
+//! chunk's line ([`Watch`]), where change times always move on a change made right after
+//! they were looked at (Linux 6.13 and later on ext4, XFS, Btrfs and tmpfs). Killed between
+//! two chunks, the run leaves a seal that still holds; killed while it wrote the next chunk,
+//! the file changed after the seal and is read back.
 //!
 //! Seals are made and trusted only on file systems that keep a change time no program can set
 //! (ext2/3/4, XFS, Btrfs, F2FS, ZFS, tmpfs, and overlayfs over them): FAT and exFAT, for one,
@@ -53,6 +60,11 @@ impl Seal {
             return None;
         }
         let boot = boot_id()?;
+        Seal::now(boot, file)
+    }
+
+    /// `file` as it is now, written in boot `boot`.
+    fn now(boot: String, file: &File) -> Option<Seal> {
         let m = file.metadata().ok()?;
         Some(Seal {
             boot,
@@ -102,6 +114,68 @@ impl Seal {
             ctime: (secs.parse().ok()?, nanos.parse().ok()?),
         })
     }
+}
+
+/// Seals taken while a download runs, one after each journaled chunk, so that a run that is
+/// killed (`kill -9`, the out-of-memory killer, a closed terminal) leaves one too.
+///
+/// Such a seal is taken without waiting for the clock (the next chunk is already on its way):
+/// it can be trusted only where a change made right after the change time was looked at
+/// always gets another change time. Linux 6.13 and later do that on ext4, XFS, Btrfs and tmpfs
+/// ("multigrain" timestamps); [`Watch::of`] checks it on the file itself. A seal taken after
+/// chunk `k` holds only while nothing at all has changed the file since, this client's own
+/// write of chunk `k + 1` included: killed between the two, the next run finds the file
+/// sealed; killed after the next write began, it reads the file back.
+pub struct Watch {
+    file: File,
+    boot: String,
+}
+
+impl Watch {
+    /// A watch on `file`, or `None` where running seals could not be trusted: a file system
+    /// not listed above, no boot id, or change times that do not always move on a change right
+    /// after a look.
+    pub fn of(file: &File) -> Option<Watch> {
+        if !keeps_change_times(file) {
+            return None;
+        }
+        let boot = boot_id()?;
+        let file = file.try_clone().ok()?;
+        every_change_shows(&file).then_some(Watch { file, boot })
+    }
+
+    /// The seal the file has now.
+    pub fn seal(&self) -> Option<Seal> {
+        Seal::now(self.boot.clone(), &self.file)
+    }
+}
+
+/// Whether each change made right after a look at the change time gets a later change time
+/// (not the same one, as coarse timestamps give within a clock tick). Tried twice on `file`
+/// itself, with a `chmod` to the mode it already has: that changes only the change time.
+fn every_change_shows(file: &File) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let stamp = || {
+        file.metadata()
+            .ok()
+            .map(|m| (m.ctime(), m.ctime_nsec(), m.permissions().mode() & 0o7777))
+    };
+    let touch = |mode: u32| file.set_permissions(std::fs::Permissions::from_mode(mode));
+    let Some((_, _, mode)) = stamp() else {
+        return false;
+    };
+    let mut looks = Vec::with_capacity(3);
+    for _ in 0..3 {
+        if touch(mode).is_err() {
+            return false;
+        }
+        match stamp() {
+            Some((secs, nanos, _)) => looks.push((secs, nanos)),
+            None => return false,
+        }
+    }
+    // Whole-second change times never qualify (a change in the same second would not show).
+    looks.iter().all(|t| t.1 != 0) && looks.windows(2).all(|w| w[0] < w[1])
 }
 
 /// Whether `clock` moves past `ctime` within 20 looks, `wait` between them; never for a
@@ -192,10 +266,55 @@ fn valid_boot(id: &str) -> bool {
     id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
+/// Whether this kernel gives multigrain change times (Linux 6.13 and later), where
+/// [`Watch::of`] must find them on ext4 and tmpfs.
+#[cfg(test)]
+pub(crate) fn kernel_has_multigrain_times() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (6, 13)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_watch_seals_the_file_as_it_is_and_any_later_change_shows_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let mut file = File::create(&path).unwrap();
+        file.write_all(b"0123").unwrap();
+        let mode = || file.metadata().unwrap().permissions();
+        let before = mode();
+        let Some(watch) = Watch::of(&file) else {
+            // The test's temporary directory is on ext4 or tmpfs here and in CI.
+            assert!(!kernel_has_multigrain_times(), "no watch on a 6.13+ kernel");
+            return;
+        };
+        // The look leaves the mode as it was.
+        assert_eq!(mode(), before);
+        // No waiting between a seal and the next change: each shows at once.
+        for round in 0..50 {
+            let seal = watch.seal().unwrap();
+            assert_eq!(seal, Seal::of(&file).unwrap());
+            assert!(seal.matches(&file));
+            // In place: the size stays, only the change time tells.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(b"x"))
+                .unwrap();
+            assert!(!seal.matches(&file), "round {round}: a write went unseen");
+        }
+    }
 
     #[test]
     fn a_file_matches_its_seal_until_it_is_written_truncated_or_replaced() {

@@ -11,7 +11,7 @@ use crate::error::ClientError;
 use crate::fetch::RangeSink;
 use crate::journal::{Journal, JournalHeader};
 use crate::native::Threads;
-use crate::seal::Seal;
+use crate::seal::{Seal, Watch};
 use sfts_protocol::{Algorithm, Digest, DigestSet, FileHeader, MultiHasher};
 use std::fs::File;
 use std::io::{self, Write};
@@ -31,10 +31,13 @@ struct Chunker {
     kind: ChunkCheck,
     /// Hash of the current chunk so far.
     chunk: ChunkHasher,
+    /// Where running seals can be taken: the partial file, watched (see [`Watch`]).
+    watch: Option<Watch>,
 }
 
 impl Chunker {
-    fn new(journal: Journal, pos: u64) -> Chunker {
+    /// `watch`: seal the file after each chunk (only where every journaled byte is trusted).
+    fn new(journal: Journal, pos: u64, watch: Option<Watch>) -> Chunker {
         let kind = journal.chunk_digest();
         Chunker {
             chunk_size: journal.header().chunk_size as u64,
@@ -43,6 +46,7 @@ impl Chunker {
             pos,
             kind,
             chunk: kind.hasher(),
+            watch,
         }
     }
 
@@ -61,8 +65,11 @@ impl Chunker {
                 let bytes = done.finish();
                 // The state belongs to the end of `buf`, so only to a chunk that ends there.
                 let state = if rest.is_empty() { state.take() } else { None };
-                self.journal
-                    .record((self.pos - 1) / self.chunk_size, bytes, state)?;
+                // The chunk's bytes are in the file (this thread gets them only after the
+                // write): a seal taken now covers them.
+                let seal = self.watch.as_ref().and_then(Watch::seal);
+                let index = (self.pos - 1) / self.chunk_size;
+                self.journal.record_sealed(index, bytes, state, seal)?;
             }
         }
         Ok(())
@@ -201,12 +208,14 @@ impl FileSink {
         whole: MultiHasher,
         trusted: bool,
     ) -> FileSink {
+        // Running seals only while every journaled byte is trusted.
+        let watch = if trusted { Watch::of(&file) } else { None };
         FileSink {
-            file,
-            journal_path: journal.path().to_path_buf(),
             chunk_size: journal.header().chunk_size,
             size: journal.header().size,
-            worker: Some(ChunkWorker::start(Chunker::new(journal, pos))),
+            journal_path: journal.path().to_path_buf(),
+            worker: Some(ChunkWorker::start(Chunker::new(journal, pos, watch))),
+            file,
             remote: remote.to_string(),
             pos,
             saves_state: whole.save().is_some(),
@@ -286,7 +295,9 @@ impl RangeSink for FileSink {
             ClientError::local("cannot create the resume journal", &self.journal_path, e)
         })?;
         self.size = header.size;
-        self.worker = Some(ChunkWorker::start(Chunker::new(journal, self.pos)));
+        // A fresh download: every byte is this run's.
+        let watch = Watch::of(&self.file);
+        self.worker = Some(ChunkWorker::start(Chunker::new(journal, self.pos, watch)));
         Ok(())
     }
 }
@@ -478,6 +489,18 @@ mod tests {
         );
     }
 
+    /// A SHA-256 download of `part` resumed at byte 4 (its first chunk, "abcd", journaled),
+    /// while that chunk is still being checked.
+    fn resumed_untrusted_at_4(part: &std::path::Path, jpath: &std::path::Path) -> FileSink {
+        let mut file = std::fs::OpenOptions::new().write(true).open(part).unwrap();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(4)).unwrap();
+        let mut j = Journal::open(jpath).unwrap().unwrap();
+        j.unseal().unwrap();
+        let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
+        whole.update(b"abcd");
+        FileSink::resumed(file, j, "a/b", 4, whole, false)
+    }
+
     #[test]
     fn a_stop_seals_the_partial_only_when_every_journaled_byte_is_known_good() {
         let dir = tempfile::tempdir().unwrap();
@@ -495,13 +518,7 @@ mod tests {
         assert_eq!(seal.size, 6);
         // Resumed while its prefix is still being checked: not sealed, until trusted.
         for trust in [false, true] {
-            let mut file = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(4)).unwrap();
-            let mut j = Journal::open(&jpath).unwrap().unwrap();
-            j.unseal().unwrap();
-            let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
-            whole.update(b"abcd");
-            let mut sink = FileSink::resumed(file, j, "a/b", 4, whole, false);
+            let mut sink = resumed_untrusted_at_4(&part, &jpath);
             sink.write_all(b"ef").unwrap();
             if trust {
                 sink.trust();
@@ -510,6 +527,43 @@ mod tests {
             let j = Journal::open(&jpath).unwrap().unwrap();
             assert_eq!(j.seal().is_some(), trust, "trusted: {trust}");
         }
+    }
+
+    #[test]
+    fn a_run_that_is_killed_leaves_the_seal_of_its_last_chunk_only_where_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("out.part");
+        let jpath = journal_path(&dir.path().join("out"));
+        let file = File::create(&part).unwrap();
+        let watched = Watch::of(&file).is_some();
+        assert!(watched || !crate::seal::kernel_has_multigrain_times());
+        let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, Algorithm::Sha256);
+        sink.begin(&header(10)).unwrap();
+        sink.write_all(b"abcd").unwrap(); // chunk 0
+                                          // What a kill -9 between two chunks leaves: the journal as the chunk thread wrote it,
+                                          // no clean stop.
+        drop(sink);
+        let j = Journal::open(&jpath).unwrap().unwrap();
+        assert_eq!(j.confirmed_bytes(), 4);
+        assert_eq!(j.seal().is_some(), watched);
+        if let Some(seal) = j.seal() {
+            assert!(seal.matches(&File::open(&part).unwrap()));
+            // The next chunk's bytes (a kill while they were written), or any other change,
+            // void it.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&part)
+                .and_then(|mut f| f.write_all(b"e"))
+                .unwrap();
+            assert!(!seal.matches(&File::open(&part).unwrap()));
+        }
+        // Resumed while its prefix is still being checked: no running seal.
+        let mut sink = resumed_untrusted_at_4(&part, &jpath);
+        sink.write_all(b"efgh").unwrap();
+        drop(sink);
+        let j = Journal::open(&jpath).unwrap().unwrap();
+        assert_eq!(j.confirmed_bytes(), 8);
+        assert!(j.seal().is_none());
     }
 
     #[test]
