@@ -338,39 +338,11 @@ fn multigrain_kernel() -> bool {
 fn a_download_killed_between_two_chunks_resumes_without_reading_the_partial_back() {
     let server = Server::start();
     let data = write_random(&server.root, "b.bin", (8 * MIB) as usize, 42);
+    let work = tempfile::tempdir().unwrap();
     // The link stalls inside the fourth chunk: the client waits there, its last journal line
     // a seal taken after the third.
-    let proxy = Proxy::start(
-        server.addr,
-        Behaviour {
-            stall_after: Some(3 * MIB + MIB / 2),
-            ..Behaviour::default()
-        },
-    );
-    let work = tempfile::tempdir().unwrap();
-    let mut cmd = client(work.path());
-    cmd.args([
-        "get",
-        &proxy.addr.to_string(),
-        "b.bin",
-        "--chunk-size",
-        "1M",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let mut child = ChildGuard(cmd.spawn().unwrap());
-    let journal = work.path().join("b.bin.sfts-journal");
-    let sealed_after_three = || {
-        let text = std::fs::read_to_string(&journal).unwrap_or_default();
-        text.lines().any(|l| l.starts_with("2 ")) && text.ends_with('\n') && {
-            let last = text.lines().last().unwrap_or_default();
-            last.starts_with("sealed ")
-        }
-    };
-    let sealed = wait_until(Duration::from_secs(30), sealed_after_three);
+    let sealed = kill_once_sealed_after(work.path(), &server, "b.bin", (0, 3 * MIB + MIB / 2), 2);
     assert_eq!(sealed, multigrain_kernel(), "a running seal after chunk 2");
-    signal(child.0.id(), "KILL");
-    let _ = wait_child(&mut child.0, Duration::from_secs(10));
     let out = run(client(work.path()).args(["get", &server.target(), "b.bin", "-v", "--json"]));
     assert_ok(&out);
     let err = stderr(&out);
@@ -383,6 +355,75 @@ fn a_download_killed_between_two_chunks_resumes_without_reading_the_partial_back
         assert!(err.contains("checking the"), "{err}");
     }
     assert!(std::fs::read(work.path().join("b.bin")).unwrap() == data);
+}
+
+/// Starts `get name` through a proxy to `server` that passes `rate` bytes/s and stalls after
+/// `stall` bytes; kills the client once its journal ends with a seal taken after chunk
+/// `chunk`, or after 30 s. Returns whether it did.
+fn kill_once_sealed_after(
+    work: &std::path::Path,
+    server: &Server,
+    name: &str,
+    (rate, stall): (u64, u64),
+    chunk: u64,
+) -> bool {
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            rate,
+            stall_after: Some(stall),
+            ..Behaviour::default()
+        },
+    );
+    let mut cmd = client(work);
+    cmd.args(["get", &proxy.addr.to_string(), name, "--chunk-size", "1M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = ChildGuard(cmd.spawn().unwrap());
+    let journal = work.join(format!("{name}.sfts-journal"));
+    let sealed = || {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        let mut last = text.lines().rev();
+        let (seal, line) = (last.next().unwrap_or(""), last.next().unwrap_or(""));
+        text.ends_with('\n')
+            && seal.starts_with("sealed ")
+            && line.starts_with(&format!("{chunk} "))
+    };
+    let found = wait_until(Duration::from_secs(30), sealed);
+    signal(child.0.id(), "KILL");
+    let _ = wait_child(&mut child.0, Duration::from_secs(10));
+    found
+}
+
+#[test]
+fn a_resume_that_checked_its_partial_seals_as_it_goes_once_the_check_is_done() {
+    let server = Server::start();
+    let data = write_random(&server.root, "g.bin", (8 * MIB) as usize, 43);
+    let work = tempfile::tempdir().unwrap();
+    // A crash while writing chunk 2: its resume reads chunks 0 and 1 back.
+    assert_eq!(
+        kill_once_sealed_after(work.path(), &server, "g.bin", (0, 2 * MIB + MIB / 2), 1),
+        multigrain_kernel()
+    );
+    write_in_flight(work.path(), "g.bin");
+    // The resume (from byte 2 MiB) gets two more chunks, slowly, and stalls in the third:
+    // its check is long done by then, so it seals after each, and is killed.
+    let sealed = kill_once_sealed_after(
+        work.path(),
+        &server,
+        "g.bin",
+        (4 * MIB, 2 * MIB + MIB / 2),
+        3,
+    );
+    assert_eq!(sealed, multigrain_kernel());
+    let out = run(client(work.path()).args(["get", &server.target(), "g.bin", "-v", "--json"]));
+    assert_ok(&out);
+    let err = stderr(&out);
+    if sealed {
+        assert!(err.contains("(sealed), so it is not read back"), "{err}");
+        assert_eq!(num(&json(&out), "bytes_reused_sealed"), 4 * MIB, "{err}");
+    }
+    assert!(std::fs::read(work.path().join("g.bin")).unwrap() == data);
 }
 
 #[test]

@@ -45,6 +45,13 @@ struct CheckWork {
     /// The next chunk to take.
     next: AtomicUsize,
     stop: AtomicBool,
+    /// Chunks not yet checked.
+    left: AtomicUsize,
+    /// A chunk did not match.
+    bad: AtomicBool,
+    /// Set once every chunk was checked and all matched: shared with the download's sink,
+    /// which may then seal the file as it goes ([`crate::seal::Watch`]).
+    trusted: Arc<AtomicBool>,
 }
 
 impl CheckWork {
@@ -65,8 +72,11 @@ impl CheckWork {
             let (start, end) = self.header.chunk_range(index as u64);
             let chunk = &mut buf[..(end - start) as usize];
             match self.file.read_exact_at(chunk, start) {
-                Ok(()) if self.kind.of(chunk) == *expected => {}
-                Ok(()) => bad.push(index as u64),
+                Ok(()) if self.kind.of(chunk) == *expected => self.checked(true),
+                Ok(()) => {
+                    bad.push(index as u64);
+                    self.checked(false);
+                }
                 Err(e) => {
                     // The check has failed: the other threads need not read on.
                     self.stop.store(true, Ordering::Relaxed);
@@ -79,6 +89,16 @@ impl CheckWork {
         }
         Ok(bad)
     }
+
+    /// Counts one more chunk checked: the last sets `trusted` when none was bad.
+    fn checked(&self, good: bool) {
+        if !good {
+            self.bad.store(true, Ordering::SeqCst);
+        }
+        if self.left.fetch_sub(1, Ordering::SeqCst) == 1 && !self.bad.load(Ordering::SeqCst) {
+            self.trusted.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// The most helper threads a prefix check uses. Reading back and hashing is what a resume
@@ -86,11 +106,14 @@ impl CheckWork {
 const CHECK_THREADS: usize = 4;
 
 impl PrefixCheck {
+    /// Starts checking `part`'s chunks against `expected`; sets `trusted` once every one was
+    /// found good (at once when there is none).
     pub fn start(
         part: &Path,
         header: &JournalHeader,
         kind: ChunkCheck,
         expected: Vec<[u8; 32]>,
+        trusted: Arc<AtomicBool>,
     ) -> io::Result<PrefixCheck> {
         let file = File::open(part)?;
         // Read once and never again: without this, every page read a second time is moved
@@ -108,14 +131,20 @@ impl PrefixCheck {
         let threads = (cores - 1)
             .clamp(1, CHECK_THREADS)
             .min(expected.len().max(1));
+        if expected.is_empty() {
+            trusted.store(true, Ordering::Release);
+        }
         let work = Arc::new(CheckWork {
             file,
             path: part.to_path_buf(),
             header: header.clone(),
             kind,
+            left: AtomicUsize::new(expected.len()),
             expected,
             next: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            bad: AtomicBool::new(false),
+            trusted,
         });
         let mut handles = Vec::with_capacity(threads);
         for _ in 0..threads {
@@ -218,13 +247,42 @@ mod tests {
             bytes[(i * chunk + 7) as usize] ^= 1;
         }
         std::fs::write(&part, &bytes).unwrap();
-        let check = PrefixCheck::start(&part, &header, kind, expected.clone()).unwrap();
-        assert_eq!(check.finish().unwrap(), vec![0, 3, 4, 8]);
+        let trusted = Arc::new(AtomicBool::new(false));
+        let check = PrefixCheck::start(&part, &header, kind, expected.clone(), trusted.clone());
+        assert_eq!(check.unwrap().finish().unwrap(), vec![0, 3, 4, 8]);
+        assert!(!trusted.load(Ordering::Acquire), "bad chunks, yet trusted");
         // A partial cut short is an error, not a list.
         std::fs::write(&part, &bytes[..5000]).unwrap();
-        let check = PrefixCheck::start(&part, &header, kind, expected).unwrap();
+        let check = PrefixCheck::start(&part, &header, kind, expected, trusted.clone()).unwrap();
         let err = check.finish().unwrap_err();
         assert!(err.to_string().contains("f.sfts-part"), "{err}");
+        assert!(!trusted.load(Ordering::Acquire), "unreadable, yet trusted");
+    }
+
+    #[test]
+    fn a_prefix_found_all_good_is_trusted_as_soon_as_the_last_chunk_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("t.sfts-part");
+        let bytes: Vec<u8> = (0..6 * 4096).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&part, &bytes).unwrap();
+        let (header, expected) = journaled(&bytes, 4096);
+        let trusted = Arc::new(AtomicBool::new(false));
+        let check = PrefixCheck::start(&part, &header, KIND, expected, trusted.clone()).unwrap();
+        // The helpers alone check all six (bounded: 10 s).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !trusted.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            trusted.load(Ordering::Acquire),
+            "not trusted once all were checked"
+        );
+        assert_eq!(check.finish().unwrap(), Vec::<u64>::new());
+        // Nothing to check: trusted from the start.
+        let none = Arc::new(AtomicBool::new(false));
+        let check = PrefixCheck::start(&part, &header, KIND, Vec::new(), none.clone()).unwrap();
+        assert!(none.load(Ordering::Acquire));
+        assert_eq!(check.finish().unwrap(), Vec::<u64>::new());
     }
 
     /// A check of `part` against `expected` with no helper thread, whose next chunk to take
@@ -240,9 +298,12 @@ mod tests {
             path: part.to_path_buf(),
             header,
             kind: KIND,
+            left: AtomicUsize::new(expected.len() - next),
             expected,
             next: AtomicUsize::new(next),
             stop: AtomicBool::new(false),
+            bad: AtomicBool::new(false),
+            trusted: Arc::new(AtomicBool::new(false)),
         });
         let check = PrefixCheck {
             work: Arc::clone(&work),

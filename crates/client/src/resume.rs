@@ -42,6 +42,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How often a file may change under a download before the client gives up.
@@ -372,7 +374,8 @@ fn resume_file(
     // Whatever lies past the verified part was never confirmed: drop it and fetch the rest.
     truncate_to(&mut file, confirmed, part)?;
     // Every chunk up to `confirmed` was just read back and checked (or repaired).
-    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole, true);
+    let trusted = Arc::new(AtomicBool::new(true));
+    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole, trusted);
     let digests = DigestSet::of(&[opts.algorithm]);
     let fetched = match f.fetch(confirmed, TO_END, digests, &mut version, &mut sink, &kept) {
         Ok(fetched) => fetched,
@@ -504,10 +507,12 @@ fn continue_from_state(
     });
     // Whatever lies past the journaled part was never confirmed: drop it.
     truncate_to(&mut file, confirmed, part)?;
+    // Trusted when sealed; else once the check found every chunk good.
+    let trusted = Arc::new(AtomicBool::new(sealed));
     let check = if sealed {
         None
     } else {
-        let started = PrefixCheck::start(part, &header, kind, expected.clone())
+        let started = PrefixCheck::start(part, &header, kind, expected.clone(), trusted.clone())
             .map_err(|e| ClientError::local("cannot read", part, e))?;
         Some(started)
     };
@@ -530,7 +535,7 @@ fn continue_from_state(
             journaled
         );
     }
-    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole, sealed);
+    let mut sink = FileSink::resumed(file, journal, &opts.remote, confirmed, whole, trusted);
     let digests = DigestSet::of(&[opts.algorithm]);
     let fetched = match f.fetch(confirmed, TO_END, digests, &mut version, &mut sink, &kept) {
         Ok(fetched) => fetched,

@@ -17,7 +17,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Cuts the stream of written bytes into journal chunks, hashes each and records it.
@@ -33,11 +35,13 @@ struct Chunker {
     chunk: ChunkHasher,
     /// Where running seals can be taken: the partial file, watched (see [`Watch`]).
     watch: Option<Watch>,
+    /// Every journaled byte is known good ([`FileSink`]'s `trusted`): only then is a running
+    /// seal taken.
+    trusted: Arc<AtomicBool>,
 }
 
 impl Chunker {
-    /// `watch`: seal the file after each chunk (only where every journaled byte is trusted).
-    fn new(journal: Journal, pos: u64, watch: Option<Watch>) -> Chunker {
+    fn new(journal: Journal, pos: u64, watch: Option<Watch>, trusted: Arc<AtomicBool>) -> Chunker {
         let kind = journal.chunk_digest();
         Chunker {
             chunk_size: journal.header().chunk_size as u64,
@@ -47,6 +51,7 @@ impl Chunker {
             kind,
             chunk: kind.hasher(),
             watch,
+            trusted,
         }
     }
 
@@ -67,7 +72,10 @@ impl Chunker {
                 let state = if rest.is_empty() { state.take() } else { None };
                 // The chunk's bytes are in the file (this thread gets them only after the
                 // write): a seal taken now covers them.
-                let seal = self.watch.as_ref().and_then(Watch::seal);
+                let seal = match &self.watch {
+                    Some(watch) if self.trusted.load(Ordering::Acquire) => watch.seal(),
+                    _ => None,
+                };
                 let index = (self.pos - 1) / self.chunk_size;
                 self.journal.record_sealed(index, bytes, state, seal)?;
             }
@@ -168,8 +176,10 @@ pub struct FileSink {
     saves_state: bool,
     /// Every journaled byte in the file was written by this run, or checked (or found sealed)
     /// before it continued: trusted as far as a download that is never interrupted trusts its
-    /// file. Only then does [`FileSink::sync`] seal the file.
-    trusted: bool,
+    /// file. Only then does [`FileSink::sync`] seal the file, and the chunk thread take
+    /// running seals. Shared with the check of a resumed partial, which sets it once every
+    /// chunk it read back matched.
+    trusted: Arc<AtomicBool>,
 }
 
 impl FileSink {
@@ -192,29 +202,30 @@ impl FileSink {
             pos: 0,
             saves_state: whole.save().is_some(),
             whole,
-            trusted: true,
+            trusted: Arc::new(AtomicBool::new(true)),
         }
     }
 
     /// A sink that continues a partial file at `pos` (a chunk boundary of the journal), with
     /// `whole` already fed with the first `pos` bytes. The file's cursor must be at `pos`.
-    /// `trusted`: the first `pos` bytes are known good already (else they are being checked
-    /// meanwhile, and an interruption leaves no seal).
+    /// `trusted`: whether the first `pos` bytes are known good (else they are being checked
+    /// meanwhile, and the check sets it once they all are; until then an interruption leaves
+    /// no seal).
     pub fn resumed(
         file: File,
         journal: Journal,
         remote: &str,
         pos: u64,
         whole: MultiHasher,
-        trusted: bool,
+        trusted: Arc<AtomicBool>,
     ) -> FileSink {
-        // Running seals only while every journaled byte is trusted.
-        let watch = if trusted { Watch::of(&file) } else { None };
+        let watch = Watch::of(&file);
+        let chunker = Chunker::new(journal, pos, watch, Arc::clone(&trusted));
         FileSink {
-            chunk_size: journal.header().chunk_size,
-            size: journal.header().size,
-            journal_path: journal.path().to_path_buf(),
-            worker: Some(ChunkWorker::start(Chunker::new(journal, pos, watch))),
+            chunk_size: chunker.journal.header().chunk_size,
+            size: chunker.size,
+            journal_path: chunker.journal.path().to_path_buf(),
+            worker: Some(ChunkWorker::start(chunker)),
             file,
             remote: remote.to_string(),
             pos,
@@ -227,7 +238,7 @@ impl FileSink {
     /// Marks the journaled bytes as known good (the check that ran beside the download
     /// found them so): [`FileSink::sync`] may seal the file.
     pub fn trust(&mut self) {
-        self.trusted = true;
+        self.trusted.store(true, Ordering::Release);
     }
 
     /// Bytes written so far.
@@ -252,7 +263,7 @@ impl FileSink {
                 return;
             }
         };
-        if self.trusted && synced.is_ok() {
+        if self.trusted.load(Ordering::Acquire) && synced.is_ok() {
             if let Some(seal) = Seal::settled(&self.file) {
                 if let Err(e) = journal.record_seal(seal) {
                     tracing::warn!("cannot seal the partial download: {e}");
@@ -295,9 +306,9 @@ impl RangeSink for FileSink {
             ClientError::local("cannot create the resume journal", &self.journal_path, e)
         })?;
         self.size = header.size;
-        // A fresh download: every byte is this run's.
         let watch = Watch::of(&self.file);
-        self.worker = Some(ChunkWorker::start(Chunker::new(journal, self.pos, watch)));
+        let chunker = Chunker::new(journal, self.pos, watch, Arc::clone(&self.trusted));
+        self.worker = Some(ChunkWorker::start(chunker));
         Ok(())
     }
 }
@@ -490,15 +501,19 @@ mod tests {
     }
 
     /// A SHA-256 download of `part` resumed at byte 4 (its first chunk, "abcd", journaled),
-    /// while that chunk is still being checked.
-    fn resumed_untrusted_at_4(part: &std::path::Path, jpath: &std::path::Path) -> FileSink {
+    /// while that chunk is still being checked (until `trusted` is set).
+    fn resumed_at_4(
+        part: &std::path::Path,
+        jpath: &std::path::Path,
+        trusted: &Arc<AtomicBool>,
+    ) -> FileSink {
         let mut file = std::fs::OpenOptions::new().write(true).open(part).unwrap();
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(4)).unwrap();
         let mut j = Journal::open(jpath).unwrap().unwrap();
         j.unseal().unwrap();
         let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]));
         whole.update(b"abcd");
-        FileSink::resumed(file, j, "a/b", 4, whole, false)
+        FileSink::resumed(file, j, "a/b", 4, whole, Arc::clone(trusted))
     }
 
     #[test]
@@ -518,7 +533,7 @@ mod tests {
         assert_eq!(seal.size, 6);
         // Resumed while its prefix is still being checked: not sealed, until trusted.
         for trust in [false, true] {
-            let mut sink = resumed_untrusted_at_4(&part, &jpath);
+            let mut sink = resumed_at_4(&part, &jpath, &Arc::new(AtomicBool::new(false)));
             sink.write_all(b"ef").unwrap();
             if trust {
                 sink.trust();
@@ -557,13 +572,35 @@ mod tests {
                 .unwrap();
             assert!(!seal.matches(&File::open(&part).unwrap()));
         }
-        // Resumed while its prefix is still being checked: no running seal.
-        let mut sink = resumed_untrusted_at_4(&part, &jpath);
+        // Resumed while its prefix is still being checked: no running seal until the check
+        // found it good.
+        let trusted = Arc::new(AtomicBool::new(false));
+        let mut sink = resumed_at_4(&part, &jpath, &trusted);
         sink.write_all(b"efgh").unwrap();
+        // The chunk thread journals it meanwhile (bounded wait: 10 s).
+        let journaled = || std::fs::read_to_string(&jpath).unwrap().contains("\n1 ");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !journaled() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(journaled());
+        trusted.store(true, Ordering::Release);
+        sink.write_all(b"ij").unwrap();
         drop(sink);
         let j = Journal::open(&jpath).unwrap().unwrap();
-        assert_eq!(j.confirmed_bytes(), 8);
-        assert!(j.seal().is_none());
+        assert_eq!(j.confirmed_bytes(), 10);
+        assert_eq!(
+            j.seal().is_some(),
+            watched,
+            "the chunk after the check is sealed"
+        );
+        let text = std::fs::read_to_string(&jpath).unwrap();
+        let after_unsealed = &text[text.rfind("unsealed").unwrap()..];
+        assert_eq!(
+            after_unsealed.matches("sealed ").count(),
+            usize::from(watched),
+            "{text}"
+        );
     }
 
     #[test]
