@@ -325,13 +325,21 @@ fn write_in_flight(work: &std::path::Path, name: &str) {
         .unwrap();
 }
 
-/// Whether this kernel gives multigrain change times (Linux 6.13+), which running seals need.
-fn multigrain_kernel() -> bool {
+/// Whether running seals must be taken in `dir`: Linux 6.13+ (multigrain change times) on
+/// ext4, tmpfs, XFS or Btrfs.
+fn multigrain_here(dir: &std::path::Path) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut n = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u32>().unwrap_or(0));
-    (n.next().unwrap_or(0), n.next().unwrap_or(0)) >= (6, 13)
+    let kernel = (n.next().unwrap_or(0), n.next().unwrap_or(0)) >= (6, 13);
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    kernel && ["ext2/ext3", "tmpfs", "xfs", "btrfs"].contains(&fs.as_str())
 }
 
 #[test]
@@ -342,7 +350,11 @@ fn a_download_killed_between_two_chunks_resumes_without_reading_the_partial_back
     // The link stalls inside the fourth chunk: the client waits there, its last journal line
     // a seal taken after the third.
     let sealed = kill_once_sealed_after(work.path(), &server, "b.bin", (0, 3 * MIB + MIB / 2), 2);
-    assert_eq!(sealed, multigrain_kernel(), "a running seal after chunk 2");
+    assert_eq!(
+        sealed,
+        multigrain_here(work.path()),
+        "a running seal after chunk 2"
+    );
     let out = run(client(work.path()).args(["get", &server.target(), "b.bin", "-v", "--json"]));
     assert_ok(&out);
     let err = stderr(&out);
@@ -403,7 +415,7 @@ fn a_resume_that_checked_its_partial_seals_as_it_goes_once_the_check_is_done() {
     // A crash while writing chunk 2: its resume reads chunks 0 and 1 back.
     assert_eq!(
         kill_once_sealed_after(work.path(), &server, "g.bin", (0, 2 * MIB + MIB / 2), 1),
-        multigrain_kernel()
+        multigrain_here(work.path())
     );
     write_in_flight(work.path(), "g.bin");
     // The resume (from byte 2 MiB) gets two more chunks, slowly, and stalls in the third:
@@ -415,7 +427,7 @@ fn a_resume_that_checked_its_partial_seals_as_it_goes_once_the_check_is_done() {
         (4 * MIB, 2 * MIB + MIB / 2),
         3,
     );
-    assert_eq!(sealed, multigrain_kernel());
+    assert_eq!(sealed, multigrain_here(work.path()));
     let out = run(client(work.path()).args(["get", &server.target(), "g.bin", "-v", "--json"]));
     assert_ok(&out);
     let err = stderr(&out);
@@ -427,7 +439,7 @@ fn a_resume_that_checked_its_partial_seals_as_it_goes_once_the_check_is_done() {
 }
 
 #[test]
-fn a_download_killed_while_writing_is_read_back_on_resume() {
+fn a_partial_changed_after_its_last_seal_is_read_back_on_resume() {
     let (server, data, proxy) = throttled("k.bin", 8 * MIB, 38);
     let work = tempfile::tempdir().unwrap();
     download_then_kill(work.path(), &proxy.addr.to_string(), "k.bin", 3 * MIB);

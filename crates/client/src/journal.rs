@@ -17,9 +17,10 @@
 //!
 //! A download that stops cleanly appends a last line `sealed <boot id> <dev> <inode> <size>
 //! <ctime s> <ctime ns>` describing the partial file as it left it ([`crate::seal`]); a resume
-//! that finds the file still so does not read it back. Where the file system allows it, a
-//! running download also writes such a line after every chunk line, in the same `write`, so
-//! a run killed between two chunks leaves a seal too. Any line after it voids it, and a run
+//! that finds the file still so does not read it back. A running SHA-256 or MD5 download
+//! also writes such a line after every chunk line, in the same `write`, where the file
+//! system allows it and every journaled byte is trusted, so a run killed between two writes
+//! leaves a seal too ([`crate::seal::Watch`]). Any line after it voids it, and a run
 //! that resumes appends `unsealed` before it changes the file (releases before the seal skip
 //! both as lines they do not understand).
 //!
@@ -176,8 +177,7 @@ impl Journal {
 
     /// Appends `seal` (the partial file as it is now, synced). One `write`, like a chunk line.
     pub fn record_seal(&mut self, seal: Seal) -> io::Result<()> {
-        let line = format!("{SEAL_WORD}{}\n", seal.to_fields());
-        self.file.write_all(line.as_bytes())?;
+        self.file.write_all(seal_line(&seal).as_bytes())?;
         self.seal = Some(seal);
         Ok(())
     }
@@ -260,9 +260,7 @@ impl Journal {
             None => format!("{index} {hex}\n"),
         };
         if let Some(seal) = &seal {
-            line.push_str(SEAL_WORD);
-            line.push_str(&seal.to_fields());
-            line.push('\n');
+            line.push_str(&seal_line(seal));
         }
         self.file.write_all(line.as_bytes())?;
         *slot = Some(Entry { digest, state });
@@ -281,6 +279,11 @@ impl Journal {
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+}
+
+/// The journal line of `seal`.
+fn seal_line(seal: &Seal) -> String {
+    format!("{SEAL_WORD}{}\n", seal.to_fields())
 }
 
 type Parsed = (JournalHeader, ChunkCheck, Vec<Option<Entry>>, Option<Seal>);

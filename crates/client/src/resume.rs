@@ -540,9 +540,10 @@ fn continue_from_state(
     let fetched = match f.fetch(confirmed, TO_END, digests, &mut version, &mut sink, &kept) {
         Ok(fetched) => fetched,
         Err(e) => {
-            // A check that already found every chunk good lets this stop be sealed too.
-            if check.is_some_and(PrefixCheck::stop) {
-                sink.trust();
+            // A check that already found every chunk good has set `trusted`: this stop is
+            // sealed too.
+            if let Some(check) = check {
+                check.stop();
             }
             sink.sync();
             return Err(e);

@@ -1,4 +1,5 @@
-//! The seal: what a partial download looked like when the run that wrote it stopped cleanly.
+//! The seal: what a partial download looked like when the run that wrote it stopped cleanly,
+//! or after the last chunk it journaled.
 //!
 //! A resume reads every journaled chunk back and checks it, because the partial file may have
 //! changed since it was written: a crash or power cut before the bytes reached the disk,
@@ -15,32 +16,38 @@
 //! partial file forces that.
 //!
 //! A run that is killed (`kill -9`, the out-of-memory killer) has no clean stop, so while a
-//! download runs the journal also gets a seal after every chunk, in the same write as the
-//! chunk's line ([`Watch`]), where change times always move on a change made right after
-//! they were looked at (Linux 6.13 and later on ext4, XFS, Btrfs and tmpfs). Killed between
-//! two chunks, the run leaves a seal that still holds; killed while it wrote the next chunk,
-//! the file changed after the seal and is read back.
+//! download runs the journal also gets a running seal with every chunk, in the same write as
+//! the chunk's line ([`Watch`]): taken once the write that completed the chunk is in the
+//! file, where change times always move on a change made right after they were looked at
+//! (Linux 6.13 and later on ext4, XFS, Btrfs and tmpfs), for SHA-256 and MD5 downloads (whose
+//! resume continues the saved hash state, so a seal spares it the read-back), and only while
+//! every journaled byte is trusted (written by this run, or checked or found sealed before).
+//! Killed between two writes, the run leaves a seal that still holds; killed while it wrote
+//! the next bytes, the file changed after the seal and is read back. A running seal is not
+//! synced: a crash of the machine changes the boot id anyway.
 //!
 //! Seals are made and trusted only on file systems that keep a change time no program can set
 //! (ext2/3/4, XFS, Btrfs, F2FS, ZFS, tmpfs, and overlayfs over them): FAT and exFAT, for one,
 //! have none, and network file systems may cache it. Elsewhere every resume reads back.
 //!
-//! A seal is taken only once the clock that stamps change times has moved past the file's
-//! (at most a clock tick, a few milliseconds), so any later change gets a later change time;
-//! on file systems whose change times are whole seconds (ext2, ext3, ext4 with small inodes)
-//! no seal is taken at all.
+//! The seal of a clean stop is taken only once the clock that stamps change times has moved
+//! past the file's (at most a clock tick, a few milliseconds), so any later change gets a
+//! later change time; on file systems whose change times are whole seconds (ext2, ext3, ext4
+//! with small inodes) no seal is taken at all. A failed flush at a stop voids any running
+//! seal (the kernel may have dropped pages it could not write).
 //!
 //! What the seal does not cover, as a download that is never interrupted does not either
 //! between its writes and its rename: another program writing to the partial file while this
 //! client runs (what it wrote before the seal is sealed in; on tmpfs, which never
 //! write-protects pages again, a program that already had the file mapped for writing can go
 //! on changing it without a new change time); the storage returning other bytes than were
-//! written without an error; and someone with raw access to the device editing it offline.
+//! written without an error (or, after a `kill -9`, failing to write pages back with no
+//! process left to be told); and someone with raw access to the device editing it offline.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-/// The identity and state of a partial file at a clean stop.
+/// The identity and state of a partial file at a clean stop or after a journaled chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seal {
     /// The boot the file was written in (`/proc/sys/kernel/random/boot_id`).
@@ -116,16 +123,16 @@ impl Seal {
     }
 }
 
-/// Seals taken while a download runs, one after each journaled chunk, so that a run that is
-/// killed (`kill -9`, the out-of-memory killer, a closed terminal) leaves one too.
+/// Seals taken while a download runs, one with each journaled chunk, so that a run that is
+/// killed (`kill -9`, the out-of-memory killer) leaves one too.
 ///
-/// Such a seal is taken without waiting for the clock (the next chunk is already on its way):
-/// it can be trusted only where a change made right after the change time was looked at
+/// Such a seal is taken without waiting for the clock (the next bytes are already on their
+/// way): it can be trusted only where a change made right after the change time was looked at
 /// always gets another change time. Linux 6.13 and later do that on ext4, XFS, Btrfs and tmpfs
 /// ("multigrain" timestamps); [`Watch::of`] checks it on the file itself. A seal taken after
-/// chunk `k` holds only while nothing at all has changed the file since, this client's own
-/// write of chunk `k + 1` included: killed between the two, the next run finds the file
-/// sealed; killed after the next write began, it reads the file back.
+/// the write that completed chunk `k` holds only while nothing at all has changed the file
+/// since, this client's own next write included: killed between the two, the next run finds
+/// the file sealed; killed after the next write began, it reads the file back.
 pub struct Watch {
     file: File,
     boot: String,
@@ -151,31 +158,38 @@ impl Watch {
 }
 
 /// Whether each change made right after a look at the change time gets a later change time
-/// (not the same one, as coarse timestamps give within a clock tick). Tried twice on `file`
-/// itself, with a `chmod` to the mode it already has: that changes only the change time.
+/// (not the same one, as coarse timestamps give within a clock tick). Tried on `file` itself:
+/// three changes, each a `chmod` to the mode it already has (which changes only the change
+/// time; the partial is this client's own file, so no set-group-ID bit is lost), each looked
+/// at. The three looks must be strictly later each time and all within a millisecond: coarse
+/// stamps can only move by whole ticks (1 ms or more), so two moves within a millisecond are
+/// fine-grained ones. Up to three tries (a thread preempted between two changes can take
+/// longer than that).
 fn every_change_shows(file: &File) -> bool {
+    (0..3).any(|_| three_changes_show(file))
+}
+
+/// One try of [`every_change_shows`].
+fn three_changes_show(file: &File) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let stamp = || {
-        file.metadata()
-            .ok()
-            .map(|m| (m.ctime(), m.ctime_nsec(), m.permissions().mode() & 0o7777))
-    };
-    let touch = |mode: u32| file.set_permissions(std::fs::Permissions::from_mode(mode));
-    let Some((_, _, mode)) = stamp() else {
+    let Ok(m) = file.metadata() else {
         return false;
     };
+    let mode = std::fs::Permissions::from_mode(m.permissions().mode() & 0o7777);
     let mut looks = Vec::with_capacity(3);
     for _ in 0..3 {
-        if touch(mode).is_err() {
+        if file.set_permissions(mode.clone()).is_err() {
             return false;
         }
-        match stamp() {
-            Some((secs, nanos, _)) => looks.push((secs, nanos)),
-            None => return false,
+        match file.metadata() {
+            Ok(m) => looks.push(m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128),
+            Err(_) => return false,
         }
     }
+    let within_a_tick = looks[2] - looks[0] < 1_000_000;
     // Whole-second change times never qualify (a change in the same second would not show).
-    looks.iter().all(|t| t.1 != 0) && looks.windows(2).all(|w| w[0] < w[1])
+    let fine = looks.iter().all(|t| t % 1_000_000_000 != 0);
+    fine && within_a_tick && looks.windows(2).all(|w| w[0] < w[1])
 }
 
 /// Whether `clock` moves past `ctime` within 20 looks, `wait` between them; never for a
@@ -229,36 +243,40 @@ fn boot_id() -> Option<String> {
 
 /// Whether `file`'s file system keeps a change time that only the kernel sets.
 fn keeps_change_times(file: &File) -> bool {
+    const TRUSTED: [u32; 8] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // XFS
+        0x9123_683E, // Btrfs
+        0xF2F5_2010, // F2FS
+        0x2FC1_2FC1, // ZFS
+        0x0102_1994, // tmpfs
+        0x794C_7630, // overlayfs (its change times are the upper file system's)
+        0xCA45_1A4E, // bcachefs
+    ];
+    fs_magic(file).is_some_and(|kind| TRUSTED.contains(&kind))
+}
+
+/// The magic number of `file`'s file system (Linux only).
+fn fs_magic(file: &File) -> Option<u32> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        const TRUSTED: [u32; 8] = [
-            0xEF53,      // ext2, ext3, ext4
-            0x5846_5342, // XFS
-            0x9123_683E, // Btrfs
-            0xF2F5_2010, // F2FS
-            0x2FC1_2FC1, // ZFS
-            0x0102_1994, // tmpfs
-            0x794C_7630, // overlayfs (its change times are the upper file system's)
-            0xCA45_1A4E, // bcachefs
-        ];
         let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
         // SAFETY: fstatfs fills `st` for an open descriptor; read only when it succeeded.
         if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
-            return false;
+            return None;
         }
         // SAFETY: initialised by the successful call above.
         let raw = unsafe { st.assume_init() }.f_type;
         // `f_type` is an i64 here and an i32 on 32-bit targets (where Btrfs's is negative):
         // its low 32 bits are the magic number either way.
         #[allow(clippy::unnecessary_cast)]
-        let kind = raw as i64 as u64 as u32;
-        TRUSTED.contains(&kind)
+        Some(raw as i64 as u64 as u32)
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = file;
-        false
+        None
     }
 }
 
@@ -266,10 +284,14 @@ fn valid_boot(id: &str) -> bool {
     id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
-/// Whether this kernel gives multigrain change times (Linux 6.13 and later), where
-/// [`Watch::of`] must find them on ext4 and tmpfs.
+/// Whether [`Watch::of`] must find multigrain change times for `file`: Linux 6.13 or later,
+/// and ext4 or tmpfs (where the tests' temporary files are, here and in CI), XFS or Btrfs.
 #[cfg(test)]
-pub(crate) fn kernel_has_multigrain_times() -> bool {
+pub(crate) fn multigrain_expected(file: &File) -> bool {
+    let multigrain = [0xEF53, 0x0102_1994, 0x5846_5342, 0x9123_683E];
+    if !fs_magic(file).is_some_and(|kind| multigrain.contains(&kind)) {
+        return false;
+    }
     let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
         return false;
     };
@@ -295,8 +317,7 @@ mod tests {
         let mode = || file.metadata().unwrap().permissions();
         let before = mode();
         let Some(watch) = Watch::of(&file) else {
-            // The test's temporary directory is on ext4 or tmpfs here and in CI.
-            assert!(!kernel_has_multigrain_times(), "no watch on a 6.13+ kernel");
+            assert!(!multigrain_expected(&file), "no watch on a 6.13+ kernel");
             return;
         };
         // The look leaves the mode as it was.

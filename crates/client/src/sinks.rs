@@ -33,15 +33,10 @@ struct Chunker {
     kind: ChunkCheck,
     /// Hash of the current chunk so far.
     chunk: ChunkHasher,
-    /// Where running seals can be taken: the partial file, watched (see [`Watch`]).
-    watch: Option<Watch>,
-    /// Every journaled byte is known good ([`FileSink`]'s `trusted`): only then is a running
-    /// seal taken.
-    trusted: Arc<AtomicBool>,
 }
 
 impl Chunker {
-    fn new(journal: Journal, pos: u64, watch: Option<Watch>, trusted: Arc<AtomicBool>) -> Chunker {
+    fn new(journal: Journal, pos: u64) -> Chunker {
         let kind = journal.chunk_digest();
         Chunker {
             chunk_size: journal.header().chunk_size as u64,
@@ -50,14 +45,17 @@ impl Chunker {
             pos,
             kind,
             chunk: kind.hasher(),
-            watch,
-            trusted,
         }
     }
 
-    /// Digests `buf`; `state` is the whole-file hash state after its last byte, recorded with
-    /// the chunk that `buf` completes (if it completes one).
-    fn feed(&mut self, buf: &[u8], mut state: Option<Vec<u8>>) -> io::Result<()> {
+    /// Digests `buf`; `state` (the whole-file hash state after its last byte) and `seal` (the
+    /// file once `buf` was in it) are recorded with the chunk that `buf` completes, if any.
+    fn feed(
+        &mut self,
+        buf: &[u8],
+        mut state: Option<Vec<u8>>,
+        mut seal: Option<Seal>,
+    ) -> io::Result<()> {
         let mut rest = buf;
         while !rest.is_empty() {
             let room = self.chunk_size - self.pos % self.chunk_size;
@@ -68,13 +66,10 @@ impl Chunker {
             if self.pos % self.chunk_size == 0 || self.pos == self.size {
                 let done = std::mem::replace(&mut self.chunk, self.kind.hasher());
                 let bytes = done.finish();
-                // The state belongs to the end of `buf`, so only to a chunk that ends there.
-                let state = if rest.is_empty() { state.take() } else { None };
-                // The chunk's bytes are in the file (this thread gets them only after the
-                // write): a seal taken now covers them.
-                let seal = match &self.watch {
-                    Some(watch) if self.trusted.load(Ordering::Acquire) => watch.seal(),
-                    _ => None,
+                // Both belong to the end of `buf`, so only to a chunk that ends there.
+                let (state, seal) = match rest.is_empty() {
+                    true => (state.take(), seal.take()),
+                    false => (None, None),
                 };
                 let index = (self.pos - 1) / self.chunk_size;
                 self.journal.record_sealed(index, bytes, state, seal)?;
@@ -89,8 +84,14 @@ impl Chunker {
 /// at most that and the chunk being written.
 const WORKER_QUEUE: usize = 0;
 
-/// A written buffer for the chunk worker, with the whole-file hash state after it.
-type Written = (Vec<u8>, Option<Vec<u8>>);
+/// A written buffer for the chunk worker.
+struct Written {
+    buf: Vec<u8>,
+    /// The whole-file hash state after it.
+    state: Option<Vec<u8>>,
+    /// The partial file once it was written (a running seal, [`Watch`]).
+    seal: Option<Seal>,
+}
 
 /// The per-chunk digests on a second thread, so a download to disk hashes on two cores: the
 /// receiving thread computes the whole-file digest, this one the journal's chunk digests.
@@ -109,8 +110,8 @@ impl ChunkWorker {
         let handle = std::thread::Builder::new()
             .name("chunk-digests".into())
             .spawn(move || {
-                for (buf, state) in rx {
-                    chunker.feed(&buf, state)?;
+                for Written { buf, state, seal } in rx {
+                    chunker.feed(&buf, state, seal)?;
                     let _ = give_back.send(buf);
                 }
                 Ok(chunker.journal)
@@ -123,11 +124,16 @@ impl ChunkWorker {
         }
     }
 
-    fn feed(&mut self, buf: &[u8], state: Option<Vec<u8>>) -> io::Result<()> {
+    fn feed(&mut self, buf: &[u8], state: Option<Vec<u8>>, seal: Option<Seal>) -> io::Result<()> {
         let mut copy = self.spare.try_recv().unwrap_or_default();
         copy.clear();
         copy.extend_from_slice(buf);
-        let sent = self.tx.as_ref().map(|tx| tx.send((copy, state)));
+        let written = Written {
+            buf: copy,
+            state,
+            seal,
+        };
+        let sent = self.tx.as_ref().map(|tx| tx.send(written));
         match sent {
             Some(Ok(())) => Ok(()),
             // The worker stopped: its error says why.
@@ -176,10 +182,14 @@ pub struct FileSink {
     saves_state: bool,
     /// Every journaled byte in the file was written by this run, or checked (or found sealed)
     /// before it continued: trusted as far as a download that is never interrupted trusts its
-    /// file. Only then does [`FileSink::sync`] seal the file, and the chunk thread take
-    /// running seals. Shared with the check of a resumed partial, which sets it once every
-    /// chunk it read back matched.
+    /// file. Only then does [`FileSink::sync`] seal the file, and each write that completes
+    /// a chunk take a running seal. Shared with the check of a resumed partial, which sets it
+    /// once every chunk it read back matched.
     trusted: Arc<AtomicBool>,
+    /// Watches the file for running seals ([`Watch`]): where the whole-file hash state is
+    /// saved (only a resume that continues from it can skip the read-back) and the file
+    /// system allows it.
+    watch: Option<Watch>,
 }
 
 impl FileSink {
@@ -203,6 +213,7 @@ impl FileSink {
             saves_state: whole.save().is_some(),
             whole,
             trusted: Arc::new(AtomicBool::new(true)),
+            watch: None,
         }
     }
 
@@ -219,26 +230,20 @@ impl FileSink {
         whole: MultiHasher,
         trusted: Arc<AtomicBool>,
     ) -> FileSink {
-        let watch = Watch::of(&file);
-        let chunker = Chunker::new(journal, pos, watch, Arc::clone(&trusted));
+        let saves_state = whole.save().is_some();
         FileSink {
-            chunk_size: chunker.journal.header().chunk_size,
-            size: chunker.size,
-            journal_path: chunker.journal.path().to_path_buf(),
-            worker: Some(ChunkWorker::start(chunker)),
+            chunk_size: journal.header().chunk_size,
+            size: journal.header().size,
+            journal_path: journal.path().to_path_buf(),
+            worker: Some(ChunkWorker::start(Chunker::new(journal, pos))),
+            watch: saves_state.then(|| Watch::of(&file)).flatten(),
             file,
             remote: remote.to_string(),
             pos,
-            saves_state: whole.save().is_some(),
+            saves_state,
             whole,
             trusted,
         }
-    }
-
-    /// Marks the journaled bytes as known good (the check that ran beside the download
-    /// found them so): [`FileSink::sync`] may seal the file.
-    pub fn trust(&mut self) {
-        self.trusted.store(true, Ordering::Release);
     }
 
     /// Bytes written so far.
@@ -269,6 +274,10 @@ impl FileSink {
                     tracing::warn!("cannot seal the partial download: {e}");
                 }
             }
+        } else if let Err(e) = journal.unseal() {
+            // A running seal must not outlive a failed flush: the kernel may have dropped
+            // pages it could not write without changing the file's size or change time.
+            tracing::warn!("cannot unseal the partial download: {e}");
         }
         if let Err(e) = journal.sync() {
             tracing::warn!("cannot flush the resume journal: {e}");
@@ -306,21 +315,24 @@ impl RangeSink for FileSink {
             ClientError::local("cannot create the resume journal", &self.journal_path, e)
         })?;
         self.size = header.size;
-        let watch = Watch::of(&self.file);
-        let chunker = Chunker::new(journal, self.pos, watch, Arc::clone(&self.trusted));
-        self.worker = Some(ChunkWorker::start(chunker));
+        self.watch = self.saves_state.then(|| Watch::of(&self.file)).flatten();
+        self.worker = Some(ChunkWorker::start(Chunker::new(journal, self.pos)));
         Ok(())
     }
 }
 
 impl Write for FileSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_all(buf)?;
         let Some(w) = self.worker.as_mut() else {
-            self.file.write_all(buf)?;
             self.whole.update(buf);
             self.pos += buf.len() as u64;
             return Ok(buf.len());
         };
+        // The whole of `buf` is in the file: a running seal taken now, sent with each chunk
+        // it completes, holds until the next write.
+        let trusted = self.trusted.load(Ordering::Acquire);
+        let mut seal = None;
         // Cut at chunk ends, where the whole-file hash state is saved with the chunk's digest.
         let chunk_size = self.chunk_size as u64;
         let mut rest = buf;
@@ -331,16 +343,18 @@ impl Write for FileSink {
                 rest.len()
             };
             let (part, tail) = rest.split_at(n);
-            self.file.write_all(part)?;
             self.whole.update(part);
             self.pos += n as u64;
             let at_chunk_end = self.pos % chunk_size == 0 || self.pos == self.size;
-            let state = if self.saves_state && at_chunk_end {
-                self.whole.save()
-            } else {
-                None
+            let (state, sealed) = match (self.saves_state && at_chunk_end, &self.watch) {
+                (true, Some(watch)) if trusted => (
+                    self.whole.save(),
+                    seal.get_or_insert_with(|| watch.seal()).clone(),
+                ),
+                (true, _) => (self.whole.save(), None),
+                (false, _) => (None, None),
             };
-            w.feed(part, state)?;
+            w.feed(part, state, sealed)?;
             rest = tail;
         }
         Ok(buf.len())
@@ -533,10 +547,11 @@ mod tests {
         assert_eq!(seal.size, 6);
         // Resumed while its prefix is still being checked: not sealed, until trusted.
         for trust in [false, true] {
-            let mut sink = resumed_at_4(&part, &jpath, &Arc::new(AtomicBool::new(false)));
+            let checked = Arc::new(AtomicBool::new(false));
+            let mut sink = resumed_at_4(&part, &jpath, &checked);
             sink.write_all(b"ef").unwrap();
             if trust {
-                sink.trust();
+                checked.store(true, Ordering::Release);
             }
             sink.sync();
             let j = Journal::open(&jpath).unwrap().unwrap();
@@ -551,7 +566,7 @@ mod tests {
         let jpath = journal_path(&dir.path().join("out"));
         let file = File::create(&part).unwrap();
         let watched = Watch::of(&file).is_some();
-        assert!(watched || !crate::seal::kernel_has_multigrain_times());
+        assert!(watched || !crate::seal::multigrain_expected(&file));
         let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, Algorithm::Sha256);
         sink.begin(&header(10)).unwrap();
         sink.write_all(b"abcd").unwrap(); // chunk 0
