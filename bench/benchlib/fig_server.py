@@ -164,8 +164,8 @@ class ResumeTool(Tool):
     """A full download of the (page-cached) big file, or one stopped at 90 % and rerun.
 
     `stop` is the signal that stops it: SIGKILL (a crash: the SFTS client reads the partial
-    back on resume, unless the kill fell between two chunks and the seal its journal got
-    after the last one still holds) or SIGINT (Ctrl-C: the SFTS client seals the partial and
+    back on resume, unless the kill fell between two writes and the seal its journal got
+    with the last chunk still holds) or SIGINT (Ctrl-C: the SFTS client seals the partial and
     the resume trusts it while it is unchanged)."""
 
     def __init__(self, ctx, row, kind, resume, stop=signal.SIGKILL):
@@ -258,7 +258,7 @@ def figure6(ctx):
         "again, against a full download in the same run: by SIGINT (Ctrl-C; SFTS seals the "
         "partial and its resume does not read it back while it is unchanged) or by SIGKILL "
         "(a crash; SFTS reads the 90 % back and checks it while the rest downloads, unless "
-        "the kill fell between two chunks and the seal the journal got after the last one "
+        "the kill fell between two writes and the seal the journal got with the last chunk "
         "still holds: the note says how many resumes found it so).",
     )
     tools = [

@@ -569,9 +569,9 @@ mod tests {
         assert!(watched || !crate::seal::multigrain_expected(&file));
         let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, Algorithm::Sha256);
         sink.begin(&header(10)).unwrap();
-        sink.write_all(b"abcd").unwrap(); // chunk 0
-                                          // What a kill -9 between two chunks leaves: the journal as the chunk thread wrote it,
-                                          // no clean stop.
+        // Chunk 0, then what a kill -9 before the next write leaves: the journal as the
+        // chunk thread wrote it, no clean stop.
+        sink.write_all(b"abcd").unwrap();
         drop(sink);
         let j = Journal::open(&jpath).unwrap().unwrap();
         assert_eq!(j.confirmed_bytes(), 4);
