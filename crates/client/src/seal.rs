@@ -134,12 +134,11 @@ impl Seal {
 /// since, this client's own next write included: killed between the two, the next run finds
 /// the file sealed; killed after the next write began, it reads the file back.
 pub struct Watch {
-    file: File,
     boot: String,
 }
 
 impl Watch {
-    /// A watch on `file`, or `None` where running seals could not be trusted: a file system
+    /// A watch for `file`, or `None` where running seals could not be trusted: a file system
     /// not listed above, no boot id, or change times that do not always move on a change right
     /// after a look.
     pub fn of(file: &File) -> Option<Watch> {
@@ -147,13 +146,12 @@ impl Watch {
             return None;
         }
         let boot = boot_id()?;
-        let file = file.try_clone().ok()?;
-        every_change_shows(&file).then_some(Watch { file, boot })
+        every_change_shows(file).then_some(Watch { boot })
     }
 
-    /// The seal the file has now.
-    pub fn seal(&self) -> Option<Seal> {
-        Seal::now(self.boot.clone(), &self.file)
+    /// The seal `file` (the one [`Watch::of`] was given) has now.
+    pub fn seal(&self, file: &File) -> Option<Seal> {
+        Seal::now(self.boot.clone(), file)
     }
 }
 
@@ -324,7 +322,7 @@ mod tests {
         assert_eq!(mode(), before);
         // No waiting between a seal and the next change: each shows at once.
         for round in 0..50 {
-            let seal = watch.seal().unwrap();
+            let seal = watch.seal(&file).unwrap();
             assert_eq!(seal, Seal::of(&file).unwrap());
             assert!(seal.matches(&file));
             // In place: the size stays, only the change time tells.

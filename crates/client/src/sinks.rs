@@ -346,13 +346,17 @@ impl Write for FileSink {
             self.whole.update(part);
             self.pos += n as u64;
             let at_chunk_end = self.pos % chunk_size == 0 || self.pos == self.size;
-            let (state, sealed) = match (self.saves_state && at_chunk_end, &self.watch) {
-                (true, Some(watch)) if trusted => (
-                    self.whole.save(),
-                    seal.get_or_insert_with(|| watch.seal()).clone(),
-                ),
-                (true, _) => (self.whole.save(), None),
-                (false, _) => (None, None),
+            let state = if self.saves_state && at_chunk_end {
+                self.whole.save()
+            } else {
+                None
+            };
+            // `watch` is only kept where states are saved.
+            let sealed = match &self.watch {
+                Some(watch) if trusted && at_chunk_end => {
+                    seal.get_or_insert_with(|| watch.seal(&self.file)).clone()
+                }
+                _ => None,
             };
             w.feed(part, state, sealed)?;
             rest = tail;
