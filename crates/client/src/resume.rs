@@ -309,7 +309,7 @@ fn resume_file(
     }
 
     // Verify the journaled prefix, repairing what no longer matches.
-    let mut whole = MultiHasher::new(DigestSet::of(&[opts.algorithm]));
+    let mut whole = MultiHasher::resumable(DigestSet::of(&[opts.algorithm]));
     let mut confirmed = 0u64;
     let mut buf = vec![0u8; header.chunk_size as usize];
     let kind = journal.chunk_digest();
@@ -415,7 +415,7 @@ fn fast_check(
             }
             true
         })?;
-    let mut whole = MultiHasher::new(DigestSet::of(&[algorithm]));
+    let mut whole = MultiHasher::resumable(DigestSet::of(&[algorithm]));
     let (mut bytes, mut chunks) = (0u64, 0u64);
     let mut read_failed = None;
     for index in 0..journaled {

@@ -201,7 +201,7 @@ impl FileSink {
         chunk_size: u32,
         algorithm: Algorithm,
     ) -> FileSink {
-        let whole = MultiHasher::new(DigestSet::of(&[algorithm]));
+        let whole = MultiHasher::resumable(DigestSet::of(&[algorithm]));
         FileSink {
             file,
             journal_path,
@@ -623,22 +623,29 @@ mod tests {
     }
 
     #[test]
-    fn sha256_states_are_saved_at_every_chunk_end_even_inside_a_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("out");
-        let file = File::create(dir.path().join("out.part")).unwrap();
-        let jpath = journal_path(&target);
-        let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, Algorithm::Sha256);
-        sink.begin(&header(10)).unwrap();
-        sink.write_all(b"abcdef").unwrap(); // chunk 0 ends inside this write
-        sink.write_all(b"ghij").unwrap();
-        let (_, digest) = sink.finish();
-        let j = Journal::open(&jpath).unwrap().unwrap();
-        for (index, rest) in [(0u64, &b"efghij"[..]), (1, b"ij"), (2, b"")] {
-            let mut h = MultiHasher::restore(j.state_after(index).unwrap()).unwrap();
-            h.update(rest);
-            assert_eq!(h.finish().remove(0), digest, "state after chunk {index}");
+    fn sha256_and_md5_states_are_saved_at_every_chunk_end_even_inside_a_write() {
+        for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("out");
+            let file = File::create(dir.path().join("out.part")).unwrap();
+            let jpath = journal_path(&target);
+            let mut sink = FileSink::fresh(file, jpath.clone(), "a/b", 4, algorithm);
+            sink.begin(&header(10)).unwrap();
+            sink.write_all(b"abcdef").unwrap(); // chunk 0 ends inside this write
+            sink.write_all(b"ghij").unwrap();
+            let (_, digest) = sink.finish();
+            assert_eq!(digest.algorithm, algorithm);
+            let j = Journal::open(&jpath).unwrap().unwrap();
+            for (index, rest) in [(0u64, &b"efghij"[..]), (1, b"ij"), (2, b"")] {
+                let mut h = MultiHasher::restore(j.state_after(index).unwrap()).unwrap();
+                h.update(rest);
+                assert_eq!(
+                    h.finish().remove(0),
+                    digest,
+                    "{algorithm:?} after chunk {index}"
+                );
+            }
+            assert_eq!(j.chunk(0), Some(ChunkCheck::Xxh3.of(b"abcd")));
         }
-        assert_eq!(j.chunk(0), Some(ChunkCheck::Xxh3.of(b"abcd")));
     }
 }

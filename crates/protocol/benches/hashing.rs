@@ -2,7 +2,8 @@
 //! `sha2` and `blake3` crates hashing the same buffers.
 //!
 //! * `md5`, `sha256`, `blake3` (4 KiB, 64 KiB, 1 MiB): the raw crate's one-shot digest beside
-//!   a `MultiHasher` holding that one algorithm (new, update, finish), and for SHA-256 also the
+//!   a `MultiHasher` holding that one algorithm (new, update, finish); for MD5 also the
+//!   `fast-md5` crate's one-shot digest and a `MultiHasher::resumable` (`md-5`); for SHA-256 also the
 //!   `checksum::sha256` helper the upload path uses per chunk, and for BLAKE3 also the raw
 //!   crate's incremental `Hasher` (new, update, finish), which is what `MultiHasher` wraps.
 //! * `combined` (same sizes): one `MultiHasher` computing several digests in one pass
@@ -60,6 +61,18 @@ fn single_algorithms(c: &mut Criterion) {
                 Algorithm::Md5 => {
                     g.bench_function(format!("raw/{label}"), |b| {
                         b.iter(|| Md5::digest(black_box(&data)))
+                    });
+                    // The assembly MD5 `MultiHasher::new` uses; `md-5` (above) is the one
+                    // `MultiHasher::resumable` uses, whose state a journal can keep.
+                    g.bench_function(format!("raw_fast_md5/{label}"), |b| {
+                        b.iter(|| fast_md5::digest(black_box(&data)))
+                    });
+                    g.bench_function(format!("multi_resumable/{label}"), |b| {
+                        b.iter(|| {
+                            let mut h = MultiHasher::resumable(set);
+                            h.update(black_box(&data));
+                            h.finish()
+                        })
                     });
                 }
                 Algorithm::Sha256 => {

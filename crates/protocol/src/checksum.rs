@@ -263,7 +263,10 @@ pub fn from_hex(hex: &str, algorithm: &'static str) -> Result<Vec<u8>> {
 }
 
 enum State {
+    /// `md-5`: its state can be saved and restored.
     Md5(Md5),
+    /// `fast-md5`'s assembly cores, about 1.25 times faster on x86-64, with no way to save.
+    Md5Fast(fast_md5::Md5),
     Sha256(Sha256),
     Blake3(Box<blake3::Hasher>),
     Xxh128(Box<XxHash3_128>),
@@ -275,12 +278,24 @@ pub struct MultiHasher {
 }
 
 impl MultiHasher {
-    /// A hasher for every algorithm in `set` (possibly none).
+    /// A hasher for every algorithm in `set` (possibly none), each the fastest we have. Its
+    /// MD5 state cannot be saved: use [`MultiHasher::resumable`] where [`MultiHasher::save`]
+    /// is to be called.
     pub fn new(set: DigestSet) -> MultiHasher {
+        MultiHasher::with(set, || State::Md5Fast(fast_md5::Md5::new()))
+    }
+
+    /// Like [`MultiHasher::new`], but a lone MD5 or SHA-256 can be saved (for MD5 at about
+    /// 0.8 times the speed).
+    pub fn resumable(set: DigestSet) -> MultiHasher {
+        MultiHasher::with(set, || State::Md5(Md5::new()))
+    }
+
+    fn with(set: DigestSet, md5: impl Fn() -> State) -> MultiHasher {
         let states = set
             .iter()
             .map(|a| match a {
-                Algorithm::Md5 => State::Md5(Md5::new()),
+                Algorithm::Md5 => md5(),
                 Algorithm::Sha256 => State::Sha256(Sha256::new()),
                 Algorithm::Blake3 => State::Blake3(Box::default()),
                 Algorithm::Xxh128 => State::Xxh128(Box::new(XxHash3_128::new())),
@@ -294,6 +309,7 @@ impl MultiHasher {
         for s in &mut self.states {
             match s {
                 State::Md5(h) => h.update(bytes),
+                State::Md5Fast(h) => h.update(bytes),
                 State::Sha256(h) => h.update(bytes),
                 State::Blake3(h) => {
                     h.update(bytes);
@@ -311,8 +327,9 @@ impl MultiHasher {
     /// The hashing state so far, to continue later with [`MultiHasher::restore`] (a download's
     /// resume journal keeps it so a resume need not hash the bytes it already has again): the
     /// algorithm's code, then the `md-5` or `sha2` crate's serialized state. `None` unless the
-    /// hasher computes exactly one MD5 or one SHA-256: the BLAKE3 and XXH128 crates do not
-    /// expose their state.
+    /// hasher computes exactly one MD5 or one SHA-256 (an MD5 only if made by
+    /// [`MultiHasher::resumable`]): the BLAKE3, XXH128 and `fast-md5` crates do not expose
+    /// their state.
     pub fn save(&self) -> Option<Vec<u8>> {
         let with_code = |algorithm: Algorithm, state: &[u8]| {
             let mut out = Vec::with_capacity(1 + state.len());
@@ -353,6 +370,10 @@ impl MultiHasher {
             .into_iter()
             .map(|s| match s {
                 State::Md5(h) => Digest {
+                    algorithm: Algorithm::Md5,
+                    bytes: h.finalize().to_vec(),
+                },
+                State::Md5Fast(h) => Digest {
                     algorithm: Algorithm::Md5,
                     bytes: h.finalize().to_vec(),
                 },
@@ -465,7 +486,7 @@ mod tests {
 
     #[test]
     fn a_saved_md5_state_continues_where_it_stopped() {
-        let mut whole = MultiHasher::new(DigestSet::of(&[Algorithm::Md5]));
+        let mut whole = MultiHasher::resumable(DigestSet::of(&[Algorithm::Md5]));
         // Across a 64-byte block boundary, with bytes left in the block buffer.
         whole.update(&[b'a'; 70]);
         let saved = whole.save().expect("MD5 alone can be saved");
@@ -479,6 +500,58 @@ mod tests {
         );
     }
 
+    /// RFC 1321's test suite, through both MD5 implementations.
+    #[test]
+    fn md5_known_answers_fast_and_resumable() {
+        let cases = [
+            ("", "d41d8cd98f00b204e9800998ecf8427e"),
+            ("a", "0cc175b9c0f1b6a831c399e269772661"),
+            ("abc", "900150983cd24fb0d6963f7d28e17f72"),
+            ("message digest", "f96b697d7cb7938d525a2f31aaf161d0"),
+            (
+                "abcdefghijklmnopqrstuvwxyz",
+                "c3fcd3d76192e4007dfb496cca67e13b",
+            ),
+            (
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+                "d174ab98d277d9f5a5611c2c9f419d9f",
+            ),
+            (
+                "12345678901234567890123456789012345678901234567890123456789012345678901234567890",
+                "57edf4a22be3c955ac49da2e2107b67a",
+            ),
+        ];
+        let set = DigestSet::of(&[Algorithm::Md5]);
+        for (input, want) in cases {
+            for mut h in [MultiHasher::new(set), MultiHasher::resumable(set)] {
+                h.update(input.as_bytes());
+                assert_eq!(h.finish()[0].to_hex(), want, "{input:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The assembly MD5 and `md-5` agree on any bytes fed in any pieces, across the
+        /// 64-byte block and padding boundaries.
+        #[test]
+        fn both_md5_implementations_agree(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(0usize..600, 0..6),
+        ) {
+            let set = DigestSet::of(&[Algorithm::Md5]);
+            let (mut fast, mut resumable) = (MultiHasher::new(set), MultiHasher::resumable(set));
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut at = 0;
+            for cut in cuts.into_iter().chain([data.len()]) {
+                fast.update(&data[at..cut]);
+                resumable.update(&data[at..cut]);
+                at = cut;
+            }
+            proptest::prop_assert_eq!(fast.finish(), resumable.finish());
+        }
+    }
+
     #[test]
     fn only_a_lone_md5_or_sha256_state_is_saved_and_garbage_is_not_restored() {
         for set in [
@@ -488,7 +561,15 @@ mod tests {
             DigestSet::default(),
         ] {
             assert!(MultiHasher::new(set).save().is_none());
+            assert!(MultiHasher::resumable(set).save().is_none());
         }
+        // The fast MD5 cannot be saved; SHA-256 can, however it was made.
+        assert!(MultiHasher::new(DigestSet::of(&[Algorithm::Md5]))
+            .save()
+            .is_none());
+        assert!(MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]))
+            .save()
+            .is_some());
         let saved = MultiHasher::new(DigestSet::of(&[Algorithm::Sha256]))
             .save()
             .unwrap();
