@@ -3,9 +3,10 @@
 //!
 //! * `md5`, `sha256`, `blake3` (4 KiB, 64 KiB, 1 MiB): the raw crate's one-shot digest beside
 //!   a `MultiHasher` holding that one algorithm (new, update, finish); for MD5 also the
-//!   `fast-md5` crate's one-shot digest and a `MultiHasher::resumable` (`md-5`); for SHA-256 also the
-//!   `checksum::sha256` helper the upload path uses per chunk, and for BLAKE3 also the raw
-//!   crate's incremental `Hasher` (new, update, finish), which is what `MultiHasher` wraps.
+//!   `fast-md5` crate's one-shot digest and a `MultiHasher::resumable` (`md-5`); for SHA-256
+//!   also the `checksum::sha256` helper the upload path uses per chunk, and for BLAKE3 also
+//!   the raw crate's incremental `Hasher` (new, update, finish), which is what `MultiHasher`
+//!   wraps.
 //! * `combined` (same sizes): one `MultiHasher` computing several digests in one pass
 //!   (SHA-256 + BLAKE3 as the server caches them, and all three) beside the raw crates run one
 //!   after the other over the buffer.
