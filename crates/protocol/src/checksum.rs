@@ -265,7 +265,8 @@ pub fn from_hex(hex: &str, algorithm: &'static str) -> Result<Vec<u8>> {
 enum State {
     /// `md-5`: its state can be saved and restored.
     Md5(Md5),
-    /// `fast-md5`'s assembly cores, about 1.25 times faster on x86-64, with no way to save.
+    /// `fast-md5`'s assembly cores (1.26 times `md-5` on the AMD benchmark machine); no way to
+    /// save its state.
     Md5Fast(fast_md5::Md5),
     Sha256(Sha256),
     Blake3(Box<blake3::Hasher>),
