@@ -140,7 +140,8 @@ pub struct Args {
     /// Requests per second one client address may make, in bursts of twice as many; requests
     /// over it wait for their turn (up to a second, then they are refused as busy). A `List`
     /// of N entries lets the same connection make its next N `Get`s without counting them, so
-    /// fetching a listed tree (get -r) is not slowed. 0: no limit.
+    /// fetching a listed tree (get -r) is not slowed; each upload published lets it begin the
+    /// next without counting it, so neither is sending a tree (put -r). 0: no limit.
     #[arg(long, value_name = "REQ_PER_SEC", default_value_t = DEFAULT_RATE_LIMIT)]
     pub rate_limit: u32,
 

@@ -140,6 +140,10 @@ struct Native<'a> {
     /// listings returned (at most one listing's worth), so fetching a listed tree is not
     /// throttled while a flood of unlisted requests still is.
     listed: u64,
+    /// `PutBegin`s this connection may still make without a rate-limit token: one per upload
+    /// it published (at most [`put::MAX_OPEN_UPLOADS`] banked), so sending a tree of small
+    /// files (`put -r`) is not throttled while `PutBegin`s that publish nothing still are.
+    published: u64,
 }
 
 /// Runs a native session whose magic has been read; the stream's opening deadline bounds
@@ -156,6 +160,7 @@ pub fn serve(s: &Session<'_>, stream: ServerStream) -> Result<(), ServerError> {
         priority: Priority::Normal,
         uploads: BTreeMap::new(),
         listed: 0,
+        published: 0,
     };
     if !n.handshake()? {
         return Ok(());
@@ -314,7 +319,7 @@ impl<'a> Native<'a> {
                 self.io.get_mut().link_mut().await_request();
             }
             let mut incoming = self.next();
-            if incoming.is_paced() && !self.listed_get(&incoming) {
+            if incoming.is_paced() && !self.covered(&incoming) {
                 if let Err(message) = self.pace() {
                     self.refuse_paced(&incoming, message)?;
                     continue;
@@ -382,14 +387,20 @@ impl<'a> Native<'a> {
         }
     }
 
-    /// True for a `Get` covered by an earlier listing on this connection (which then covers
-    /// one fewer): it takes no rate-limit token. The `List` took one.
-    fn listed_get(&mut self, incoming: &Incoming) -> bool {
-        if matches!(incoming, Incoming::Get(_)) && self.listed > 0 {
-            self.listed -= 1;
-            return true;
+    /// True for a request that takes no rate-limit token, paid for by earlier work on this
+    /// connection (which then covers one fewer): a `Get` by a listing (the `List` took a
+    /// token), a `PutBegin` by an upload published.
+    fn covered(&mut self, incoming: &Incoming) -> bool {
+        let credit = match incoming {
+            Incoming::Get(_) => &mut self.listed,
+            Incoming::PutBegin(_) => &mut self.published,
+            _ => return false,
+        };
+        if *credit == 0 {
+            return false;
         }
-        false
+        *credit -= 1;
+        true
     }
 
     /// Refuses a request over the rate limit: `busy` as its reply (a `SetPriority`, which has

@@ -584,6 +584,43 @@ fn a_listed_tree_is_fetched_unthrottled_while_unlisted_gets_are_metered() {
 }
 
 #[test]
+fn each_published_upload_pays_for_the_next_begin_while_begins_that_publish_nothing_are_metered() {
+    let server = Running::start_with(|c| {
+        c.rate_limit = 2;
+        c.uploads.allow = true;
+    });
+    let mut c = Native::connect(server.addr, ALL_CAPS);
+    // The Hello and the first PutBegin take 2 of the 4-token burst; each upload published
+    // then pays for the next PutBegin, so 24 small files go at once (`put -r`; metered at 2
+    // a second they would take over 10 s).
+    let started = Instant::now();
+    for i in 0..24 {
+        let body = data(100, i);
+        c.upload(&begin(1, &format!("f{i:02}"), &body, 1 << 20), &body)
+            .unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    for i in 0..24 {
+        assert_eq!(
+            std::fs::read(server.root.join(format!("f{i:02}"))).unwrap(),
+            data(100, i)
+        );
+    }
+    // The allowance is one upload's: PutBegins left open publish nothing, so after the one
+    // the last upload paid for they are metered again. 8 of them: at most 4 from the burst,
+    // at least 3 waiting half a second each.
+    let started = Instant::now();
+    for i in 0..8 {
+        let body = data(100, 100 + i);
+        c.begin(&begin(2 + i, &format!("open{i}"), &body, 1 << 20))
+            .unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1200), "{took:?}");
+}
+
+#[test]
 fn a_trickling_or_silent_opening_is_dropped_at_the_deadline() {
     let keys = tempfile::tempdir().unwrap();
     let (access, _, _) = access_file(keys.path());
