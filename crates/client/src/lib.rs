@@ -13,6 +13,7 @@
 //! come from `sfts-protocol`.
 
 pub mod address;
+pub mod bulk_read;
 pub mod chunk_check;
 pub mod cli;
 pub mod connect;

@@ -1,6 +1,7 @@
 //! The native SFTS session: magic + `Hello` → `Welcome`, `Get` → `FileHeader`, `Data`... →
 //! `Trailer`. Generic over the stream so the tests drive it from memory.
 
+use crate::bulk_read::BulkRead;
 use crate::error::{ClientError, Kept};
 use crate::pagebuf::PageBuf;
 use crate::transfer::{early_read_failed, Context, Stop, Stopped};
@@ -368,7 +369,7 @@ impl<S: Read + Write> NativeSession<S> {
     }
 }
 
-impl<S: Read + Write + Send> NativeSession<S> {
+impl<S: BulkRead + Write + Send> NativeSession<S> {
     /// Receives the `Data` frames of `header` into `sink` (which hashes them), then the
     /// `Trailer`. Returns the server's digest for `algorithm`; comparing it is the caller's
     /// business.
@@ -564,7 +565,7 @@ enum Frame {
 /// The reading thread: frames of a transfer of `size` bytes, until the trailer or a stop,
 /// `Data` payloads in pieces of at most `piece` bytes. Ends early when the receiving side
 /// hangs up.
-fn read_frames<S: Read>(
+fn read_frames<S: BulkRead>(
     stream: &mut BufReader<S>,
     size: u64,
     piece: usize,
@@ -622,7 +623,7 @@ fn read_frames<S: Read>(
 
 /// Reads a `Data` payload of `n` bytes and hands it over in pieces of at most `piece` bytes,
 /// each as soon as it is read. `Ok(false)` when the receiving side hung up.
-fn read_pieces<S: Read>(
+fn read_pieces<S: BulkRead>(
     stream: &mut BufReader<S>,
     n: usize,
     piece: usize,
@@ -662,14 +663,18 @@ fn read_head<S: Read>(stream: &mut BufReader<S>) -> Result<Option<Header>, Proto
 }
 
 /// Reads a payload into `dst`: what the read buffer holds first, then the rest straight from
-/// the socket when it is at least a buffer long (no copy through the buffer), else through it.
-fn read_payload<S: Read>(stream: &mut BufReader<S>, dst: &mut [u8]) -> Result<(), ProtocolError> {
+/// the socket when it is at least a buffer long (no copy through the buffer, and with a
+/// receive low-water mark: [`BulkRead`]), else through it.
+fn read_payload<S: BulkRead>(
+    stream: &mut BufReader<S>,
+    dst: &mut [u8],
+) -> Result<(), ProtocolError> {
     let held = stream.buffer().len().min(dst.len());
     let (first, rest) = dst.split_at_mut(held);
     first.copy_from_slice(&stream.buffer()[..held]);
     stream.consume(held);
     let read = if rest.len() >= stream.capacity() {
-        stream.get_mut().read_exact(rest)
+        stream.get_mut().read_bulk(rest)
     } else {
         stream.read_exact(rest)
     };
@@ -714,6 +719,8 @@ mod tests {
             self.input.read(buf)
         }
     }
+
+    impl crate::bulk_read::BulkRead for Fake {}
 
     impl Write for Fake {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
