@@ -46,6 +46,14 @@ impl Default for ServerOpts {
 }
 
 impl Server {
+    /// A server that accepts uploads (`--allow-upload`), otherwise with the defaults.
+    pub fn uploads() -> Server {
+        Server::start_with(ServerOpts {
+            extra: vec!["--allow-upload".into()],
+            ..ServerOpts::default()
+        })
+    }
+
     /// Starts a server on 127.0.0.1, any port, over a fresh temporary root.
     pub fn start() -> Server {
         Server::start_with(ServerOpts::default())

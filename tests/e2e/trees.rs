@@ -50,10 +50,7 @@ fn snapshot(root: &Path) -> Vec<(String, FileState)> {
 
 #[test]
 fn tree_of_2000_small_files_round_trips_with_mtimes_and_empty_dirs() {
-    let server = Server::start_with(ServerOpts {
-        extra: vec!["--allow-upload".into()],
-        ..ServerOpts::default()
-    });
+    let server = Server::uploads();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     build_tree(&src, 2000);
@@ -279,6 +276,56 @@ fn get_r_verifies_every_file_with_the_mode_asked_for() {
             .collect();
         assert!(theirs == ours, "{mode}: the trees differ");
     }
+}
+
+#[test]
+fn put_r_with_a_small_file_corrupted_in_flight_sends_it_again_and_loses_nothing() {
+    use crate::proxy::{Behaviour, Proxy};
+    let server = Server::uploads();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    // 100 files of 60 KiB, all small (one chunk each), more than one window of them in
+    // flight: the byte flipped about 2 MB into the upload is, all but certainly, in one of
+    // their chunks (the rest are frame headers; a flipped header closes the connection,
+    // which must lose nothing either).
+    for i in 0..100u64 {
+        write_random(
+            &src.join(format!("d{}", i % 3)),
+            &format!("f{i:03}.bin"),
+            60 << 10,
+            300 + i,
+        );
+    }
+    let proxy = Proxy::start(
+        server.addr,
+        Behaviour {
+            flip_upstream_at: Some(2_000_000),
+            ..Behaviour::default()
+        },
+    );
+    let out = run(client(work.path()).args([
+        "put",
+        "-r",
+        &proxy.addr.to_string(),
+        "src",
+        "tree",
+        "--json",
+    ]));
+    assert_ok(&out);
+    let v = json(&out);
+    assert_eq!(v["files"], 100, "{v}");
+    assert_eq!(v["failed"].as_array().map(Vec::len), Some(0), "{v}");
+    let theirs = snapshot(&server.root.join("tree"));
+    let ours = snapshot(&src);
+    let contents = |s: &[(String, FileState)]| -> Vec<(String, Option<Vec<u8>>)> {
+        s.iter()
+            .map(|(n, f)| (n.clone(), f.as_ref().map(|(b, _)| b.clone())))
+            .collect()
+    };
+    assert!(
+        contents(&theirs) == contents(&ours),
+        "the server's copy differs"
+    );
 }
 
 #[test]

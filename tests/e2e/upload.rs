@@ -19,13 +19,6 @@ fn num(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number {key} in {v}"))
 }
 
-fn upload_server() -> Server {
-    Server::start_with(ServerOpts {
-        extra: vec!["--allow-upload".into()],
-        ..ServerOpts::default()
-    })
-}
-
 /// Files under `dir` other than the expected ones: nothing half-written may be visible.
 fn visible_files(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -46,7 +39,7 @@ fn visible_files(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn round_trips_of_0_1_and_64_mib() {
-    let server = upload_server();
+    let server = Server::uploads();
     let work = tempfile::tempdir().unwrap();
     for (name, size) in [("zero.bin", 0usize), ("one.bin", 1), ("big.bin", 64 << 20)] {
         let data = write_random(work.path(), name, size, size as u64 + 7);
@@ -88,7 +81,7 @@ fn round_trips_of_0_1_and_64_mib() {
 
 #[test]
 fn put_streams_to_a_new_server_and_hashes_first_for_an_older_one() {
-    let server = upload_server();
+    let server = Server::uploads();
     let work = tempfile::tempdir().unwrap();
     let data = write_random(work.path(), "s.bin", (5 * MIB + 3) as usize, 65);
     let sha = coreutils_digest("sha256sum", &work.path().join("s.bin"));
@@ -171,7 +164,7 @@ fn put_streams_to_a_new_server_and_hashes_first_for_an_older_one() {
 
 #[test]
 fn existing_file_needs_force_and_a_second_put_sends_nothing_new() {
-    let server = upload_server();
+    let server = Server::uploads();
     let work = tempfile::tempdir().unwrap();
     write_random(work.path(), "a.bin", 3 << 20, 61);
     let out = run(client(work.path()).args(["put", &server.target(), "a.bin"]));
@@ -189,7 +182,7 @@ fn existing_file_needs_force_and_a_second_put_sends_nothing_new() {
 
 #[test]
 fn killed_upload_resumes_sending_only_the_missing_chunks() {
-    let server = upload_server();
+    let server = Server::uploads();
     let size = 64 * MIB;
     let work = tempfile::tempdir().unwrap();
     let data = write_random(work.path(), "u.bin", size as usize, 63);
@@ -238,7 +231,7 @@ fn killed_upload_resumes_sending_only_the_missing_chunks() {
 
 #[test]
 fn chunk_corrupted_in_flight_is_sent_again() {
-    let server = upload_server();
+    let server = Server::uploads();
     let work = tempfile::tempdir().unwrap();
     let data = write_random(work.path(), "c.bin", (4 * MIB) as usize, 64);
     // Flip a byte well inside the second chunk's data on the first connection.
@@ -265,7 +258,7 @@ fn chunk_corrupted_in_flight_is_sent_again() {
 
 #[test]
 fn two_uploads_to_one_name_one_wins_bytes_never_mix() {
-    let server = upload_server();
+    let server = Server::uploads();
     let work = tempfile::tempdir().unwrap();
     let a = write_random(work.path(), "a.bin", (8 * MIB) as usize, 65);
     let b = write_random(work.path(), "b.bin", (8 * MIB) as usize, 66);
@@ -344,7 +337,7 @@ fn oversize_upload_is_refused_before_any_data_is_stored() {
 
 #[test]
 fn unsafe_remote_names_are_refused_with_a_reason() {
-    let server = upload_server();
+    let server = Server::uploads();
     let work = tempfile::tempdir().unwrap();
     write_random(work.path(), "n.bin", 100, 69);
     for name in [
@@ -440,7 +433,7 @@ impl Drop for Mounted {
 
 #[test]
 fn uploads_into_a_mount_point_inside_the_root_are_published() {
-    let server = upload_server();
+    let server = Server::uploads();
     let _disk = Mounted::tmpfs(&server.root.join("disk"));
     let work = tempfile::tempdir().unwrap();
     let data = write_random(work.path(), "m.bin", 3 << 20, 63);

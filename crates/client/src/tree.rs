@@ -44,9 +44,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const GET_WINDOW: usize = 64;
 /// `Get`s sent together (one write) when that many answers have come in.
 const GET_BATCH: usize = 32;
-/// Files in flight in a `put -r` pipeline (the server guarantees at least this many open
-/// uploads per connection).
-const PUT_WINDOW: usize = sfts_protocol::GUARANTEED_OPEN_UPLOADS;
+/// Files in flight in a `put -r` pipeline. Not bounded by the open uploads a server promises
+/// (`GUARANTEED_OPEN_UPLOADS`, 4): each file's `PutBegin`, chunk and `PutCommit` go out
+/// together, so the server has closed one upload before it reads the next `PutBegin`; only
+/// an upload whose chunk it rejected stays open, until the `PutAbort` that answer brings. A
+/// `PutBegin` refused as busy (a window of rejected chunks, or the request rate) is sent again
+/// alone at the end. Over a 50 ms round trip, 300 small files took 4.2 s with 4 in flight.
+const PUT_WINDOW: usize = 64;
 
 /// What a tree transfer did.
 #[derive(Debug, Clone, Default)]
@@ -857,8 +861,19 @@ fn put_small_files(
             // PutReady (or a refusal), the chunk's answer, PutDone (or a refusal).
             let mut refused: Option<String> = None;
             let mut redo = false;
+            let mut busy = false;
             match session.recv("waiting for the server to open an upload", timeout)? {
                 Message::PutReady(_) => {}
+                Message::Error {
+                    code: ErrorCode::Busy,
+                    message,
+                } => {
+                    tracing::warn!(
+                        "'{}': the server is busy ({message}); sending the file again alone",
+                        u.remote
+                    );
+                    busy = true;
+                }
                 Message::Error { code, message } => {
                     refused = Some(refusal(&u.remote, code, message).to_string())
                 }
@@ -867,7 +882,7 @@ fn put_small_files(
             if entry_size > 0 {
                 match session.recv("waiting for a chunk acknowledgement", timeout)? {
                     Message::ChunkAck { .. } => {}
-                    Message::ChunkRejected { reason, .. } if refused.is_none() => {
+                    Message::ChunkRejected { reason, .. } if refused.is_none() && !busy => {
                         tracing::warn!(
                             "'{}': chunk rejected ({}); sending the file again alone",
                             u.remote,
@@ -876,6 +891,7 @@ fn put_small_files(
                         redo = true;
                     }
                     Message::ChunkRejected { .. } => {}
+                    Message::Error { .. } if busy => {}
                     Message::Error { code, message } => {
                         refused.get_or_insert(refusal(&u.remote, code, message).to_string());
                     }
@@ -888,6 +904,7 @@ fn put_small_files(
                     code: ErrorCode::Incomplete,
                     ..
                 } if redo => None,
+                Message::Error { .. } if busy => None,
                 Message::Error { code, message } => {
                     refused.get_or_insert(refusal(&u.remote, code, message).to_string());
                     None
@@ -897,7 +914,10 @@ fn put_small_files(
             let mut u = in_flight.pop_front().expect("in flight");
             let entry = u.entry.take().expect("an upload, not an abort");
             f.progress.advance(entry.size as usize);
-            if let Some(why) = refused {
+            if busy {
+                // Nothing was opened: no abort, and the file goes again alone at the end.
+                retry_alone.push(entry);
+            } else if let Some(why) = refused {
                 out.failed.push((entry.rel.clone(), why));
             } else if redo {
                 // Close the upload left open by the rejected chunk before its id is reused;
