@@ -47,12 +47,6 @@ impl BulkRead for Stream {
     }
 }
 
-impl BulkRead for TcpStream {
-    fn read_bulk(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        read_marked(self, buf)
-    }
-}
-
 /// The low-water mark for a `recv` that still needs `left` bytes.
 pub fn mark_for(left: usize) -> usize {
     match (left / 2).min(MAX_MARK) {
@@ -210,7 +204,7 @@ mod tests {
         });
         let started = Instant::now();
         let mut got = vec![0u8; data.len()];
-        r.read_bulk(&mut got).unwrap();
+        read_marked(r, &mut got).unwrap();
         let took = started.elapsed();
         assert!(got == data, "the bytes differ");
         #[cfg(target_os = "linux")]
@@ -252,7 +246,7 @@ mod tests {
             // Closed with 300,000 bytes still owed.
         });
         let mut buf = vec![0u8; 500_000];
-        let e = r.read_bulk(&mut buf).unwrap_err();
+        let e = read_marked(&mut r, &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
         assert!(buf[..200_000].iter().all(|b| *b == 5));
         #[cfg(target_os = "linux")]
@@ -265,7 +259,7 @@ mod tests {
         let (mut r, mut w) = pair();
         w.write_all(b"0123456789abcdef").unwrap();
         let mut small = [0u8; 16];
-        r.read_bulk(&mut small).unwrap();
+        read_marked(&mut r, &mut small).unwrap();
         assert_eq!(&small, b"0123456789abcdef");
         let mut cursor = io::Cursor::new(vec![9u8; 100_000]);
         let mut buf = vec![0u8; 100_000];
